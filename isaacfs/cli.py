@@ -1,0 +1,148 @@
+"""The isaacfs command: thin wrappers over the daemon, mirror and warm modules."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__, config, logs, mounts
+from .errors import UserError
+
+
+def _mountpoint(text: str | None) -> Path:
+    return Path(text or config.DEFAULT_MOUNTPOINT).expanduser().absolute()
+
+
+def _add_mount_settings(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--upstream", metavar="URL",
+                        help="asset root URL (https S3 root, omniverse://, file:, or a folder)")
+    source.add_argument("--release", metavar="X.Y",
+                        help=f"the NVIDIA cloud asset root of this Isaac Sim release (default {config.DEFAULT_RELEASE})")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--mode", choices=config.MODES, help="strict (default): only the mirror;"
+                      " permissive: fetch misses from the upstream")
+    mode.add_argument("--offline", dest="mode", action="store_const", const="strict", help="same as --mode strict")
+    mode.add_argument("--offline-permissive", dest="mode", action="store_const", const="permissive",
+                      help="same as --mode permissive")
+    parser.add_argument("--mirror", metavar="DIR", help="keep the mirror in DIR (default: the mountpoint's own folder)")
+    parser.add_argument("--upstream-timeout", type=float, metavar="S", help="seconds an upstream lookup may take")
+    parser.add_argument("--listing-ttl", type=float, metavar="S", help="seconds an upstream listing is trusted")
+    parser.add_argument("--jobs", dest="fetch_jobs", type=int, metavar="N", help="parallel downloads")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="isaacfs", description="The Isaac Sim asset root, offline-first.")
+    parser.add_argument("--version", action="version", version=f"isaacfs {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount = commands.add_parser("mount", help="mount the asset root at MOUNTPOINT")
+    mount.add_argument("mountpoint", nargs="?", help=f"default {config.DEFAULT_MOUNTPOINT}")
+    _add_mount_settings(mount)
+    mount.add_argument("--foreground", action="store_true", help="stay in the foreground, log to stderr")
+    mount.add_argument("--allow-other", action="store_true", default=None,
+                       help="let other users (containers) read the mount")
+    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    umount = commands.add_parser("umount", help="unmount cleanly (also recovers a stale mount)")
+    umount.add_argument("mountpoint", nargs="?")
+    umount.add_argument("--lazy", action="store_true", help="detach now even if files are open")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> config.Settings:
+    keys = ("upstream", "release", "mode", "mirror", "upstream_timeout", "listing_ttl", "fetch_jobs",
+            "log_level", "allow_other")
+    flags: dict[str, Any] = {key: getattr(args, key, None) for key in keys}
+    return config.load(flags)
+
+
+def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
+    mountpoint = _mountpoint(args.mountpoint)
+    settings = settings_from(args)
+    if args.foreground:
+        from .daemon import Daemon, MountRequest
+
+        logs.setup(settings.log_level)
+        log_path = Path(os.environ["ISAACFS_LOG_FILE"]) if "ISAACFS_LOG_FILE" in os.environ else None
+        return Daemon(MountRequest(mountpoint, settings, log_path, args.ready_fd)).run()
+    return launch_background(mountpoint, argv)
+
+
+def launch_background(mountpoint: Path, argv: list[str]) -> int:
+    """Start the daemon as its own session, logging to a file; return once the mount answers."""
+    log_path = logs.log_path_for(mountpoint)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    read_end, write_end = os.pipe()
+    command = [sys.executable, "-m", "isaacfs", *argv, "--foreground", "--ready-fd", str(write_end)]
+    with open(log_path, "ab") as log_file:
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                 pass_fds=(write_end,), start_new_session=True,
+                                 env={**os.environ, "ISAACFS_LOG_FILE": str(log_path)})
+    os.close(write_end)
+    with os.fdopen(read_end) as ready:
+        line = ready.readline().strip()
+    if line.startswith("READY "):
+        print(f"isaacfs: {line[6:]}")
+        print(f"isaacfs: daemon pid {child.pid}, log {log_path}")
+        return 0
+    if line.startswith("ERROR "):
+        child.wait(timeout=30)
+        print(f"isaacfs: {line[6:]}", file=sys.stderr)
+        return child.returncode or 1
+    code = child.wait(timeout=30)
+    tail = log_path.read_text(errors="replace").splitlines()[-5:]
+    print(f"isaacfs: the daemon stopped before the mount answered (exit {code}); log {log_path}:",
+          file=sys.stderr)
+    for text in tail:
+        print(f"  {text}", file=sys.stderr)
+    return code or 1
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mountpoint = _mountpoint(args.mountpoint)
+    if mounts.is_stale(mountpoint):
+        mounts.unmount(mountpoint, lazy=True)
+        print(f"isaacfs: detached the stale mount at {mountpoint} (its daemon had died)")
+        return 0
+    info = mounts.find_mount(mountpoint)
+    if info is None:
+        raise UserError(f"{mountpoint} is not mounted")
+    if info.fstype != mounts.FSTYPE:
+        raise UserError(f"{mountpoint} is a {info.fstype} mount, not isaacfs; not touching it")
+    try:
+        pid = int(os.getxattr(mountpoint, "user.isaacfs.pid"))
+    except (OSError, ValueError):
+        pid = 0
+    mounts.unmount(mountpoint, lazy=args.lazy)
+    deadline = time.monotonic() + 60
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    print(f"isaacfs: unmounted {mountpoint}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "mount":
+            return cmd_mount(args, argv)
+        if args.command == "umount":
+            return cmd_umount(args)
+    except UserError as exc:
+        print(f"isaacfs: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(args.command)

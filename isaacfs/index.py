@@ -1,0 +1,159 @@
+"""The mirror's SQLite index in ``.isaacfs/index.db``.
+
+The files on disk are the truth about what is mirrored; the index adds what the disk
+cannot say: where a file came from and its upstream ETag, cached upstream listings
+(with the time they were fetched), the misses strict mode refused, and counters.
+Writes that happen on hot paths (access times, counters) are kept in memory and
+flushed in batches.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .paths import RelPath
+from .upstream_types import RemoteEntry
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files(
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime REAL NOT NULL, etag TEXT NOT NULL,
+    source TEXT NOT NULL, fetched_at REAL NOT NULL, last_access REAL, pinned INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS listings(path TEXT PRIMARY KEY, fetched_at REAL NOT NULL, entries TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS misses(
+    path TEXT PRIMARY KEY, mode TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    path: str
+    size: int
+    mtime: float
+    etag: str
+    source: str  # "upstream" (fetched by isaacfs) or "adopted" (was in the folder already)
+
+
+def _key(rel: RelPath) -> str | None:
+    """The index key of a path; None for names SQLite cannot store (undecodable bytes)."""
+    text = str(rel)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text
+
+
+class Index:
+    def __init__(self, db_path: Path) -> None:
+        self.db = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self._counters: Counter[str] = Counter()
+        self._access: dict[str, float] = {}
+
+    def close(self) -> None:
+        self.flush()
+        self.db.close()
+
+    # -- meta -----------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (key, value))
+
+    # -- files ----------------------------------------------------------------------
+    def record_file(self, rel: RelPath, size: int, mtime: float, etag: str, source: str) -> None:
+        key = _key(rel)
+        if key is None:
+            return
+        self.db.execute(
+            "INSERT OR REPLACE INTO files(path, size, mtime, etag, source, fetched_at, last_access)"
+            " VALUES(?, ?, ?, ?, ?, ?, ?)", (key, size, mtime, etag, source, time.time(), time.time()))
+
+    def record_adopted(self, records: list[tuple[str, int, float]]) -> None:
+        now = time.time()
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "INSERT OR IGNORE INTO files(path, size, mtime, etag, source, fetched_at) VALUES(?, ?, ?, '', 'adopted', ?)",
+            [(path, size, mtime, now) for path, size, mtime in records])
+        self.db.execute("COMMIT")
+
+    def file(self, rel: RelPath) -> FileRecord | None:
+        row = self.db.execute("SELECT path, size, mtime, etag, source FROM files WHERE path=?", (_key(rel),)).fetchone()
+        return None if row is None else FileRecord(*row)
+
+    def file_totals(self) -> tuple[int, int]:
+        count, size = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM files").fetchone()
+        return int(count), int(size)
+
+    def touch(self, rel: RelPath) -> None:
+        key = _key(rel)
+        if key is not None:
+            self._access[key] = time.time()
+
+    # -- listings -------------------------------------------------------------------
+    def listing(self, rel: RelPath) -> tuple[float, list[RemoteEntry]] | None:
+        """The cached upstream listing of a folder and when it was fetched (epoch seconds)."""
+        row = self.db.execute("SELECT fetched_at, entries FROM listings WHERE path=?", (_key(rel),)).fetchone()
+        if row is None:
+            return None
+        return float(row[0]), [RemoteEntry(*item) for item in json.loads(row[1])]
+
+    def store_listing(self, rel: RelPath, entries: list[RemoteEntry]) -> None:
+        key = _key(rel)
+        if key is None:
+            return
+        payload = json.dumps([[e.name, e.is_dir, e.size, e.mtime, e.etag] for e in entries], ensure_ascii=False)
+        self.db.execute("INSERT OR REPLACE INTO listings(path, fetched_at, entries) VALUES(?, ?, ?)",
+                        (key, time.time(), payload))
+
+    # -- misses ---------------------------------------------------------------------
+    def record_miss(self, rel: RelPath, mode: str) -> None:
+        key = _key(rel)
+        if key is None:
+            return
+        now = time.time()
+        self.db.execute(
+            "INSERT INTO misses(path, mode, first_seen, last_seen, count) VALUES(?, ?, ?, ?, 1)"
+            " ON CONFLICT(path) DO UPDATE SET last_seen=excluded.last_seen, count=count+1, mode=excluded.mode",
+            (key, mode, now, now))
+
+    def misses(self, since: float = 0.0) -> list[tuple[str, str, float, int]]:
+        rows = self.db.execute(
+            "SELECT path, mode, last_seen, count FROM misses WHERE last_seen >= ? ORDER BY last_seen DESC",
+            (since,)).fetchall()
+        return [(str(p), str(m), float(t), int(c)) for p, m, t, c in rows]
+
+    # -- counters -------------------------------------------------------------------
+    def count(self, name: str, amount: int = 1) -> None:
+        self._counters[name] += amount
+
+    def counters(self) -> dict[str, int]:
+        stored = dict(self.db.execute("SELECT name, value FROM counters").fetchall())
+        for name, value in self._counters.items():
+            stored[name] = stored.get(name, 0) + value
+        return {str(k): int(v) for k, v in stored.items()}
+
+    def flush(self) -> None:
+        if not self._counters and not self._access:
+            return
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "INSERT INTO counters(name, value) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
+            list(self._counters.items()))
+        self.db.executemany("UPDATE files SET last_access=? WHERE path=?",
+                            [(t, p) for p, t in self._access.items()])
+        self.db.execute("COMMIT")
+        self._counters.clear()
+        self._access.clear()

@@ -1,0 +1,289 @@
+"""The namespace the mount shows: the mirror, merged with the upstream in permissive mode.
+
+Nodes are created once per name and kept (inode numbers stay stable for the life of
+the mount; the tree is bounded by the asset root). A folder's children are loaded on
+first use: from the mirror folder, and in permissive mode also from the upstream's
+listing of it (cached in the index for ``listing_ttl``). An upstream failure never
+removes anything the mirror holds: it only means fewer names are known for now.
+
+This module knows nothing of FUSE: the fs layer turns its answers into replies.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import time
+from collections.abc import Iterator
+
+import trio
+
+from .config import Mode
+from .fetch import FetchFailed, Fetcher
+from .hints import warm_command
+from .index import Index
+from .mirror import LocalEntry, Mirror
+from .paths import RelPath
+from .upstream import Upstream
+from .upstream_types import NotFound, RemoteEntry, UpstreamError
+
+log = logging.getLogger("isaacfs")
+
+ROOT_INODE = 1
+# Names desktops and shells probe on every mount; their absence is not an asset miss.
+PROBE_NAMES = frozenset({".Trash", ".xdg-volume-info", "autorun.inf", ".hidden", ".directory", "desktop.ini"})
+MAX_REMEMBERED_MISSES = 10_000
+
+
+class Node:
+    """One file or folder of the tree. ``gen`` changes whenever its attributes do."""
+
+    __slots__ = ("inode", "parent", "name", "is_dir", "size", "mtime_ns", "cached", "remote",
+                 "children", "scanned_mtime_ns", "listed_at", "gen")
+
+    def __init__(self, inode: int, parent: Node | None, name: str, is_dir: bool) -> None:
+        self.inode = inode
+        self.parent = parent
+        self.name = name
+        self.is_dir = is_dir
+        self.size = 0
+        self.mtime_ns = 0
+        self.cached = False  # present in the mirror
+        self.remote: RemoteEntry | None = None  # the upstream's entry, where known
+        self.children: dict[str, Node] | None = None
+        self.scanned_mtime_ns = -1
+        self.listed_at = 0.0  # when the upstream listing was merged (epoch s); 0: never
+        self.gen = 0
+
+
+class Tree:
+    def __init__(self, mirror: Mirror, index: Index, upstream: Upstream, fetcher: Fetcher,
+                 mode: Mode, listing_ttl: float, mount_display: str) -> None:
+        self.mirror = mirror
+        self.index = index
+        self.upstream = upstream
+        self.fetcher = fetcher
+        self.mode: Mode = mode
+        self.listing_ttl = listing_ttl
+        self.mount_display = mount_display
+        self._inodes = itertools.count(ROOT_INODE + 1)
+        self.root = Node(ROOT_INODE, None, "", True)
+        self.root.cached = True
+        self.root.mtime_ns = time.time_ns()
+        self.nodes: dict[int, Node] = {ROOT_INODE: self.root}
+        self._loading: dict[int, trio.Event] = {}
+        self._reported: set[RelPath] = set()
+
+    # -- helpers --------------------------------------------------------------------
+    def rel(self, node: Node) -> RelPath:
+        parts: list[str] = []
+        current: Node | None = node
+        while current is not None and current.parent is not None:
+            parts.append(current.name)
+            current = current.parent
+        return RelPath(tuple(reversed(parts)))
+
+    def visible(self, node: Node) -> bool:
+        return node.cached or self.mode == "permissive"
+
+    def _child(self, parent: Node, name: str, is_dir: bool) -> Node:
+        assert parent.children is not None
+        node = parent.children.get(name)
+        if node is None:
+            node = Node(next(self._inodes), parent, name, is_dir)
+            parent.children[name] = node
+            self.nodes[node.inode] = node
+        return node
+
+    def _set_local(self, node: Node, local: LocalEntry) -> None:
+        if (node.cached, node.is_dir, node.size, node.mtime_ns) != (True, local.is_dir, local.size, local.mtime_ns):
+            node.cached, node.is_dir, node.size, node.mtime_ns = True, local.is_dir, local.size, local.mtime_ns
+            node.gen += 1
+
+    def _set_remote(self, node: Node, remote: RemoteEntry) -> None:
+        node.remote = remote
+        if not node.cached:
+            mtime_ns = int(remote.mtime * 1e9) or self.root.mtime_ns
+            if (node.is_dir, node.size, node.mtime_ns) != (remote.is_dir, remote.size, mtime_ns):
+                node.is_dir, node.size, node.mtime_ns = remote.is_dir, remote.size, mtime_ns
+                node.gen += 1
+
+    def _drop_if_gone(self, parent: Node, node: Node) -> None:
+        if not node.cached and node.remote is None and parent.children is not None:
+            parent.children.pop(node.name, None)
+
+    # -- loading folders ------------------------------------------------------------
+    async def children(self, node: Node) -> dict[str, Node]:
+        """The folder's children, loaded or refreshed as needed (one loader per folder)."""
+        while True:
+            event = self._loading.get(node.inode)
+            if event is None:
+                break
+            await event.wait()
+        if node.children is not None and not self._stale(node):
+            return node.children
+        event = self._loading[node.inode] = trio.Event()
+        try:
+            await self._load(node)
+        finally:
+            del self._loading[node.inode]
+            event.set()
+        assert node.children is not None
+        return node.children
+
+    def _stale(self, node: Node) -> bool:
+        if self._mirror_mtime(node) != node.scanned_mtime_ns:
+            return True
+        return self.mode == "permissive" and self._wants_listing(node)
+
+    def _wants_listing(self, node: Node) -> bool:
+        if node.parent is not None and node.remote is None:
+            return False  # a folder only the mirror has; the upstream would list nothing
+        if node.listed_at and time.time() - node.listed_at < self.listing_ttl:
+            return False
+        return self.upstream.available
+
+    def _mirror_mtime(self, node: Node) -> int:
+        if not node.cached:
+            return -1
+        try:
+            return os.stat(self.mirror.path(self.rel(node))).st_mtime_ns
+        except OSError:
+            return -2
+
+    async def _load(self, node: Node) -> None:
+        rel = self.rel(node)
+        if node.children is None:
+            node.children = {}
+        mtime = self._mirror_mtime(node)
+        if mtime != node.scanned_mtime_ns:
+            self._merge_local(node, self.mirror.scan(rel) if node.cached else None)
+            node.scanned_mtime_ns = mtime
+        if self.mode == "permissive" and self._wants_listing(node):
+            listing = await self._remote_listing(rel)
+            if listing is not None:
+                node.listed_at, entries = listing
+                self._merge_remote(node, entries)
+
+    def _merge_local(self, node: Node, entries: list[LocalEntry] | None) -> None:
+        assert node.children is not None
+        seen = set()
+        for entry in entries or ():
+            seen.add(entry.name)
+            child = self._child(node, entry.name, entry.is_dir)
+            self._set_local(child, entry)
+            if child.remote is not None and child.remote.is_dir != entry.is_dir:
+                child.remote = None  # the mirror's copy wins over a different upstream kind
+        for child in list(node.children.values()):
+            if child.cached and child.name not in seen:
+                child.cached = False  # removed from the mirror beside us
+                child.gen += 1
+                if child.remote is not None:
+                    self._set_remote(child, child.remote)
+                self._drop_if_gone(node, child)
+
+    def _merge_remote(self, node: Node, entries: list[RemoteEntry]) -> None:
+        assert node.children is not None
+        listed = {entry.name: entry for entry in entries}
+        for entry in entries:
+            child = self._child(node, entry.name, entry.is_dir)
+            if child.cached and child.is_dir != entry.is_dir:
+                continue
+            self._set_remote(child, entry)
+        for child in list(node.children.values()):
+            if child.remote is not None and child.name not in listed:
+                child.remote = None
+                self._drop_if_gone(node, child)
+
+    async def _remote_listing(self, rel: RelPath) -> tuple[float, list[RemoteEntry]] | None:
+        stored = self.index.listing(rel)
+        if stored is not None and time.time() - stored[0] < self.listing_ttl:
+            return stored
+        try:
+            entries = await self.upstream.list(rel)
+        except NotFound:
+            entries = []
+        except UpstreamError as exc:
+            log.warning("listing %s/ from upstream failed: %s%s", rel, exc,
+                        "; using the listing from an earlier run" if stored else "")
+            return stored
+        self.index.store_listing(rel, entries)
+        self.index.count("listings")
+        return time.time(), entries
+
+    # -- the operations the fs layer needs ------------------------------------------
+    async def lookup(self, parent: Node, name: str) -> Node | None:
+        children = await self.children(parent)
+        node = children.get(name)
+        if node is not None and self.visible(node):
+            return node
+        self._miss(self.rel(parent).child(name), parent)
+        return None
+
+    async def listdir(self, node: Node) -> list[Node]:
+        children = await self.children(node)
+        return [child for child in children.values() if self.visible(child)]
+
+    async def open(self, node: Node) -> int:
+        """An fd for reading the mirror's copy of a file, fetching it first if allowed."""
+        rel = self.rel(node)
+        for _attempt in range(2):
+            if not node.cached:
+                if self.mode != "permissive" or node.remote is None:
+                    self._miss(rel, node.parent)
+                    raise FetchFailed(errno.ENOENT, f"{rel} is not in the mirror")
+                self.index.count("misses_fetched")
+                self._set_local(node, await self.fetcher.ensure(rel, node.remote))
+                self._mark_ancestors_cached(node)
+            try:
+                fd = self.mirror.open_read(rel)
+            except FileNotFoundError:
+                node.cached = False  # deleted from the mirror beside us; fetch again if allowed
+                node.gen += 1
+                continue
+            self.index.touch(rel)
+            self.index.count("opens")
+            return fd
+        raise FetchFailed(errno.ENOENT, f"{rel} vanished from the mirror")
+
+    def _miss(self, rel: RelPath, parent: Node | None) -> None:
+        if rel.name in PROBE_NAMES or rel.name.startswith(".Trash-") or rel.is_state():
+            return
+        self.index.count("misses")
+        self.index.record_miss(rel, self.mode)
+        if rel in self._reported:
+            return
+        if len(self._reported) >= MAX_REMEMBERED_MISSES:
+            self._reported.clear()
+        self._reported.add(rel)
+        if self.mode == "strict":
+            log.warning(
+                "[isaacfs] ASSET NOT FOUND (strict mode)\n  missing:  %s\n  expected: %s\n  fetch it: %s",
+                rel, os.path.join(self.mount_display, str(rel)), warm_command(rel))
+        elif parent is not None and parent.remote is not None and not self.upstream.available:
+            log.warning("[isaacfs] %s is not in the mirror and the upstream is unavailable", rel)
+
+    def iter_nodes(self) -> Iterator[Node]:
+        return iter(self.nodes.values())
+
+    def note_installed(self, rel: RelPath, local: LocalEntry) -> Node | None:
+        """Tell the tree a file was installed by someone else (warm); returns its node if known."""
+        node: Node | None = self.root
+        for part in rel.parts:
+            if node is None or node.children is None:
+                return None
+            node = node.children.get(part)
+        if node is not None:
+            self._set_local(node, local)
+            self._mark_ancestors_cached(node)
+        return node
+
+    def _mark_ancestors_cached(self, node: Node) -> None:
+        parent = node.parent
+        while parent is not None and not parent.cached:
+            parent.cached = True
+            parent.scanned_mtime_ns = -3  # rescan the new mirror folder on next use
+            parent.gen += 1
+            parent = parent.parent

@@ -1,0 +1,249 @@
+"""The upstream asset root, reached only through NVIDIA's omni.client.
+
+This is the one module that imports omni.client. It turns omni.client's callback API
+into trio awaitables (results are handed back with ``TrioToken.run_sync_soon``, so no
+thread is held per request), bounds every call with a timeout (omni.client's own HTTP
+retries can take a minute on a dead host), maps results to a few exception kinds,
+validates every listed name, and stops asking a dead upstream for a while instead of
+making every lookup wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .paths import InvalidPath, RelPath, check_name
+from .upstream_types import NotFound, AccessDenied, Unavailable, UpstreamError, RemoteEntry
+
+log = logging.getLogger("isaacfs.upstream")
+
+import omni.client as oc  # noqa: E402  (the only import of omni.client in isaacfs)
+
+
+_LEVELS = {
+    "LogLevel.DEBUG": logging.DEBUG,
+    "LogLevel.VERBOSE": logging.DEBUG,
+    "LogLevel.INFO": logging.DEBUG,  # omni.client's INFO lines are chatter for our operators
+    "LogLevel.WARNING": logging.WARNING,
+    "LogLevel.ERROR": logging.ERROR,
+}
+
+
+def _forward_log(_thread: Any, component: Any, level: Any, message: Any) -> None:
+    # Runs on omni.client's own thread; logging is thread-safe. Never call omni.client here.
+    log.log(_LEVELS.get(str(level), logging.INFO), "omni.client %s: %s", component, str(message).strip())
+
+
+_initialized = False
+
+
+@contextmanager
+def client_session() -> Iterator[None]:
+    """Initialize omni.client for this process (once) and shut it down at the end."""
+    global _initialized
+    if _initialized:
+        yield
+        return
+    # No Hub process is wanted by a daemon: without this it searches for one and logs about it.
+    os.environ.setdefault("OMNICLIENT_HUB_MODE", "disabled")
+    oc.set_log_callback(_forward_log)
+    oc.initialize()
+    _initialized = True
+    try:
+        yield
+    finally:
+        oc.shutdown()
+        _initialized = False
+
+
+def _raise_for(result: Any, what: str) -> None:
+    if result == oc.Result.OK:
+        return
+    if result == oc.Result.ERROR_NOT_FOUND:
+        raise NotFound(f"{what}: not found upstream")
+    if result == oc.Result.ERROR_ACCESS_DENIED:
+        raise AccessDenied(f"{what}: access denied by upstream")
+    if result in (oc.Result.ERROR_CONNECTION, oc.Result.ERROR):
+        raise Unavailable(f"{what}: upstream unavailable ({result.name})")
+    raise UpstreamError(f"{what}: upstream answered {result.name}")
+
+
+def _to_entry(item: Any, name: str) -> RemoteEntry:
+    modified = item.modified_time
+    mtime = 0.0
+    if isinstance(modified, datetime):
+        if modified.tzinfo is None:
+            modified = modified.replace(tzinfo=timezone.utc)
+        mtime = max(0.0, modified.timestamp())
+    is_dir = bool(item.flags & oc.ItemFlags.CAN_HAVE_CHILDREN)
+    etag = (item.version or item.hash or "").strip('"')
+    return RemoteEntry(name=name, is_dir=is_dir, size=0 if is_dir else int(item.size), mtime=mtime, etag=etag)
+
+
+class Upstream:
+    """An asset root URL (https S3 root, omniverse://, file:) seen as a read-only tree."""
+
+    def __init__(self, root_url: str, timeout: float, stall_timeout: float, retry_after: float) -> None:
+        self.root_url = root_url.rstrip("/")
+        self.timeout = timeout
+        self.stall_timeout = stall_timeout
+        self.retry_after = retry_after
+        self._down_until = 0.0
+        self._down_reason = ""
+
+    # -- URLs ---------------------------------------------------------------------
+    def url_for(self, rel: RelPath) -> str:
+        url = self.root_url
+        for part in rel.parts:
+            url = oc.join(url, part)  # percent-encodes each name as one segment
+        return url
+
+    # -- health -------------------------------------------------------------------
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _check_available(self, what: str) -> None:
+        if not self.available:
+            left = self._down_until - time.monotonic()
+            raise Unavailable(f"{what}: upstream unavailable ({self._down_reason}); next try in {left:.0f}s")
+
+    def _mark(self, exc: BaseException | None) -> None:
+        if isinstance(exc, Unavailable):
+            if self.available:
+                log.warning("upstream %s is unavailable: %s; serving the mirror only for %.0fs",
+                            self.root_url, exc, self.retry_after)
+            self._down_until = time.monotonic() + self.retry_after
+            self._down_reason = str(exc).rsplit(": ", 1)[-1]
+        elif self._down_reason:
+            log.info("upstream %s answers again", self.root_url)
+            self._down_reason = ""
+            self._down_until = 0.0
+
+    async def _call(self, start: Callable[[Callable[..., None]], Any], timeout: float, what: str) -> tuple[Any, ...]:
+        """Start an omni.client request and wait for its callback, at most ``timeout`` seconds."""
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        box: list[tuple[Any, ...]] = []
+
+        def on_result(*args: Any) -> None:
+            def deliver() -> None:
+                box.append(args)
+                done.set()
+
+            try:
+                token.run_sync_soon(deliver)
+            except trio.RunFinishedError:
+                pass  # the daemon is stopping; nobody waits for this answer any more
+
+        request = start(on_result)
+        try:
+            with trio.move_on_after(timeout):
+                await done.wait()
+        finally:
+            if not done.is_set():
+                request.stop()
+        if not box:
+            raise Unavailable(f"{what}: upstream did not answer within {timeout:g}s")
+        return box[0]
+
+    async def _guarded(self, what: str, start: Callable[[Callable[..., None]], Any],
+                       timeout: float | None = None) -> tuple[Any, ...]:
+        self._check_available(what)
+        try:
+            answer = await self._call(start, timeout or self.timeout, what)
+            _raise_for(answer[0], what)
+        except UpstreamError as exc:
+            self._mark(exc)
+            raise
+        self._mark(None)
+        return answer
+
+    # -- operations ---------------------------------------------------------------
+    async def list(self, rel: RelPath) -> list[RemoteEntry]:
+        """List a folder. Entries whose names are unsafe are skipped with a log line."""
+        url = self.url_for(rel)
+        _result, items = await self._guarded(
+            f"list {rel or '/'}", lambda cb: oc.list_with_callback(url, cb))
+        entries: dict[str, RemoteEntry] = {}
+        for item in items:
+            raw = item.relative_path
+            try:
+                # Some providers mark folders with one trailing slash; any other slash is hostile.
+                name = check_name(raw[:-1] if raw.endswith("/") else raw)
+            except InvalidPath as exc:
+                log.warning("skipped upstream entry in %s/: %s", rel or "", exc)
+                continue
+            entry = _to_entry(item, name)
+            if name in entries and entries[name].is_dir != entry.is_dir:
+                log.warning("upstream %s/ lists %r as both file and folder; keeping the folder", rel or "", name)
+                if not entry.is_dir:
+                    continue
+            entries[name] = entry
+        return list(entries.values())
+
+    async def stat(self, rel: RelPath) -> RemoteEntry:
+        url = self.url_for(rel)
+        _result, item = await self._guarded(f"stat {rel}", lambda cb: oc.stat_with_callback(url, cb))
+        return _to_entry(item, rel.name)
+
+    async def download(self, rel: RelPath, dest: Path, on_progress: Callable[[int], None] | None = None) -> None:
+        """Stream ``rel`` into the local file ``dest`` (overwritten).
+
+        There is no overall time limit: a large file on a slow link may take long. A
+        download that receives no byte for ``stall_timeout`` seconds is stopped.
+        """
+        what = f"fetch {rel}"
+        self._check_available(what)
+        url, target = self.url_for(rel), oc.make_file_url(str(dest))
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        box: list[Any] = []
+
+        def on_result(result: Any) -> None:
+            def deliver() -> None:
+                box.append(result)
+                done.set()
+
+            try:
+                token.run_sync_soon(deliver)
+            except trio.RunFinishedError:
+                pass
+
+        request = oc.copy_file_with_callback(url, target, on_result, behavior=oc.CopyBehavior.OVERWRITE)
+        try:
+            last_size, last_change = -1, time.monotonic()
+            while not done.is_set():
+                with trio.move_on_after(0.25):
+                    await done.wait()
+                try:
+                    size = dest.stat().st_size
+                except FileNotFoundError:
+                    size = 0
+                now = time.monotonic()
+                if size != last_size:
+                    last_size, last_change = size, now
+                    if on_progress:
+                        on_progress(size)
+                elif now - last_change > self.stall_timeout and not done.is_set():
+                    exc = Unavailable(f"{what}: no data for {self.stall_timeout:g}s, download abandoned")
+                    self._mark(exc)
+                    raise exc
+        finally:
+            if not done.is_set():
+                request.stop()
+        try:
+            _raise_for(box[0], what)
+        except UpstreamError as exc:
+            self._mark(exc)
+            raise
+        self._mark(None)

@@ -1,0 +1,123 @@
+"""A real S3 implementation (moto) on loopback over TLS, for tests and benchmarks.
+
+Run as a process: it fills one bucket from a local folder, serves it on 127.0.0.1
+with a self-signed certificate, prints one JSON line (port, cert path, bucket) and
+serves until killed. omni.client reaches it through its S3 provider when an
+``omniverse.toml`` names ``127.0.0.1`` as an S3 host (see write_omniverse_toml).
+
+It also counts object GETs per key, readable at ``/__isaacfs_stats`` (JSON), so tests
+can prove how many downloads really reached the upstream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterable
+from urllib.parse import unquote
+
+BUCKET = "omniverse-content-test"
+REGION = "us-west-2"
+PREFIX = "Assets/Isaac/5.1"
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """Self-signed certificate for IP:127.0.0.1 that is its own CA (so SSL_CERT_FILE trusts it)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    if not cert.exists():
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1",
+             "-addext", "basicConstraints=critical,CA:TRUE"],
+            check=True, capture_output=True,
+        )
+    return cert, key
+
+
+def write_omniverse_toml(config_dir: Path, bucket: str = BUCKET) -> None:
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "omniverse.toml").write_text(
+        f'[s3."127.0.0.1"]\nbucket = "{bucket}"\nregion = "{REGION}"\n'
+    )
+
+
+def iter_files(root: Path) -> Iterable[tuple[str, Path]]:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            yield path.relative_to(root).as_posix(), path
+
+
+def fill_bucket(source: Path, prefix: str, bucket: str) -> int:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import get_canned_acl, s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    backend.create_bucket(bucket, REGION)
+    count = 0
+    for rel, path in iter_files(source):
+        key = backend.put_object(bucket, f"{prefix}/{rel}", path.read_bytes())
+        key.acl = get_canned_acl("public-read")
+        count += 1
+    return count
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def make_app(bucket: str, gets: Counter[str], lock: threading.Lock) -> WSGIApp:
+    from moto.server import DomainDispatcherApplication, create_backend_app
+
+    moto_app = DomainDispatcherApplication(create_backend_app)
+    virtual_host = f"{bucket}.s3.{REGION}.amazonaws.com"
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/__isaacfs_stats":
+            with lock:
+                body = json.dumps({"gets": dict(gets)}).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
+        # omni.client sends the key as the path (virtual-hosted style): tell moto the bucket.
+        if not path.startswith(f"/{bucket}"):
+            environ["HTTP_HOST"] = virtual_host
+        if environ.get("REQUEST_METHOD") == "GET" and not environ.get("QUERY_STRING"):
+            with lock:
+                gets[unquote(path.lstrip("/"))] += 1
+        return moto_app(environ, start_response)  # type: ignore[no-any-return]
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--source", type=Path, required=True)
+    parser.add_argument("--prefix", default=PREFIX)
+    parser.add_argument("--bucket", default=BUCKET)
+    parser.add_argument("--certdir", type=Path, required=True)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    from werkzeug.serving import make_server
+
+    cert, key = make_certificate(args.certdir)
+    count = fill_bucket(args.source, args.prefix, args.bucket)
+    gets: Counter[str] = Counter()
+    server = make_server("127.0.0.1", args.port, make_app(args.bucket, gets, threading.Lock()),
+                         threaded=True, ssl_context=(str(cert), str(key)))
+    print(json.dumps({"port": server.server_port, "cert": str(cert), "bucket": args.bucket,
+                      "objects": count}), flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
