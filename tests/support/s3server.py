@@ -69,6 +69,16 @@ def fill_bucket(source: Path, prefix: str, bucket: str) -> int:
     return count
 
 
+def put_raw(objects: dict[str, str], bucket: str) -> int:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import get_canned_acl, s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    for key, text in objects.items():
+        backend.put_object(bucket, key, text.encode()).acl = get_canned_acl("public-read")
+    return len(objects)
+
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -103,6 +113,7 @@ def main() -> None:
     parser.add_argument("--bucket", default=BUCKET)
     parser.add_argument("--certdir", type=Path, required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--extra", type=Path, help="JSON {key: text} of raw keys to add (hostile names)")
     args = parser.parse_args()
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -111,6 +122,8 @@ def main() -> None:
 
     cert, key = make_certificate(args.certdir)
     count = fill_bucket(args.source, args.prefix, args.bucket)
+    if args.extra:
+        count += put_raw(json.loads(args.extra.read_text()), args.bucket)
     gets: Counter[str] = Counter()
     server = make_server("127.0.0.1", args.port, make_app(args.bucket, gets, threading.Lock()),
                          threaded=True, ssl_context=(str(cert), str(key)))

@@ -1,0 +1,166 @@
+"""Real servers and real mounts for tests, always cleaned up."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+SAMPLE = REPO / "isaacfs" / "sample_assets"
+S3_PREFIX = "Assets/Isaac/5.1"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tree_digests(root: Path) -> dict[str, str]:
+    """sha256 of every file below root, by relative path (the isaacfs state folder left out)."""
+    found = {}
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not (Path(dirpath) == root and d == ".isaacfs")]
+        for name in files:
+            path = Path(dirpath) / name
+            found[path.relative_to(root).as_posix()] = sha256(path)
+    return found
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.abspath(path)
+    with open("/proc/self/mountinfo") as stream:
+        return any(line.split()[4] == target for line in stream)
+
+
+def force_unmount(path: Path) -> None:
+    if is_mounted(path) or _stale(path):
+        subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
+
+
+def _stale(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == 107
+    return False
+
+
+@dataclass
+class Upstream:
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    cert: str = ""
+
+    def gets(self) -> dict[str, int]:
+        """Object GETs the S3 server has answered, by key."""
+        context = ssl.create_default_context(cafile=self.cert)
+        with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/__isaacfs_stats", context=context) as reply:
+            data: dict[str, int] = json.load(reply)["gets"]
+        return data
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_s3(source: Path, workdir: Path, extra: dict[str, str] | None = None) -> Upstream:
+    """A moto S3 bucket on loopback holding ``source`` under Assets/Isaac/5.1/."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(HERE / "s3server.py"), "--source", str(source), "--certdir", str(workdir)]
+    if extra:
+        (workdir / "extra.json").write_text(json.dumps(extra))
+        command += ["--extra", str(workdir / "extra.json")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=open(workdir / "s3server.log", "wb"))
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        process.wait()
+        raise RuntimeError("S3 server failed: " + (workdir / "s3server.log").read_text()[-2000:])
+    info = json.loads(line)
+    config_dir = workdir / "omniconfig"
+    config_dir.mkdir(exist_ok=True)
+    (config_dir / "omniverse.toml").write_text(
+        f'[s3."127.0.0.1"]\nbucket = "{info["bucket"]}"\nregion = "us-west-2"\n')
+    env = {"OMNI_CONFIG_PATH": str(config_dir), "SSL_CERT_FILE": info["cert"]}
+    return Upstream(f"https://127.0.0.1:{info['port']}/{S3_PREFIX}", env, process, info["port"], info["cert"])
+
+
+def isaacfs(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "isaacfs", *args], capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"isaacfs {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    return result
+
+
+class Mounts:
+    """Mounts made by a test; every one is unmounted (or killed and detached) at teardown."""
+
+    def __init__(self, state_home: Path) -> None:
+        self.made: list[tuple[Path, int]] = []
+        self.env = {"XDG_STATE_HOME": str(state_home), "OMNICLIENT_HUB_MODE": "disabled"}
+
+    def mount(self, mountpoint: Path, upstream: Upstream | None = None, *flags: str,
+              env: dict[str, str] | None = None) -> int:
+        args = ["mount", str(mountpoint), *flags]
+        if upstream is not None:
+            args += ["--upstream", upstream.url]
+        full_env = {**self.env, **(upstream.env if upstream else {}), **(env or {})}
+        result = isaacfs(*args, env=full_env)
+        if result.returncode != 0:
+            raise AssertionError(f"mount failed ({result.returncode}): {result.stdout}{result.stderr}"
+                                 f"\nlog: {self.log(mountpoint)[-3000:]}")
+        pid = int(os.getxattr(mountpoint, "user.isaacfs.pid"))
+        self.made.append((mountpoint, pid))
+        return pid
+
+    def log(self, mountpoint: Path) -> str:
+        name = str(mountpoint).strip("/").replace("-", "\\x2d").replace("/", "-")
+        path = Path(self.env["XDG_STATE_HOME"]) / "isaacfs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def umount(self, mountpoint: Path) -> subprocess.CompletedProcess[str]:
+        return isaacfs("umount", str(mountpoint), env=self.env)
+
+    def cleanup(self) -> None:
+        for mountpoint, pid in self.made:
+            if is_mounted(mountpoint) and not _stale(mountpoint):
+                isaacfs("umount", str(mountpoint), env=self.env, timeout=60)
+            force_unmount(mountpoint)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
+
+
+def copy_sample(dest: Path) -> Path:
+    shutil.copytree(SAMPLE, dest)
+    return dest
