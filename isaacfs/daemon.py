@@ -182,12 +182,14 @@ class Daemon:
                 return
 
     async def _flush_periodically(self, index: Index) -> None:
-        try:
-            while True:
-                await trio.sleep(INDEX_FLUSH_SECONDS)
-                index.flush()
-        finally:
-            index.flush()
+        while True:
+            await trio.sleep(INDEX_FLUSH_SECONDS)
+            data = index.snapshot()
+            if data is not None:
+                try:
+                    await trio.to_thread.run_sync(index.write_snapshot, data)
+                except OSError as exc:
+                    log.warning("could not save the mirror index: %s", exc.strerror)
 
     async def _adopt(self, mirror: Mirror, index: Index) -> None:
         files = await trio.to_thread.run_sync(mirror.walk_files)

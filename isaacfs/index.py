@@ -3,13 +3,21 @@
 The files on disk are the truth about what is mirrored; the index adds what the disk
 cannot say: where a file came from and its upstream ETag, cached upstream listings
 (with the time they were fetched), the misses strict mode refused, and counters.
-Writes that happen on hot paths (access times, counters) are kept in memory and
-flushed in batches.
+
+The database lives in memory and is saved as a whole, atomically (temporary file,
+fsync, rename), every few seconds when it changed and at stop. Why not let SQLite
+write the file itself: the mirror is usually hidden under the mount, reached only
+through ``/proc/self/fd/N``, and SQLite resolves that link to its text path, which
+leads back into our own mount: the daemon would wait on itself. The file stays a
+plain SQLite database that any tool can read while the mirror is unmounted. A crash
+loses at most the last few seconds of index updates, never a mirrored file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import time
 from collections import Counter
@@ -18,6 +26,8 @@ from pathlib import Path
 
 from .paths import RelPath
 from .upstream_types import RemoteEntry
+
+log = logging.getLogger("isaacfs.index")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,16 +63,67 @@ def _key(rel: RelPath) -> str | None:
 
 class Index:
     def __init__(self, db_path: Path) -> None:
-        self.db = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.path = db_path
+        self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        try:
+            data = db_path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        if data:
+            try:
+                self.db.deserialize(data)
+                self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.DatabaseError as exc:
+                aside = db_path.with_name(f"index.db.damaged-{int(time.time())}")
+                os.replace(db_path, aside)
+                log.warning("the mirror index was unreadable (%s); kept it as %s and started a new one",
+                            exc, aside.name)
+                self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         self.db.executescript(SCHEMA)
         self._counters: Counter[str] = Counter()
         self._access: dict[str, float] = {}
+        self._saved_changes = -1
 
     def close(self) -> None:
-        self.flush()
+        try:
+            self.save()
+        except OSError as exc:
+            log.warning("could not save the mirror index at stop: %s", exc.strerror)
         self.db.close()
+
+    def snapshot(self) -> bytes | None:
+        """The whole database as bytes if it changed since the last save, else None."""
+        self.flush()
+        changes = self.db.total_changes
+        if changes == self._saved_changes:
+            return None
+        self._saved_changes = changes
+        return bytes(self.db.serialize())
+
+    def write_snapshot(self, data: bytes) -> None:
+        """Replace the index file atomically with ``data`` (may run in a worker thread)."""
+        temp = self.path.with_name(f"index.db.{os.getpid()}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(temp, self.path)
+        except OSError:
+            self._saved_changes = -1  # try again at the next save
+            temp.unlink(missing_ok=True)
+            raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def save(self) -> None:
+        data = self.snapshot()
+        if data is not None:
+            self.write_snapshot(data)
 
     # -- meta -----------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
