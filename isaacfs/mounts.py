@@ -42,8 +42,9 @@ def find_mount(path: Path) -> MountInfo | None:
 
 def is_stale(path: Path) -> bool:
     """True for a FUSE mount whose daemon is gone ("transport endpoint is not connected")."""
+    # statfs always reaches the daemon; a stat may be answered from the kernel's cache.
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False

@@ -54,7 +54,7 @@ def force_unmount(path: Path) -> None:
 
 def _stale(path: Path) -> bool:
     try:
-        os.stat(path)
+        os.statvfs(path)  # always reaches the daemon, unlike a cached stat
     except OSError as exc:
         return exc.errno == 107
     return False
@@ -68,12 +68,15 @@ class Upstream:
     port: int = 0
     cert: str = ""
 
-    def gets(self) -> dict[str, int]:
-        """Object GETs the S3 server has answered, by key."""
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Object GETs the S3 server answered and body bytes it sent, by key."""
         context = ssl.create_default_context(cafile=self.cert)
         with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/__isaacfs_stats", context=context) as reply:
-            data: dict[str, int] = json.load(reply)["gets"]
+            data: dict[str, dict[str, int]] = json.load(reply)
         return data
+
+    def bytes_sent(self, key: str) -> int:
+        return self.stats()["bytes"].get(key, 0)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -5,7 +5,7 @@ with a self-signed certificate, prints one JSON line (port, cert path, bucket) a
 serves until killed. omni.client reaches it through its S3 provider when an
 ``omniverse.toml`` names ``127.0.0.1`` as an S3 host (see write_omniverse_toml).
 
-It also counts object GETs per key, readable at ``/__isaacfs_stats`` (JSON), so tests
+It also counts object GETs and the body bytes sent per key, readable at ``/__isaacfs_stats`` (JSON), so tests
 can prove how many downloads really reached the upstream.
 """
 
@@ -82,7 +82,7 @@ def put_raw(objects: dict[str, str], bucket: str) -> int:
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-def make_app(bucket: str, gets: Counter[str], lock: threading.Lock) -> WSGIApp:
+def make_app(bucket: str, gets: Counter[str], sent: Counter[str], lock: threading.Lock) -> WSGIApp:
     from moto.server import DomainDispatcherApplication, create_backend_app
 
     moto_app = DomainDispatcherApplication(create_backend_app)
@@ -92,15 +92,23 @@ def make_app(bucket: str, gets: Counter[str], lock: threading.Lock) -> WSGIApp:
         path = environ.get("PATH_INFO", "")
         if path == "/__isaacfs_stats":
             with lock:
-                body = json.dumps({"gets": dict(gets)}).encode()
+                body = json.dumps({"gets": dict(gets), "bytes": dict(sent)}).encode()
             start_response("200 OK", [("Content-Type", "application/json")])
             return [body]
         # omni.client sends the key as the path (virtual-hosted style): tell moto the bucket.
         if not path.startswith(f"/{bucket}"):
             environ["HTTP_HOST"] = virtual_host
         if environ.get("REQUEST_METHOD") == "GET" and not environ.get("QUERY_STRING"):
-            with lock:
-                gets[unquote(path.lstrip("/"))] += 1
+            key = unquote(path.lstrip("/"))
+
+            def counting_start_response(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+                length = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
+                with lock:
+                    gets[key] += 1
+                    sent[key] += length if status.startswith("20") else 0
+                return start_response(status, headers, *rest)
+
+            return moto_app(environ, counting_start_response)  # type: ignore[no-any-return]
         return moto_app(environ, start_response)  # type: ignore[no-any-return]
 
     return app
@@ -125,7 +133,8 @@ def main() -> None:
     if args.extra:
         count += put_raw(json.loads(args.extra.read_text()), args.bucket)
     gets: Counter[str] = Counter()
-    server = make_server("127.0.0.1", args.port, make_app(args.bucket, gets, threading.Lock()),
+    sent: Counter[str] = Counter()
+    server = make_server("127.0.0.1", args.port, make_app(args.bucket, gets, sent, threading.Lock()),
                          threaded=True, ssl_context=(str(cert), str(key)))
     print(json.dumps({"port": server.server_port, "cert": str(cert), "bucket": args.bucket,
                       "objects": count}), flush=True)

@@ -1,0 +1,171 @@
+"""Fetching over a real S3 upstream: single flight, crashes, dead upstreams, hostile listings."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.faultproxy import FaultProxy
+from tests.support.helpers import S3_PREFIX, Mounts, Upstream, copy_sample, sha256, start_s3, wait_for
+
+BIG = "Isaac/Props/Large/big_texture.bin"
+POLICY = "Isaac/IsaacLab/Policies/ANYmal-C/Blind/policy.pt"
+
+
+@pytest.fixture(scope="module")
+def big_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    source = copy_sample(tmp_path_factory.mktemp("big") / "source")
+    (source / BIG).parent.mkdir(parents=True)
+    (source / BIG).write_bytes(os.urandom(24 * 1024 * 1024))
+    return source
+
+
+@pytest.fixture(scope="module")
+def big_s3(big_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    server = start_s3(big_source, tmp_path_factory.mktemp("big-s3"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def proxy(big_s3: Upstream) -> Iterator[FaultProxy]:
+    fault = FaultProxy(big_s3.port)
+    try:
+        yield fault
+    finally:
+        fault.close()
+
+
+def through(proxy: FaultProxy, upstream: Upstream) -> Upstream:
+    return Upstream(f"https://127.0.0.1:{proxy.port}/{S3_PREFIX}", upstream.env)
+
+
+READER = "import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest())"
+
+
+def test_32_processes_one_download(big_s3: Upstream, big_source: Path, proxy: FaultProxy,
+                                   tmp_path: Path, mounts: Mounts) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    proxy.throttle = 40 * 1024 * 1024  # slow enough that all readers arrive during the download
+    mounts.mount(mountpoint, through(proxy, big_s3), "--mode", "permissive")
+    os.stat(mountpoint / BIG)  # list the folders first: the race is on the file itself
+    before = big_s3.bytes_sent(f"{S3_PREFIX}/{BIG}")
+    readers = [subprocess.Popen([sys.executable, "-c", READER, str(mountpoint / BIG)], stdout=subprocess.PIPE,
+                                text=True) for _ in range(32)]
+    digests = {reader.communicate(timeout=120)[0].strip() for reader in readers}
+    assert all(reader.returncode == 0 for reader in readers)
+    assert digests == {sha256(big_source / BIG)}
+    # One download: omni.client may split it into ranged GETs, but the body crossed once.
+    assert big_s3.bytes_sent(f"{S3_PREFIX}/{BIG}") - before == (big_source / BIG).stat().st_size
+    assert mounts.log(mountpoint).count(f"fetched {BIG}") == 1
+
+
+def test_kill_9_mid_download_leaves_no_partial_file(big_s3: Upstream, big_source: Path, proxy: FaultProxy,
+                                                    tmp_path: Path, mounts: Mounts) -> None:
+    mountpoint, mirror = tmp_path / "mnt", tmp_path / "mirror"
+    mountpoint.mkdir()
+    mirror.mkdir()
+    proxy.throttle = 2 * 1024 * 1024  # 24 MiB takes ~12 s: plenty of time to kill it mid-way
+    pid = mounts.mount(mountpoint, through(proxy, big_s3), "--mode", "permissive", "--mirror", str(mirror))
+    reader = subprocess.Popen(["cat", str(mountpoint / BIG)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        temp = mirror / ".isaacfs" / "tmp"
+        wait_for(lambda: any(p.stat().st_size > 1024 * 1024 for p in temp.iterdir()), timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: reader.poll() is not None, timeout=30)
+    finally:
+        reader.kill()
+    assert not (mirror / BIG).exists()  # nothing partial in the tree
+    with pytest.raises(OSError) as caught:
+        os.listdir(mountpoint)
+    assert caught.value.errno == errno.ENOTCONN  # the stale mount a crash leaves
+
+    proxy.throttle = 0
+    mounts.mount(mountpoint, through(proxy, big_s3), "--mode", "permissive", "--mirror", str(mirror))
+    assert "recovered a stale mount" in mounts.log(mountpoint)
+    assert "removed 1 unfinished download" in mounts.log(mountpoint)
+    assert sha256(mountpoint / BIG) == sha256(big_source / BIG)
+    assert sha256(mirror / BIG) == sha256(big_source / BIG)
+    assert list((mirror / ".isaacfs" / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("fault", ["refuse", "stall"])
+def test_dead_upstream_mirror_keeps_serving_and_misses_fail_fast(fault: str, big_s3: Upstream, big_source: Path,
+                                                                 proxy: FaultProxy, tmp_path: Path,
+                                                                 mounts: Mounts) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    env = {"ISAACFS_STALL_TIMEOUT": "2"}
+    mounts.mount(mountpoint, through(proxy, big_s3), "--mode", "permissive", "--upstream-timeout", "2", env=env)
+    assert sha256(mountpoint / POLICY) == sha256(big_source / POLICY)
+    os.listdir(mountpoint / "Isaac/Props/Large")  # listed, not fetched
+    proxy.mode = fault
+
+    started = time.monotonic()
+    with pytest.raises(OSError) as caught:
+        (mountpoint / BIG).read_bytes()
+    assert caught.value.errno == errno.EIO
+    assert time.monotonic() - started < 10  # bounded, never a hang
+    # A folder never listed: the lookup fails within the timeout, then at once while the upstream rests.
+    started = time.monotonic()
+    assert not (mountpoint / "Isaac/Environments/Grid/default_environment.usda").exists()
+    assert not (mountpoint / "Isaac/Environments/Grid/default_environment.usda").exists()
+    assert time.monotonic() - started < 6
+    # What the mirror holds is served as before, with the page cache dropped too.
+    subprocess.run(["sh", "-c", "echo 1 > /proc/sys/vm/drop_caches"], check=False)
+    started = time.monotonic()
+    assert sha256(mountpoint / POLICY) == sha256(big_source / POLICY)
+    assert time.monotonic() - started < 1
+    assert "upstream" in mounts.log(mountpoint) and "unavailable" in mounts.log(mountpoint)
+
+
+def test_mount_starts_while_upstream_is_down(big_s3: Upstream, proxy: FaultProxy, tmp_path: Path,
+                                            mounts: Mounts) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    proxy.mode = "refuse"
+    started = time.monotonic()
+    mounts.mount(mountpoint, through(proxy, big_s3), "--mode", "permissive", "--upstream-timeout", "2")
+    assert time.monotonic() - started < 10
+    assert os.listdir(mountpoint) == []
+
+
+def test_hostile_names_in_listing_are_skipped(tmp_path: Path, mounts: Mounts) -> None:
+    source = copy_sample(tmp_path / "source")
+    hostile = f"{S3_PREFIX}/Isaac/Hostile"
+    extra = {f"{hostile}/../../../../escape.usd": "escaped", f"{hostile}/./dot.usd": "dot",
+             f"{hostile}//empty.usd": "empty", f"{hostile}/ok.usd": "fine", f"{hostile}/..": "dotdot",
+             f"{hostile}/.": "dot", f"{hostile}/sub/../../up.usd": "up"}
+    server = start_s3(source, tmp_path / "s3", extra)
+    try:
+        mountpoint = tmp_path / "mnt"
+        mountpoint.mkdir()
+        mounts.mount(mountpoint, server, "--mode", "permissive")
+        names = os.listdir(mountpoint / "Isaac/Hostile")
+        assert "ok.usd" in names
+        assert not {"..", ".", ""} & set(names)
+        assert (mountpoint / "Isaac/Hostile/ok.usd").read_text() == "fine"
+        for name in names:  # whatever else was listed is a plain, safe name inside the tree
+            path = mountpoint / "Isaac/Hostile" / name
+            if path.is_file():
+                path.read_bytes()
+        log = mounts.log(mountpoint)
+        for bad in ("''", "'.'", "'..'"):
+            assert f"skipped upstream entry in Isaac/Hostile/: illegal name {bad}" in log
+        assert mounts.umount(mountpoint).returncode == 0
+    finally:
+        server.stop()
+    outside = [p for p in tmp_path.rglob("*.usd") if "escape" in p.name or p.name in ("up.usd",)]
+    assert all(str(p).startswith(str(mountpoint)) for p in outside), outside
+    assert not (tmp_path / "escape.usd").exists()
