@@ -23,7 +23,8 @@ def _add_mount_settings(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--upstream", metavar="URL",
                         help="asset root URL (https S3 root, omniverse://, file:, or a folder)")
     source.add_argument("--release", metavar="X.Y",
-                        help=f"the NVIDIA cloud asset root of this Isaac Sim release (default {config.DEFAULT_RELEASE})")
+                        help="the NVIDIA cloud asset root of this Isaac Sim release"
+                        f" (default {config.DEFAULT_RELEASE})")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--mode", choices=config.MODES, help="strict (default): only the mirror;"
                       " permissive: fetch misses from the upstream")

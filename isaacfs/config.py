@@ -164,3 +164,11 @@ def load(
         values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
         sources[key] = "flag"
     return replace(Settings(), **values, sources=sources)
+
+
+def redact(url: str) -> str:
+    """The URL without any user:password part, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -12,7 +12,7 @@ import pyfuse3
 import trio
 
 from . import mounts, sdnotify
-from .config import Settings
+from .config import Settings, redact
 from .errors import MountError
 from .fetch import Fetcher
 from .fs import AssetFS
@@ -199,10 +199,3 @@ class Daemon:
         log.info("adopted the existing asset tree in %s: %d files, %.1f MB (never deleted or rewritten)",
                  mirror.display, len(files), total / 1e6)
 
-
-def redact(url: str) -> str:
-    """The URL without any user:password part, for logs."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

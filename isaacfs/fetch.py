@@ -40,7 +40,7 @@ class FetchFailed(Exception):
 
 
 class _Flight:
-    __slots__ = ("done", "result", "error")
+    __slots__ = ("done", "error", "result")
 
     def __init__(self) -> None:
         self.done = trio.Event()

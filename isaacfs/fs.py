@@ -35,8 +35,6 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 XATTR_STATE = b"user.isaacfs.state"
 XATTR_URL = b"user.isaacfs.url"
-XATTR_ROOT = (b"user.isaacfs.pid", b"user.isaacfs.mode", b"user.isaacfs.upstream",
-              b"user.isaacfs.mirror", b"user.isaacfs.log")
 
 
 class AssetFS(pyfuse3.Operations):

@@ -146,7 +146,8 @@ class Index:
         now = time.time()
         self.db.execute("BEGIN")
         self.db.executemany(
-            "INSERT OR IGNORE INTO files(path, size, mtime, etag, source, fetched_at) VALUES(?, ?, ?, '', 'adopted', ?)",
+            "INSERT OR IGNORE INTO files(path, size, mtime, etag, source, fetched_at)"
+            " VALUES(?, ?, ?, '', 'adopted', ?)",
             [(path, size, mtime, now) for path, size, mtime in records])
         self.db.execute("COMMIT")
 

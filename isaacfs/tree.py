@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import trio
 
 from .config import Mode
-from .fetch import FetchFailed, Fetcher
+from .fetch import Fetcher, FetchFailed
 from .hints import warm_command
 from .index import Index
 from .mirror import LocalEntry, Mirror
@@ -40,8 +40,20 @@ MAX_REMEMBERED_MISSES = 10_000
 class Node:
     """One file or folder of the tree. ``gen`` changes whenever its attributes do."""
 
-    __slots__ = ("inode", "parent", "name", "is_dir", "size", "mtime_ns", "cached", "remote",
-                 "children", "scanned_mtime_ns", "listed_at", "gen")
+    __slots__ = (
+        "cached",
+        "children",
+        "gen",
+        "inode",
+        "is_dir",
+        "listed_at",
+        "mtime_ns",
+        "name",
+        "parent",
+        "remote",
+        "scanned_mtime_ns",
+        "size",
+    )
 
     def __init__(self, inode: int, parent: Node | None, name: str, is_dir: bool) -> None:
         self.inode = inode

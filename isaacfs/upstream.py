@@ -15,19 +15,19 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from .config import redact
 from .paths import InvalidPath, RelPath, check_name
-from .upstream_types import NotFound, AccessDenied, Unavailable, UpstreamError, RemoteEntry
+from .upstream_types import AccessDenied, NotFound, RemoteEntry, Unavailable, UpstreamError
 
 log = logging.getLogger("isaacfs.upstream")
 
 import omni.client as oc  # noqa: E402  (the only import of omni.client in isaacfs)
-
 
 _LEVELS = {
     "LogLevel.DEBUG": logging.DEBUG,
@@ -82,11 +82,30 @@ def _to_entry(item: Any, name: str) -> RemoteEntry:
     mtime = 0.0
     if isinstance(modified, datetime):
         if modified.tzinfo is None:
-            modified = modified.replace(tzinfo=timezone.utc)
+            modified = modified.replace(tzinfo=UTC)
         mtime = max(0.0, modified.timestamp())
     is_dir = bool(item.flags & oc.ItemFlags.CAN_HAVE_CHILDREN)
     etag = (item.version or item.hash or "").strip('"')
     return RemoteEntry(name=name, is_dir=is_dir, size=0 if is_dir else int(item.size), mtime=mtime, etag=etag)
+
+
+def _trio_callback() -> tuple[Callable[..., None], trio.Event, list[tuple[Any, ...]]]:
+    """A callback for omni.client's own thread that hands its arguments to this trio run."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    box: list[tuple[Any, ...]] = []
+
+    def on_result(*args: Any) -> None:
+        def deliver() -> None:
+            box.append(args)
+            done.set()
+
+        try:
+            token.run_sync_soon(deliver)
+        except trio.RunFinishedError:
+            pass  # the daemon is stopping; nobody waits for this answer any more
+
+    return on_result, done, box
 
 
 class Upstream:
@@ -121,30 +140,17 @@ class Upstream:
         if isinstance(exc, Unavailable):
             if self.available:
                 log.warning("upstream %s is unavailable: %s; serving the mirror only for %.0fs",
-                            self.root_url, exc, self.retry_after)
+                            redact(self.root_url), exc, self.retry_after)
             self._down_until = time.monotonic() + self.retry_after
             self._down_reason = str(exc).rsplit(": ", 1)[-1]
         elif self._down_reason:
-            log.info("upstream %s answers again", self.root_url)
+            log.info("upstream %s answers again", redact(self.root_url))
             self._down_reason = ""
             self._down_until = 0.0
 
     async def _call(self, start: Callable[[Callable[..., None]], Any], timeout: float, what: str) -> tuple[Any, ...]:
         """Start an omni.client request and wait for its callback, at most ``timeout`` seconds."""
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        box: list[tuple[Any, ...]] = []
-
-        def on_result(*args: Any) -> None:
-            def deliver() -> None:
-                box.append(args)
-                done.set()
-
-            try:
-                token.run_sync_soon(deliver)
-            except trio.RunFinishedError:
-                pass  # the daemon is stopping; nobody waits for this answer any more
-
+        on_result, done, box = _trio_callback()
         request = start(on_result)
         try:
             with trio.move_on_after(timeout):
@@ -205,20 +211,7 @@ class Upstream:
         what = f"fetch {rel}"
         self._check_available(what)
         url, target = self.url_for(rel), oc.make_file_url(str(dest))
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        box: list[Any] = []
-
-        def on_result(result: Any) -> None:
-            def deliver() -> None:
-                box.append(result)
-                done.set()
-
-            try:
-                token.run_sync_soon(deliver)
-            except trio.RunFinishedError:
-                pass
-
+        on_result, done, box = _trio_callback()
         request = oc.copy_file_with_callback(url, target, on_result, behavior=oc.CopyBehavior.OVERWRITE)
         try:
             last_size, last_change = -1, time.monotonic()
@@ -242,7 +235,7 @@ class Upstream:
             if not done.is_set():
                 request.stop()
         try:
-            _raise_for(box[0], what)
+            _raise_for(box[0][0], what)
         except UpstreamError as exc:
             self._mark(exc)
             raise

@@ -66,7 +66,8 @@ def robot_parts() -> None:
     write(MDL, "mdl 1.6;\nimport ::anno::*;\nimport ::base::*;\n\n"
           "export material Aluminum_Anodized() = material(\n"
           "    surface: material_surface(scattering: df::diffuse_reflection_bsdf(\n"
-          "        tint: base::file_texture(texture_2d(\"./Aluminum_Anodized/Aluminum_Anodized_BaseColor.png\")).tint)));\n")
+          "        tint: base::file_texture(\n"
+          "            texture_2d(\"./Aluminum_Anodized/Aluminum_Anodized_BaseColor.png\")).tint)));\n")
     write("NVIDIA/Materials/Base/Metals/Aluminum_Anodized/Aluminum_Anodized_BaseColor.png", png(4, 4, (180, 180, 190)))
 
 

@@ -7,11 +7,11 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
-import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
