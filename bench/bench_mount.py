@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support.helpers import S3_PREFIX, force_unmount, start_s3  # noqa: E402
+from tests.support.helpers import force_unmount, start_s3  # noqa: E402
 
 MiB = 1024 * 1024
 ENV = {**os.environ, "OMNICLIENT_HUB_MODE": "disabled"}

@@ -148,17 +148,29 @@ class Daemon:
 
     async def _main(self, tree: Tree, index: Index, adopt: bool) -> None:
         async with trio.open_nursery() as nursery:
-            tree.fetcher.attach(nursery)
-            nursery.start_soon(self._stop_on_signals)
+            downloads: trio.Nursery = await nursery.start(self._run_downloads, tree)
+            nursery.start_soon(self._stop_on_signals, tree, downloads)
             nursery.start_soon(self._announce_ready, tree)
             nursery.start_soon(self._flush_periodically, index)
             if adopt and index.get_meta("adopted") is None:
                 nursery.start_soon(self._adopt, tree.mirror, index)
             await pyfuse3.main(min_tasks=4, max_tasks=MAX_FUSE_TASKS)
-            in_flight = tree.fetcher.in_flight
-            if in_flight:
-                log.info("discarding %d unfinished download(s)", in_flight)
+            self._discard_downloads(tree, downloads)
             nursery.cancel_scope.cancel()
+
+    async def _run_downloads(self, tree: Tree, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+        """Own the downloads' nursery, so a stop can discard them before the mount goes."""
+        async with trio.open_nursery() as downloads:
+            tree.fetcher.attach(downloads)
+            task_status.started(downloads)
+            await trio.sleep_forever()
+
+    def _discard_downloads(self, tree: Tree, downloads: trio.Nursery) -> None:
+        # Cancelled downloads delete their temporary files; their readers get EINTR.
+        in_flight = tree.fetcher.in_flight
+        if in_flight:
+            log.info("discarding %d unfinished download(s)", in_flight)
+        downloads.cancel_scope.cancel()
 
     async def _announce_ready(self, tree: Tree) -> None:
         # The mount answers once the kernel's first request has been served by us.
@@ -174,10 +186,11 @@ class Daemon:
         self.report(f"READY {summary}")
         sdnotify.notify(f"READY=1\nSTATUS={summary}")
 
-    async def _stop_on_signals(self) -> None:
+    async def _stop_on_signals(self, tree: Tree, downloads: trio.Nursery) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 log.info("stopping on %s", signal.Signals(signum).name)
+                self._discard_downloads(tree, downloads)
                 pyfuse3.terminate()
                 return
 

@@ -169,3 +169,26 @@ def test_hostile_names_in_listing_are_skipped(tmp_path: Path, mounts: Mounts) ->
     outside = [p for p in tmp_path.rglob("*.usd") if "escape" in p.name or p.name in ("up.usd",)]
     assert all(str(p).startswith(str(mountpoint)) for p in outside), outside
     assert not (tmp_path / "escape.usd").exists()
+
+
+def test_stop_during_download_discards_it_cleanly(big_s3: Upstream, proxy: FaultProxy, tmp_path: Path,
+                                                  mounts: Mounts) -> None:
+    mountpoint, mirror = tmp_path / "mnt", tmp_path / "mirror"
+    mountpoint.mkdir()
+    mirror.mkdir()
+    proxy.throttle = 2 * 1024 * 1024
+    pid = mounts.mount(mountpoint, through(proxy, big_s3), "--mode", "permissive", "--mirror", str(mirror))
+    reader = subprocess.Popen(["cat", str(mountpoint / BIG)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        temp = mirror / ".isaacfs" / "tmp"
+        wait_for(lambda: any(p.stat().st_size > 0 for p in temp.iterdir()), timeout=30)
+        os.kill(pid, signal.SIGTERM)  # what `systemctl stop` sends
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30)
+        assert reader.wait(timeout=30) != 0  # the reader gets an error, not a short file
+    finally:
+        reader.kill()
+    assert not (mirror / BIG).exists()
+    assert list((mirror / ".isaacfs" / "tmp").iterdir()) == []
+    assert not os.path.ismount(mountpoint)
+    log = mounts.log(mountpoint)
+    assert "stopping on SIGTERM" in log and "discarding 1 unfinished download" in log
