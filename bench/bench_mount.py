@@ -217,12 +217,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--only", choices=["local", "memory", "first-open"])
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--read-ahead-kb", type=int,
+                        help="mount read-ahead (128 is what a user without root gets)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (it drops the page cache between runs)")
     rows: list[tuple[str, str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="isaacfs-bench-", dir="/var/tmp") as temp:
         work = Path(temp)
+        if args.read_ahead_kb:
+            (work / "config.toml").write_text(f"read_ahead_kb = {args.read_ahead_kb}\n")
+            ENV["ISAACFS_CONFIG"] = str(work / "config.toml")
         if args.only in (None, "local"):
             bench_local(work, args.runs, rows)
         if args.only in (None, "first-open"):
