@@ -34,8 +34,9 @@ class Settings:
     mirror: Path | None = None  # None: the mountpoint's own underlying folder.
     # Seconds one upstream list/stat may take before the lookup fails (never a hang).
     upstream_timeout: float = 10.0
-    # Seconds a download may go without receiving a byte before it is abandoned.
+    # A download is abandoned after stall_timeout + size / min_download_rate seconds.
     stall_timeout: float = 30.0
+    min_download_rate: float = 1_000_000.0  # bytes per second
     # Seconds an upstream folder listing is trusted before it is asked again.
     listing_ttl: float = 24 * 3600.0
     # Seconds the upstream is left alone after it failed to answer.
@@ -55,6 +56,7 @@ ENV_KEYS: dict[str, str] = {
     "ISAACFS_MIRROR": "mirror",
     "ISAACFS_UPSTREAM_TIMEOUT": "upstream_timeout",
     "ISAACFS_STALL_TIMEOUT": "stall_timeout",
+    "ISAACFS_MIN_DOWNLOAD_RATE": "min_download_rate",
     "ISAACFS_LISTING_TTL": "listing_ttl",
     "ISAACFS_FETCH_JOBS": "fetch_jobs",
     "ISAACFS_LOG_LEVEL": "log_level",

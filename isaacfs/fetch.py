@@ -13,7 +13,6 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -63,7 +62,6 @@ class Fetcher:
         self.upstream = upstream
         self.retries = max(1, retries)
         self.limit = trio.CapacityLimiter(jobs)
-        self.on_progress: Callable[[RelPath, int], None] | None = None
         self._inflight: dict[RelPath, _Flight] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -118,7 +116,7 @@ class Fetcher:
             temp = self.mirror.new_temp()
             started = time.monotonic()
             try:
-                await self.upstream.download(rel, temp, self._progress_for(rel))
+                await self.upstream.download(rel, temp, expected.size)
                 problem = await self._check(temp, expected)
                 if problem is None:
                     entry = await trio.to_thread.run_sync(self.mirror.install, temp, rel, expected.mtime)
@@ -168,9 +166,3 @@ class Fetcher:
             return await self.upstream.stat(rel)
         except UpstreamError:
             return expected
-
-    def _progress_for(self, rel: RelPath) -> Callable[[int], None] | None:
-        hook = self.on_progress
-        if hook is None:
-            return None
-        return lambda size: hook(rel, size)

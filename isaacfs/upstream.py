@@ -111,10 +111,12 @@ def _trio_callback() -> tuple[Callable[..., None], trio.Event, list[tuple[Any, .
 class Upstream:
     """An asset root URL (https S3 root, omniverse://, file:) seen as a read-only tree."""
 
-    def __init__(self, root_url: str, timeout: float, stall_timeout: float, retry_after: float) -> None:
+    def __init__(self, root_url: str, timeout: float, stall_timeout: float, retry_after: float,
+                 min_rate: float) -> None:
         self.root_url = root_url.rstrip("/")
         self.timeout = timeout
         self.stall_timeout = stall_timeout
+        self.min_rate = min_rate
         self.retry_after = retry_after
         self._down_until = 0.0
         self._down_reason = ""
@@ -202,38 +204,30 @@ class Upstream:
         _result, item = await self._guarded(f"stat {rel}", lambda cb: oc.stat_with_callback(url, cb))
         return _to_entry(item, rel.name)
 
-    async def download(self, rel: RelPath, dest: Path, on_progress: Callable[[int], None] | None = None) -> None:
-        """Stream ``rel`` into the local file ``dest`` (overwritten).
+    async def download(self, rel: RelPath, dest: Path, size: int) -> None:
+        """Copy ``rel`` (``size`` bytes) into the local file ``dest`` (overwritten).
 
-        There is no overall time limit: a large file on a slow link may take long. A
-        download that receives no byte for ``stall_timeout`` seconds is stopped.
+        omni.client's copy_file gathers the body in memory and writes ``dest`` only at the
+        end, so progress cannot be watched on disk. The bound is therefore a deadline:
+        ``stall_timeout`` plus the time the file takes at ``min_rate`` bytes/s.
         """
         what = f"fetch {rel}"
         self._check_available(what)
         url, target = self.url_for(rel), oc.make_file_url(str(dest))
+        deadline = self.stall_timeout + size / self.min_rate
         on_result, done, box = _trio_callback()
         request = oc.copy_file_with_callback(url, target, on_result, behavior=oc.CopyBehavior.OVERWRITE)
         try:
-            last_size, last_change = -1, time.monotonic()
-            while not done.is_set():
-                with trio.move_on_after(0.25):
-                    await done.wait()
-                try:
-                    size = dest.stat().st_size
-                except FileNotFoundError:
-                    size = 0
-                now = time.monotonic()
-                if size != last_size:
-                    last_size, last_change = size, now
-                    if on_progress:
-                        on_progress(size)
-                elif now - last_change > self.stall_timeout and not done.is_set():
-                    exc = Unavailable(f"{what}: no data for {self.stall_timeout:g}s, download abandoned")
-                    self._mark(exc)
-                    raise exc
+            with trio.move_on_after(deadline):
+                await done.wait()
         finally:
             if not done.is_set():
                 request.stop()
+        if not box:
+            exc = Unavailable(f"{what}: not done after {deadline:.0f}s (slower than"
+                              f" {self.min_rate / 1e6:g} MB/s), download abandoned")
+            self._mark(exc)
+            raise exc
         try:
             _raise_for(box[0][0], what)
         except UpstreamError as exc:

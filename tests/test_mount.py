@@ -135,3 +135,16 @@ def test_adopts_an_existing_asset_tree_without_touching_it(upstream_tree: Path, 
     assert tree_digests(mountpoint) == before
     with sqlite3.connect(mountpoint / ".isaacfs" / "index.db") as db:
         assert db.execute("SELECT count(*) FROM files WHERE source='adopted'").fetchone()[0] == len(before)
+
+
+def test_leftovers_of_a_crash_are_cleaned_at_start(file_upstream: Upstream, mountpoint: Path,
+                                                   mounts: Mounts) -> None:
+    # A crash while a download was being written leaves a temporary file, never a tree file.
+    temp = mountpoint / ".isaacfs" / "tmp"
+    temp.mkdir(parents=True)
+    (temp / "0123abcd.part").write_bytes(b"half a texture")
+    mounts.mount(mountpoint, file_upstream)
+    assert "removed 1 unfinished download(s) left by an earlier stop" in mounts.log(mountpoint)
+    assert os.listdir(mountpoint) == []
+    assert mounts.umount(mountpoint).returncode == 0
+    assert os.listdir(temp) == []
