@@ -127,21 +127,26 @@ class Mirror:
     def scan(self, rel: RelPath) -> list[LocalEntry] | None:
         """The files and folders in a mirror folder; None if the folder is not there."""
         try:
-            iterator = os.scandir(self.path(rel))
+            # Scanning by fd makes each entry's stat an fstatat() on that fd, not a walk of
+            # the whole /proc/self/fd/N/... path again.
+            fd = os.open(self.path(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             return None
         entries = []
-        with iterator:
-            for item in iterator:
-                if rel.is_root and item.name == STATE_DIR_NAME:
-                    continue
-                try:
-                    check_name(item.name)
-                    local = _local(item.name, item.stat())
-                except (InvalidPath, OSError):
-                    continue
-                if local is not None:
-                    entries.append(local)
+        try:
+            with os.scandir(fd) as iterator:
+                for item in iterator:
+                    if rel.is_root and item.name == STATE_DIR_NAME:
+                        continue
+                    try:
+                        check_name(item.name)
+                        local = _local(item.name, item.stat())
+                    except (InvalidPath, OSError):
+                        continue
+                    if local is not None:
+                        entries.append(local)
+        finally:
+            os.close(fd)
         return entries
 
     def open_read(self, rel: RelPath) -> int:
