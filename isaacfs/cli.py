@@ -1,9 +1,10 @@
-"""The isaacfs command: thin wrappers over the daemon, mirror and warm modules."""
+"""The isaacfs command: thin wrappers over the daemon and the mount helpers."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import select
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from typing import Any
 
 from . import __version__, config, logs, mounts
 from .errors import UserError
+
+READY_TIMEOUT = 60.0
 
 
 def _mountpoint(text: str | None) -> Path:
@@ -88,7 +91,13 @@ def launch_background(mountpoint: Path, argv: list[str]) -> int:
                                  env={**os.environ, "ISAACFS_LOG_FILE": str(log_path)})
     os.close(write_end)
     with os.fdopen(read_end) as ready:
-        line = ready.readline().strip()
+        # The daemon answers within seconds; a mount that hangs must not hang this command.
+        answered, _, _ = select.select([ready], [], [], READY_TIMEOUT)
+        line = ready.readline().strip() if answered else ""
+    if not answered:
+        print(f"isaacfs: the mount did not answer within {READY_TIMEOUT:.0f}s; the daemon (pid {child.pid})"
+              f" is left running, see {log_path}", file=sys.stderr)
+        return 1
     if line.startswith("READY "):
         print(f"isaacfs: {line[6:]}")
         print(f"isaacfs: daemon pid {child.pid}, log {log_path}")
