@@ -54,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let other users (containers) read the mount")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
+    warm = commands.add_parser("warm", help="fetch whole categories into the mirror (unmounted mirror)")
+    warm.add_argument("--categories", nargs="+", required=True, metavar="C",
+                      help="folders under Isaac/ (Robots, IsaacLab/Robots), paths from the root"
+                      " (NVIDIA/Materials), or all")
+    warm.add_argument("--subset", nargs="+", default=[], metavar="S", help="keep only these sub-folders, at any depth")
+    warm.add_argument("--dry-run", action="store_true", help="list what would be fetched, from listings alone")
+    source = warm.add_mutually_exclusive_group()
+    source.add_argument("--upstream", metavar="URL")
+    source.add_argument("--release", metavar="X.Y")
+    warm.add_argument("--mirror", metavar="DIR", help="default $ISAACFS_MIRROR or ~/IsaacLab/offline_assets")
+    warm.add_argument("--jobs", dest="fetch_jobs", type=int, metavar="N", help="parallel downloads")
+    warm.add_argument("--upstream-timeout", type=float, metavar="S")
+
     umount = commands.add_parser("umount", help="unmount cleanly (also recovers a stale mount)")
     umount.add_argument("mountpoint", nargs="?")
     umount.add_argument("--lazy", action="store_true", help="detach now even if files are open")
@@ -115,6 +128,14 @@ def launch_background(mountpoint: Path, argv: list[str]) -> int:
     return code or 1
 
 
+def cmd_warm(args: argparse.Namespace) -> int:
+    from . import warm_report
+
+    settings = settings_from(args)
+    mirror = settings.mirror or _mountpoint(None)
+    return warm_report.run_and_report(settings, mirror, args.categories, args.subset, args.dry_run)
+
+
 def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = _mountpoint(args.mountpoint)
     if mounts.is_stale(mountpoint):
@@ -150,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_mount(args, argv)
         if args.command == "umount":
             return cmd_umount(args)
+        if args.command == "warm":
+            return cmd_warm(args)
     except UserError as exc:
         print(f"isaacfs: {exc}", file=sys.stderr)
         return exc.exit_code
