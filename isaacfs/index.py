@@ -21,7 +21,6 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from .paths import RelPath
@@ -40,15 +39,6 @@ CREATE TABLE IF NOT EXISTS misses(
     count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
-
-
-@dataclass(frozen=True, slots=True)
-class FileRecord:
-    path: str
-    size: int
-    mtime: float
-    etag: str
-    source: str  # "upstream" (fetched by isaacfs) or "adopted" (was in the folder already)
 
 
 def _key(rel: RelPath) -> str | None:
@@ -151,14 +141,6 @@ class Index:
             [(path, size, mtime, now) for path, size, mtime in records])
         self.db.execute("COMMIT")
 
-    def file(self, rel: RelPath) -> FileRecord | None:
-        row = self.db.execute("SELECT path, size, mtime, etag, source FROM files WHERE path=?", (_key(rel),)).fetchone()
-        return None if row is None else FileRecord(*row)
-
-    def file_totals(self) -> tuple[int, int]:
-        count, size = self.db.execute("SELECT count(*), coalesce(sum(size), 0) FROM files").fetchone()
-        return int(count), int(size)
-
     def touch(self, rel: RelPath) -> None:
         key = _key(rel)
         if key is not None:
@@ -191,21 +173,9 @@ class Index:
             " ON CONFLICT(path) DO UPDATE SET last_seen=excluded.last_seen, count=count+1, mode=excluded.mode",
             (key, mode, now, now))
 
-    def misses(self, since: float = 0.0) -> list[tuple[str, str, float, int]]:
-        rows = self.db.execute(
-            "SELECT path, mode, last_seen, count FROM misses WHERE last_seen >= ? ORDER BY last_seen DESC",
-            (since,)).fetchall()
-        return [(str(p), str(m), float(t), int(c)) for p, m, t, c in rows]
-
     # -- counters -------------------------------------------------------------------
     def count(self, name: str, amount: int = 1) -> None:
         self._counters[name] += amount
-
-    def counters(self) -> dict[str, int]:
-        stored = dict(self.db.execute("SELECT name, value FROM counters").fetchall())
-        for name, value in self._counters.items():
-            stored[name] = stored.get(name, 0) + value
-        return {str(k): int(v) for k, v in stored.items()}
 
     def flush(self) -> None:
         if not self._counters and not self._access:

@@ -16,7 +16,6 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterator
 
 import trio
 
@@ -276,21 +275,6 @@ class Tree:
                 rel, os.path.join(self.mount_display, str(rel)), warm_command(rel))
         elif parent is not None and parent.remote is not None and not self.upstream.available:
             log.warning("[isaacfs] %s is not in the mirror and the upstream is unavailable", rel)
-
-    def iter_nodes(self) -> Iterator[Node]:
-        return iter(self.nodes.values())
-
-    def note_installed(self, rel: RelPath, local: LocalEntry) -> Node | None:
-        """Tell the tree a file was installed by someone else (warm); returns its node if known."""
-        node: Node | None = self.root
-        for part in rel.parts:
-            if node is None or node.children is None:
-                return None
-            node = node.children.get(part)
-        if node is not None:
-            self._set_local(node, local)
-            self._mark_ancestors_cached(node)
-        return node
 
     def _mark_ancestors_cached(self, node: Node) -> None:
         parent = node.parent

@@ -8,6 +8,7 @@ Ctrl-C leaves only temporary files, which the next run or mount removes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from .mirror import Mirror
 from .paths import InvalidPath, RelPath
 from .upstream import Upstream, client_session
 from .upstream_types import NotFound, RemoteEntry, UpstreamError
+
+FileDone = Callable[[RelPath, int], None]  # called once per planned file, fetched or not
 
 
 def category_root(category: str) -> RelPath:
@@ -101,7 +104,7 @@ async def plan(upstream: Upstream, categories: list[str], subsets: list[str],
 
 
 async def warm(settings: Settings, mirror_dir: Path, categories: list[str], subsets: list[str],
-               dry_run: bool, on_file: object = None) -> list[CategoryReport]:
+               dry_run: bool, on_file: FileDone | None = None) -> list[CategoryReport]:
     if mounts.find_mount(mirror_dir) is not None:
         raise UserError(f"{mirror_dir} is mounted; warming through a running mount is not supported yet:"
                         f" run `isaacfs umount {mirror_dir}` first, or use permissive mode")
@@ -140,9 +143,8 @@ async def warm(settings: Settings, mirror_dir: Path, categories: list[str], subs
 
 
 async def _one(fetcher: Fetcher, mirror: Mirror, rel: RelPath, entry: RemoteEntry,
-               report: CategoryReport, on_file: object) -> None:
-    async with fetcher.limit:
-        local = mirror.entry(rel)
+               report: CategoryReport, on_file: FileDone | None) -> None:
+    local = mirror.entry(rel)
     if local is not None and not local.is_dir:
         report.skipped += 1
     else:
@@ -152,12 +154,12 @@ async def _one(fetcher: Fetcher, mirror: Mirror, rel: RelPath, entry: RemoteEntr
         except FetchFailed as exc:
             report.failed += 1
             report.failures.append(f"{rel}: {exc}")
-    if callable(on_file):
+    if on_file is not None:
         on_file(rel, entry.size)
 
 
 def run(settings: Settings, mirror_dir: Path, categories: list[str], subsets: list[str],
-        dry_run: bool, on_file: object = None) -> tuple[list[CategoryReport], float]:
+        dry_run: bool, on_file: FileDone | None = None) -> tuple[list[CategoryReport], float]:
     started = time.monotonic()
     with client_session():
         reports = trio.run(warm, settings, mirror_dir, categories, subsets, dry_run, on_file)
