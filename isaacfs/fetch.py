@@ -26,7 +26,8 @@ from .upstream_types import AccessDenied, NotFound, RemoteEntry, Unavailable, Up
 log = logging.getLogger("isaacfs.fetch")
 
 MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
-# Room left free on the mirror's disk beyond the file itself, so a fetch never fills it.
+# Room left free on the mirror's disk beyond the file itself, so a fetch never fills it:
+# 64 MiB, or a twentieth of a small disk.
 DISK_RESERVE = 64 * 1024 * 1024
 
 
@@ -109,10 +110,11 @@ class Fetcher:
 
     async def _download(self, rel: RelPath, expected: RemoteEntry) -> LocalEntry:
         for attempt in range(1, self.retries + 1):
-            free = self.mirror.free_bytes()
-            if expected.size + DISK_RESERVE > free:
+            free, total = self.mirror.free_and_total_bytes()
+            reserve = min(DISK_RESERVE, total // 20)
+            if expected.size + reserve > free:
                 raise FetchFailed(errno.ENOSPC, f"mirror disk is full: {expected.size} bytes needed,"
-                                  f" {max(0, free - DISK_RESERVE)} usable in {self.mirror.display}")
+                                  f" {max(0, free - reserve)} usable in {self.mirror.display}")
             temp = self.mirror.new_temp()
             started = time.monotonic()
             try:
@@ -133,6 +135,9 @@ class Fetcher:
             except AccessDenied as exc:
                 raise FetchFailed(errno.EACCES, str(exc)) from None
             except Unavailable as exc:
+                if self.mirror.free_and_total_bytes()[0] < expected.size:
+                    # omni.client reports a failed local write like a failed transfer.
+                    raise FetchFailed(errno.ENOSPC, f"mirror disk filled up while fetching {rel}") from None
                 # omni.client already retried the transfer itself; more tries only add waiting.
                 raise FetchFailed(errno.EIO, str(exc)) from None
             except UpstreamError as exc:

@@ -152,9 +152,9 @@ class Mirror:
     def open_read(self, rel: RelPath) -> int:
         return os.open(self.path(rel), os.O_RDONLY | os.O_CLOEXEC)
 
-    def free_bytes(self) -> int:
+    def free_and_total_bytes(self) -> tuple[int, int]:
         st = os.statvfs(self.root)
-        return st.f_bavail * st.f_frsize
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
     def statvfs(self) -> os.statvfs_result:
         return os.statvfs(self.root)

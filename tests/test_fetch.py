@@ -198,3 +198,26 @@ def test_stop_during_download_discards_it_cleanly(big_s3: Upstream, proxy: Fault
     assert not os.path.ismount(mountpoint)
     log = mounts.log(mountpoint)
     assert "stopping on SIGTERM" in log and "discarding 1 unfinished download" in log
+
+
+def test_full_mirror_disk_fails_the_fetch_cleanly(big_s3: Upstream, big_source: Path, tmp_path: Path,
+                                                  mounts: Mounts) -> None:
+    disk, mountpoint = tmp_path / "disk", tmp_path / "mnt"
+    disk.mkdir()
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)], check=True)
+    try:
+        mirror = disk / "mirror"
+        mirror.mkdir()
+        mounts.mount(mountpoint, big_s3, "--mode", "permissive", "--mirror", str(mirror))
+        assert sha256(mountpoint / POLICY) == sha256(big_source / POLICY)  # small files still fit
+        with pytest.raises(OSError) as caught:
+            (mountpoint / BIG).read_bytes()  # 24 MiB cannot fit on a 20 MiB disk
+        assert caught.value.errno == errno.ENOSPC
+        assert "mirror disk is full" in mounts.log(mountpoint)
+        assert not (mirror / BIG).exists()
+        assert list((mirror / ".isaacfs" / "tmp").iterdir()) == []
+        assert sha256(mountpoint / POLICY) == sha256(big_source / POLICY)  # the mirror still serves
+        assert mounts.umount(mountpoint).returncode == 0
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
