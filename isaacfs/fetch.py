@@ -119,7 +119,10 @@ class Fetcher:
             started = time.monotonic()
             try:
                 await self.upstream.download(rel, temp, expected.size)
-                problem = await self._check(temp, expected)
+                async with trio.open_nursery() as both:
+                    # The data must reach the disk and pass its check: do both at once.
+                    both.start_soon(trio.to_thread.run_sync, self.mirror.sync_file, temp)
+                    problem = await self._check(temp, expected)
                 if problem is None:
                     entry = await trio.to_thread.run_sync(self.mirror.install, temp, rel, expected.mtime)
                     elapsed = time.monotonic() - started

@@ -163,14 +163,17 @@ class Mirror:
     def new_temp(self) -> Path:
         return self.tmp / f"{uuid.uuid4().hex}.part"
 
-    def install(self, temp: Path, rel: RelPath, mtime: float) -> LocalEntry:
-        """Make a checked temporary file the mirror's copy of ``rel``, atomically and durably."""
-        target = self.path(rel)
-        fd = os.open(temp, os.O_RDONLY)
+    @staticmethod
+    def sync_file(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def install(self, temp: Path, rel: RelPath, mtime: float) -> LocalEntry:
+        """Make a checked, fsynced temporary file the mirror's copy of ``rel``, atomically."""
+        target = self.path(rel)
         os.chmod(temp, 0o644)  # an unmounted mirror is an asset root other users may read
         if mtime > 0:
             os.utime(temp, (mtime, mtime))
