@@ -125,8 +125,7 @@ class Daemon:
 
     def _serve(self, mirror: Mirror, index: Index, adopt: bool) -> int:
         s = self.settings
-        upstream = Upstream(s.upstream, s.upstream_timeout, s.stall_timeout, s.upstream_retry_after,
-                            s.min_download_rate)
+        upstream = Upstream.from_settings(s)
         fetcher = Fetcher(mirror, index, upstream, s.fetch_jobs, s.fetch_retries)
         tree = Tree(mirror, index, upstream, fetcher, s.mode, s.listing_ttl, str(self.mountpoint))
         root_info = {"pid": str(os.getpid()), "upstream": s.upstream, "mirror": str(mirror.display),

@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from .config import redact
+from .config import Settings, redact
 from .paths import InvalidPath, RelPath, check_name
 from .upstream_types import AccessDenied, NotFound, RemoteEntry, Unavailable, UpstreamError
 
@@ -120,6 +120,11 @@ class Upstream:
         self.retry_after = retry_after
         self._down_until = 0.0
         self._down_reason = ""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Upstream:
+        return cls(settings.upstream, settings.upstream_timeout, settings.stall_timeout,
+                   settings.upstream_retry_after, settings.min_download_rate)
 
     # -- URLs ---------------------------------------------------------------------
     def url_for(self, rel: RelPath) -> str:

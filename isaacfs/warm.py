@@ -109,19 +109,17 @@ async def warm(settings: Settings, mirror_dir: Path, categories: list[str], subs
         raise UserError(f"{mirror_dir} is mounted; warming through a running mount is not supported yet:"
                         f" run `isaacfs umount {mirror_dir}` first, or use permissive mode")
     mirror_dir.mkdir(parents=True, exist_ok=True)
-    upstream = Upstream(settings.upstream, settings.upstream_timeout, settings.stall_timeout,
-                        settings.upstream_retry_after, settings.min_download_rate)
+    upstream = Upstream.from_settings(settings)
     try:
         planned = await plan(upstream, categories, subsets, settings.fetch_jobs)
     except UpstreamError as exc:
         raise UserError(f"cannot list the upstream: {exc}") from None
-    reports = []
+    reports = {category: CategoryReport(category, len(files), sum(e.size for _r, e in files))
+               for category, files in planned.items()}
     if dry_run:
         for category, files in planned.items():
-            report = CategoryReport(category, len(files), sum(e.size for _r, e in files))
-            report.skipped = sum(1 for rel, _e in files if (mirror_dir / str(rel)).is_file())
-            reports.append(report)
-        return reports
+            reports[category].skipped = sum(1 for rel, _e in files if (mirror_dir / str(rel)).is_file())
+        return list(reports.values())
     mirror = Mirror(mirror_dir)
     mirror.prepare()
     index = Index(mirror.state / "index.db")
@@ -130,16 +128,14 @@ async def warm(settings: Settings, mirror_dir: Path, categories: list[str], subs
         async with trio.open_nursery() as nursery:
             fetcher.attach(nursery)
             for category, files in planned.items():
-                report = CategoryReport(category, len(files), sum(e.size for _r, e in files))
-                reports.append(report)
                 async with trio.open_nursery() as batch:
                     for rel, entry in files:
-                        batch.start_soon(_one, fetcher, mirror, rel, entry, report, on_file)
+                        batch.start_soon(_one, fetcher, mirror, rel, entry, reports[category], on_file)
             nursery.cancel_scope.cancel()
     finally:
         index.close()
         mirror.close()
-    return reports
+    return list(reports.values())
 
 
 async def _one(fetcher: Fetcher, mirror: Mirror, rel: RelPath, entry: RemoteEntry,
