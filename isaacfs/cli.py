@@ -41,6 +41,12 @@ def _add_mount_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
+def _add_source(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--upstream", metavar="URL")
+    source.add_argument("--release", metavar="X.Y")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isaacfs", description="The Isaac Sim asset root, offline-first.")
     parser.add_argument("--version", action="version", version=f"isaacfs {__version__}")
@@ -54,18 +60,48 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let other users (containers) read the mount")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
-    warm = commands.add_parser("warm", help="fetch whole categories into the mirror (unmounted mirror)")
-    warm.add_argument("--categories", nargs="+", required=True, metavar="C",
+    warm = commands.add_parser(
+        "warm", help="fetch chosen assets into the mirror (through a live mount's daemon, or directly)")
+    warm.add_argument("--categories", nargs="+", default=[], metavar="C",
                       help="folders under Isaac/ (Robots, IsaacLab/Robots), paths from the root"
                       " (NVIDIA/Materials), or all")
     warm.add_argument("--subset", nargs="+", default=[], metavar="S", help="keep only these sub-folders, at any depth")
+    warm.add_argument("--manifest", metavar="FILE", help="fetch the paths listed in FILE (one per line; - for stdin)")
+    warm.add_argument("--closure", nargs="+", default=[], metavar="PATH.usd",
+                      help="fetch USD assets and everything they depend on, transitively")
+    warm.add_argument("--from-misses", action="store_true", help="fetch what strict mode recorded as missing")
     warm.add_argument("--dry-run", action="store_true", help="list what would be fetched, from listings alone")
-    source = warm.add_mutually_exclusive_group()
-    source.add_argument("--upstream", metavar="URL")
-    source.add_argument("--release", metavar="X.Y")
-    warm.add_argument("--mirror", metavar="DIR", help="default $ISAACFS_MIRROR or ~/IsaacLab/offline_assets")
-    warm.add_argument("--jobs", dest="fetch_jobs", type=int, metavar="N", help="parallel downloads")
+    _add_source(warm)
+    warm.add_argument("--mirror", metavar="DIR", help="the mirror or live mount (default $ISAACFS_MIRROR"
+                      f" or {config.DEFAULT_MOUNTPOINT})")
+    warm.add_argument("--jobs", dest="fetch_jobs", type=int, metavar="N", help="parallel downloads (default 8)")
     warm.add_argument("--upstream-timeout", type=float, metavar="S")
+
+    verify = commands.add_parser("verify", help="check every mirrored file against the index")
+    verify.add_argument("--mirror", metavar="DIR", help="the mirror or live mount")
+    verify.add_argument("--repair", action="store_true", help="fetch wrong or missing files again")
+    _add_source(verify)
+
+    manifest = commands.add_parser("manifest", help="list the paths the mirror served or was asked for")
+    manifest.add_argument("mountpoint", nargs="?", help="a live mount or a mirror folder")
+    manifest.add_argument("--mirror", metavar="DIR")
+    manifest.add_argument("--since", metavar="WHEN", help="only since then: 2h, 30m, 1d, or a date/time")
+    manifest.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    status = commands.add_parser("status", help="what a mount (or a bare mirror) holds and does")
+    status.add_argument("mountpoint", nargs="?")
+    status.add_argument("--mirror", metavar="DIR")
+    status.add_argument("--json", action="store_true", help="machine-readable")
+
+    misses = commands.add_parser("misses", help="the paths strict mode refused, newest first")
+    misses.add_argument("mountpoint", nargs="?")
+    misses.add_argument("--mirror", metavar="DIR")
+    misses.add_argument("--json", action="store_true")
+    misses.add_argument("--clear", action="store_true", help="forget the recorded misses")
+
+    mode = commands.add_parser("mode", help="switch a running mount between strict and permissive")
+    mode.add_argument("mode", choices=config.MODES)
+    mode.add_argument("mountpoint", nargs="?")
 
     umount = commands.add_parser("umount", help="unmount cleanly (also recovers a stale mount)")
     umount.add_argument("mountpoint", nargs="?")
@@ -129,11 +165,72 @@ def launch_background(mountpoint: Path, argv: list[str]) -> int:
 
 
 def cmd_warm(args: argparse.Namespace) -> int:
-    from . import warm_report
+    from . import warm_cli
+    from .warm import WarmSpec
+
+    if not (args.categories or args.manifest or args.closure or args.from_misses):
+        raise UserError("say what to warm: --categories, --manifest FILE, --closure PATH.usd or --from-misses")
+    if args.subset and not args.categories:
+        raise UserError("--subset narrows --categories; give the categories too")
+    settings = settings_from(args)
+    spec = WarmSpec(args.categories, args.subset, closure=args.closure, from_misses=args.from_misses,
+                    dry_run=args.dry_run)
+    if args.manifest:
+        spec.manifest, spec.manifest_name = _read_lines(args.manifest), args.manifest
+    return warm_cli.warm_and_report(settings, _mirror_arg(args, settings), spec)
+
+
+def _read_lines(name: str) -> list[str]:
+    if name == "-":
+        return sys.stdin.read().splitlines()
+    try:
+        return Path(name).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read manifest {name}: {exc.strerror}") from None
+
+
+def _mirror_arg(args: argparse.Namespace, settings: config.Settings) -> Path:
+    """The folder a command works on: --mirror, else MOUNTPOINT, else $ISAACFS_MIRROR, else the default."""
+    given = getattr(args, "mountpoint", None)
+    if getattr(args, "mirror", None):
+        return Path(args.mirror).expanduser().absolute()
+    if given:
+        return _mountpoint(given)
+    return settings.mirror or _mountpoint(None)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from . import inspect_cli
 
     settings = settings_from(args)
-    mirror = settings.mirror or _mountpoint(None)
-    return warm_report.run_and_report(settings, mirror, args.categories, args.subset, args.dry_run)
+    return inspect_cli.verify(settings, _mirror_arg(args, settings), args.repair)
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from . import inspect_cli
+
+    settings = settings_from(args)
+    return inspect_cli.manifest(_mirror_arg(args, settings), args.since, args.output)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import inspect_cli
+
+    settings = settings_from(args)
+    return inspect_cli.show_status(_mirror_arg(args, settings), args.json)
+
+
+def cmd_misses(args: argparse.Namespace) -> int:
+    from . import inspect_cli
+
+    settings = settings_from(args)
+    return inspect_cli.misses(_mirror_arg(args, settings), args.json, args.clear)
+
+
+def cmd_mode(args: argparse.Namespace) -> int:
+    from . import inspect_cli
+
+    return inspect_cli.switch_mode(_mountpoint(args.mountpoint), args.mode)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -171,11 +268,17 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_mount(args, argv)
         if args.command == "umount":
             return cmd_umount(args)
-        if args.command == "warm":
-            return cmd_warm(args)
+        handler = {"warm": cmd_warm, "verify": cmd_verify, "manifest": cmd_manifest, "status": cmd_status,
+                   "misses": cmd_misses, "mode": cmd_mode}.get(args.command)
+        if handler is not None:
+            return handler(args)
     except UserError as exc:
         print(f"isaacfs: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:  # trio delivers Ctrl-C inside a task group
+        if group.subgroup(KeyboardInterrupt) is not None:
+            return 130
+        raise
     raise AssertionError(args.command)

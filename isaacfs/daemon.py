@@ -11,8 +11,9 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import mounts, sdnotify
+from . import control, mounts, sdnotify
 from .config import Settings, redact
+from .daemon_commands import DaemonCommands
 from .errors import MountError
 from .fetch import Fetcher
 from .fs import AssetFS
@@ -128,9 +129,12 @@ class Daemon:
         upstream = Upstream.from_settings(s)
         fetcher = Fetcher(mirror, index, upstream, s.fetch_jobs, s.fetch_retries)
         tree = Tree(mirror, index, upstream, fetcher, s.mode, s.listing_ttl, str(self.mountpoint))
-        root_info = {"pid": str(os.getpid()), "upstream": s.upstream, "mirror": str(mirror.display),
-                     "log": str(self.request.log_path or "stderr")}
+        socket_path = control.socket_path_for(self.mountpoint)
+        root_info = {"pid": str(os.getpid()), "upstream": redact(s.upstream), "mirror": str(mirror.display),
+                     "log": str(self.request.log_path or "stderr"), "control": str(socket_path)}
         operations = AssetFS(tree, root_info)
+        commands = DaemonCommands(operations, s, self.mountpoint)
+        server = control.ControlServer(socket_path, commands.handlers())
         try:
             pyfuse3.init(operations, str(self.mountpoint), mount_options(s))
         except RuntimeError as exc:
@@ -139,16 +143,21 @@ class Daemon:
             self.report(f"ERROR {message}")
             return 1
         try:
-            trio.run(self._main, tree, index, adopt)
+            trio.run(self._main, tree, index, adopt, server)
         finally:
             sdnotify.notify("STOPPING=1")
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", self.mountpoint)
         return 0
 
-    async def _main(self, tree: Tree, index: Index, adopt: bool) -> None:
+    async def _main(self, tree: Tree, index: Index, adopt: bool, server: control.ControlServer) -> None:
         async with trio.open_nursery() as nursery:
             downloads: trio.Nursery = await nursery.start(self._run_downloads, tree)
+            try:
+                await nursery.start(server.serve)
+            except OSError as exc:
+                log.warning("no control socket at %s (%s): status, mode and warm through the mount"
+                            " will not work", server.path, exc.strerror)
             nursery.start_soon(self._stop_on_signals, tree, downloads)
             nursery.start_soon(self._announce_ready, tree)
             nursery.start_soon(self._flush_periodically, index)

@@ -74,10 +74,13 @@ class Fetcher:
     def in_flight(self) -> int:
         return len(self._inflight)
 
-    async def ensure(self, rel: RelPath, expected: RemoteEntry) -> LocalEntry:
-        """The mirror's entry for ``rel``, downloading it first if it is not there."""
+    async def ensure(self, rel: RelPath, expected: RemoteEntry, replace: bool = False) -> LocalEntry:
+        """The mirror's entry for ``rel``, downloading it first if it is not there.
+
+        With ``replace``, the mirror's copy is known bad: download and swap it atomically.
+        """
         local = self.mirror.entry(rel)
-        if local is not None and not local.is_dir:
+        if local is not None and not local.is_dir and not replace:
             return local
         flight = self._inflight.get(rel)
         if flight is None:

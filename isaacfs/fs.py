@@ -14,13 +14,15 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import pyfuse3
 
+from .config import Mode
 from .fetch import FetchFailed
-from .paths import InvalidPath, name_from_bytes
+from .paths import InvalidPath, RelPath, name_from_bytes
 from .tree import Node, Tree
 
 log = logging.getLogger("isaacfs.fs")
@@ -35,6 +37,7 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 XATTR_STATE = b"user.isaacfs.state"
 XATTR_URL = b"user.isaacfs.url"
+MAX_NEGATIVES = 50_000  # remembered "no such name" answers, to take back when they become wrong
 
 
 class AssetFS(pyfuse3.Operations):
@@ -46,6 +49,49 @@ class AssetFS(pyfuse3.Operations):
         self._attrs: dict[int, tuple[int, pyfuse3.EntryAttributes]] = {}
         self._dirs: dict[int, list[Node]] = {}
         self._next_dir_handle = 1
+        # (parent inode, name) -> when the kernel was told the name does not exist.
+        self._negatives: dict[tuple[int, bytes], float] = {}
+
+    # -- changes the kernel must hear about -----------------------------------------
+    def set_mode(self, mode: Mode) -> None:
+        """Switch strict/permissive for the next lookup; open files are not touched."""
+        self.tree.mode = mode
+        if mode == "strict":
+            # Names the kernel may hold that only the upstream has: they must vanish now.
+            for node in list(self.tree.nodes.values()):
+                if not node.cached and node.parent is not None:
+                    self._forget_entry(node.parent.inode, node.name.encode("utf-8", "surrogateescape"))
+        else:
+            self._take_back_negatives(lambda key: True)
+
+    def refresh(self, rel: RelPath) -> None:
+        """``rel`` was just put in the mirror (or replaced) beside the kernel's view of it."""
+        node: Node | None = self.tree.root
+        chain: set[tuple[int, bytes]] = set()
+        for part in rel.parts:
+            if node is None:
+                break
+            chain.add((node.inode, part.encode("utf-8", "surrogateescape")))
+            node = node.children.get(part) if node.children is not None else None
+        self._take_back_negatives(chain.__contains__)
+        if node is not None and node.cached:
+            try:
+                pyfuse3.invalidate_inode(node.inode, attr_only=False)  # a replaced file: drop old pages
+            except OSError:
+                pass  # the kernel never cached it
+
+    def _take_back_negatives(self, wanted: Any) -> None:
+        horizon = time.monotonic() - NEGATIVE_TIMEOUT
+        for key, told in list(self._negatives.items()):
+            if told < horizon:
+                del self._negatives[key]
+            elif wanted(key):
+                del self._negatives[key]
+                self._forget_entry(*key)
+
+    @staticmethod
+    def _forget_entry(parent_inode: int, name: bytes) -> None:
+        pyfuse3.invalidate_entry_async(parent_inode, name, ignore_enoent=True)
 
     # -- attributes -----------------------------------------------------------------
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -54,8 +100,9 @@ class AssetFS(pyfuse3.Operations):
             return cached[1]
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.inode
-        attr.entry_timeout = ATTR_TIMEOUT
-        attr.attr_timeout = ATTR_TIMEOUT
+        # A ghost folder (strict mode's stand-in for a missing one) is forgotten as soon
+        # as a "no such name" would be.
+        attr.entry_timeout = attr.attr_timeout = NEGATIVE_TIMEOUT if node.ghost else ATTR_TIMEOUT
         if node.is_dir:
             attr.st_mode = stat.S_IFDIR | 0o555
             attr.st_nlink = 2
@@ -88,10 +135,17 @@ class AssetFS(pyfuse3.Operations):
         except InvalidPath:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         node = await self.tree.lookup(parent, text)
+        if node is not None and node.ghost:
+            self._negatives[(parent_inode, name)] = time.monotonic()  # to take back on a mode switch
         if node is None:
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0  # a cached "no such name": repeated probes stay in the kernel
             negative.entry_timeout = NEGATIVE_TIMEOUT
+            if len(self._negatives) >= MAX_NEGATIVES:
+                self._take_back_negatives(lambda key: False)  # drop the expired ones
+                if len(self._negatives) >= MAX_NEGATIVES:
+                    self._negatives.clear()  # a probe storm; these expire in the kernel anyway
+            self._negatives[(parent_inode, name)] = time.monotonic()
             return negative
         return self.attributes(node)
 

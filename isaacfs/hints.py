@@ -7,7 +7,7 @@ import shlex
 from .paths import RelPath
 
 
-def _looks_like_file(name: str) -> bool:
+def looks_like_file(name: str) -> bool:
     stem, dot, suffix = name.rpartition(".")
     return bool(dot and stem and suffix and len(suffix) <= 5)
 
@@ -29,12 +29,12 @@ def category_of(rel: RelPath) -> tuple[str, str | None]:
     else:
         category_parts, remainder = parts[:2], parts[2:]
         category = "/".join(category_parts)
-    if category_parts and _looks_like_file(category_parts[-1]):
+    if category_parts and looks_like_file(category_parts[-1]):
         # A file directly in a category's parent: warm the parent.
         category = "/".join(("Isaac", *category_parts[:-1])) if parts[0] == "Isaac" else "/".join(category_parts[:-1])
         return category or "all", None
     subset = remainder[0] if remainder else None
-    if subset is not None and len(remainder) == 1 and _looks_like_file(subset):
+    if subset is not None and len(remainder) == 1 and looks_like_file(subset):
         subset = None
     return category, subset
 

@@ -52,8 +52,9 @@ def _key(rel: RelPath) -> str | None:
 
 
 class Index:
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, read_only: bool = False) -> None:
         self.path = db_path
+        self.read_only = read_only  # a report on a mirror someone else may own: never saved
         self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         try:
             data = db_path.read_bytes()
@@ -64,17 +65,24 @@ class Index:
                 self.db.deserialize(data)
                 self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except sqlite3.DatabaseError as exc:
-                aside = db_path.with_name(f"index.db.damaged-{int(time.time())}")
-                os.replace(db_path, aside)
-                log.warning("the mirror index was unreadable (%s); kept it as %s and started a new one",
-                            exc, aside.name)
+                if read_only:
+                    log.warning("the mirror index %s is unreadable (%s)", db_path, exc)
+                else:
+                    aside = db_path.with_name(f"index.db.damaged-{int(time.time())}")
+                    os.replace(db_path, aside)
+                    log.warning("the mirror index was unreadable (%s); kept it as %s and started a new one",
+                                exc, aside.name)
                 self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         self.db.executescript(SCHEMA)
         self._counters: Counter[str] = Counter()
+        self.session: Counter[str] = Counter()  # counts since this process started
         self._access: dict[str, float] = {}
         self._saved_changes = -1
 
     def close(self) -> None:
+        if self.read_only:
+            self.db.close()
+            return
         try:
             self.save()
         except OSError as exc:
@@ -111,6 +119,8 @@ class Index:
                 os.close(fd)
 
     def save(self) -> None:
+        if self.read_only:
+            return
         data = self.snapshot()
         if data is not None:
             self.write_snapshot(data)
@@ -131,6 +141,23 @@ class Index:
         self.db.execute(
             "INSERT OR REPLACE INTO files(path, size, mtime, etag, source, fetched_at, last_access)"
             " VALUES(?, ?, ?, ?, ?, ?, ?)", (key, size, mtime, etag, source, time.time(), time.time()))
+        # The file and the folders above it are no longer missing.
+        prefixes = ["/".join(rel.parts[:depth]) for depth in range(1, len(rel.parts) + 1)]
+        self.db.executemany("DELETE FROM misses WHERE path=?", [(p,) for p in prefixes])
+
+    def file_record(self, rel: RelPath) -> tuple[int, str, str] | None:
+        """(size, etag, source) the index holds for a mirrored file."""
+        row = self.db.execute("SELECT size, etag, source FROM files WHERE path=?", (_key(rel),)).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
+
+    def files(self) -> list[tuple[str, int, str, float, float | None]]:
+        """Every indexed file: (path, size, etag, fetched_at, last_access)."""
+        self.flush()
+        rows = self.db.execute("SELECT path, size, etag, fetched_at, last_access FROM files ORDER BY path")
+        return [(str(p), int(s), str(e), float(f), None if a is None else float(a)) for p, s, e, f, a in rows]
+
+    def forget_file(self, rel: RelPath) -> None:
+        self.db.execute("DELETE FROM files WHERE path=?", (_key(rel),))
 
     def record_adopted(self, records: list[tuple[str, int, float]]) -> None:
         now = time.time()
@@ -173,9 +200,23 @@ class Index:
             " ON CONFLICT(path) DO UPDATE SET last_seen=excluded.last_seen, count=count+1, mode=excluded.mode",
             (key, mode, now, now))
 
+    def misses(self) -> list[tuple[str, str, float, float, int]]:
+        """Recorded misses, newest first: (path, mode, first_seen, last_seen, count)."""
+        rows = self.db.execute("SELECT path, mode, first_seen, last_seen, count FROM misses ORDER BY last_seen DESC")
+        return [(str(p), str(m), float(f), float(last), int(c)) for p, m, f, last, c in rows]
+
+    def clear_misses(self) -> int:
+        return self.db.execute("DELETE FROM misses").rowcount
+
     # -- counters -------------------------------------------------------------------
     def count(self, name: str, amount: int = 1) -> None:
         self._counters[name] += amount
+        self.session[name] += amount
+
+    def counters(self) -> dict[str, int]:
+        """Totals over the mirror's life."""
+        self.flush()
+        return {str(name): int(value) for name, value in self.db.execute("SELECT name, value FROM counters")}
 
     def flush(self) -> None:
         if not self._counters and not self._access:

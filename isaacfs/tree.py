@@ -21,7 +21,7 @@ import trio
 
 from .config import Mode
 from .fetch import Fetcher, FetchFailed
-from .hints import warm_command
+from .hints import looks_like_file, warm_command
 from .index import Index
 from .mirror import LocalEntry, Mirror
 from .paths import RelPath
@@ -34,6 +34,7 @@ ROOT_INODE = 1
 # Names desktops and shells probe on every mount; their absence is not an asset miss.
 PROBE_NAMES = frozenset({".Trash", ".xdg-volume-info", "autorun.inf", ".hidden", ".directory", "desktop.ini"})
 MAX_REMEMBERED_MISSES = 10_000
+MAX_GHOST_DEPTH = 16
 
 
 class Node:
@@ -43,6 +44,7 @@ class Node:
         "cached",
         "children",
         "gen",
+        "ghost",
         "inode",
         "is_dir",
         "listed_at",
@@ -66,6 +68,7 @@ class Node:
         self.children: dict[str, Node] | None = None
         self.scanned_mtime_ns = -1
         self.listed_at = 0.0  # when the upstream listing was merged (epoch s); 0: never
+        self.ghost = False  # a folder strict mode lets a path walk through; see Tree.lookup
         self.gen = 0
 
 
@@ -97,6 +100,8 @@ class Tree:
         return RelPath(tuple(reversed(parts)))
 
     def visible(self, node: Node) -> bool:
+        if node.ghost:
+            return self.mode == "strict"
         return node.cached or self.mode == "permissive"
 
     def _child(self, parent: Node, name: str, is_dir: bool) -> Node:
@@ -109,12 +114,18 @@ class Tree:
         return node
 
     def _set_local(self, node: Node, local: LocalEntry) -> None:
+        if node.ghost:
+            node.ghost = False
+            node.gen += 1
         if (node.cached, node.is_dir, node.size, node.mtime_ns) != (True, local.is_dir, local.size, local.mtime_ns):
             node.cached, node.is_dir, node.size, node.mtime_ns = True, local.is_dir, local.size, local.mtime_ns
             node.gen += 1
 
     def _set_remote(self, node: Node, remote: RemoteEntry) -> None:
         node.remote = remote
+        if node.ghost:
+            node.ghost = False
+            node.gen += 1
         if not node.cached:
             mtime_ns = int(remote.mtime * 1e9) or self.root.mtime_ns
             if (node.is_dir, node.size, node.mtime_ns) != (remote.is_dir, remote.size, mtime_ns):
@@ -122,7 +133,7 @@ class Tree:
                 node.gen += 1
 
     def _drop_if_gone(self, parent: Node, node: Node) -> None:
-        if not node.cached and node.remote is None and parent.children is not None:
+        if not node.cached and node.remote is None and not node.ghost and parent.children is not None:
             parent.children.pop(node.name, None)
 
     # -- loading folders ------------------------------------------------------------
@@ -157,6 +168,11 @@ class Tree:
         return self.upstream.available
 
     def _mirror_mtime(self, node: Node) -> int:
+        if node.ghost:
+            local = self.mirror.entry(self.rel(node))
+            if local is None or not local.is_dir:
+                return -1
+            self._set_local(node, local)  # the folder arrived in the mirror (a warm, a copy)
         if not node.cached:
             return -1
         try:
@@ -230,12 +246,33 @@ class Tree:
         node = children.get(name)
         if node is not None and self.visible(node):
             return node
-        self._miss(self.rel(parent).child(name), parent)
+        rel = self.rel(parent).child(name)
+        if self._may_ghost(rel, node):
+            return self._ghost(parent, name)
+        self._miss(rel, parent)
         return None
+
+    def _may_ghost(self, rel: RelPath, node: Node | None) -> bool:
+        # The kernel walks a path one name at a time: without this, a strict miss of
+        # Isaac/Robots/X/x.usd in an empty mirror would be reported as a miss of "Isaac".
+        # A missing name that looks like a folder (no file suffix) is answered with an
+        # empty, unlisted folder that the kernel forgets within seconds, so the walk
+        # reaches the file and the miss names the whole path.
+        return (self.mode == "strict" and (node is None or not node.cached) and len(rel.parts) <= MAX_GHOST_DEPTH
+                and not looks_like_file(rel.name) and rel.name not in PROBE_NAMES
+                and not rel.name.startswith(".Trash-") and not rel.is_state())
+
+    def _ghost(self, parent: Node, name: str) -> Node:
+        node = self._child(parent, name, True)
+        if not node.ghost:
+            node.ghost, node.is_dir = True, True
+            node.mtime_ns = node.mtime_ns or self.root.mtime_ns
+            node.gen += 1
+        return node
 
     async def listdir(self, node: Node) -> list[Node]:
         children = await self.children(node)
-        return [child for child in children.values() if self.visible(child)]
+        return [child for child in children.values() if self.visible(child) and not child.ghost]
 
     async def open(self, node: Node) -> int:
         """An fd for reading the mirror's copy of a file, fetching it first if allowed."""

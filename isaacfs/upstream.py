@@ -204,6 +204,19 @@ class Upstream:
             entries[name] = entry
         return list(entries.values())
 
+    async def probe(self, rel: RelPath, timeout: float) -> None:
+        """Ask the upstream now, even while it is resting; raise if it does not answer."""
+        url, what = self.url_for(rel), "probe"
+        try:
+            answer = await self._call(lambda cb: oc.stat_with_callback(url, cb), timeout, what)
+            _raise_for(answer[0], what)
+        except NotFound:
+            pass  # an answer all the same
+        except UpstreamError as exc:
+            self._mark(exc)
+            raise
+        self._mark(None)
+
     async def stat(self, rel: RelPath) -> RemoteEntry:
         url = self.url_for(rel)
         _result, item = await self._guarded(f"stat {rel}", lambda cb: oc.stat_with_callback(url, cb))

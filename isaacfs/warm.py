@@ -1,30 +1,38 @@
-"""`isaacfs warm`: fetch whole categories into the mirror, in parallel and resumably.
+"""`isaacfs warm`: put chosen assets in the mirror on purpose, in parallel and resumably.
 
-This first version works on a mirror that is not mounted (it takes the mirror's lock,
-so it never races a daemon). Files already in the mirror are skipped without download;
-Ctrl-C leaves only temporary files, which the next run or mount removes.
+What to fetch comes from categories (folders of the upstream, walked), a manifest (a
+list of paths), the dependency closure of USD assets, or the misses strict mode
+recorded. The same job runs in two places: in this process on a mirror that is not
+mounted (taking the mirror's lock), or inside the daemon of a live mount (which owns
+the mirror), driven over the control socket. Either way it reports by events, so the
+command shows the same progress and the same table.
+
+Files already in the mirror with the listed size are skipped without download; Ctrl-C
+leaves only temporary files, which the next run or mount removes.
 """
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from . import mounts
-from .config import Settings
+from . import closure as closures
 from .errors import UserError
 from .fetch import Fetcher, FetchFailed
+from .hints import category_of
 from .index import Index
 from .mirror import Mirror
 from .paths import InvalidPath, RelPath
-from .upstream import Upstream, client_session
+from .upstream import Upstream
 from .upstream_types import NotFound, RemoteEntry, UpstreamError
 
-FileDone = Callable[[RelPath, int], None]  # called once per planned file, fetched or not
+Emit = Callable[[dict[str, Any]], None]
 
 
 def category_root(category: str) -> RelPath:
@@ -41,32 +49,146 @@ def category_root(category: str) -> RelPath:
 
 
 @dataclass
-class CategoryReport:
+class WarmSpec:
+    """What one warm asks for; crosses the control socket as a plain dict."""
+
+    categories: list[str] = field(default_factory=list)
+    subsets: list[str] = field(default_factory=list)
+    manifest: list[str] | None = None  # the lines of a manifest file
+    manifest_name: str = ""
+    closure: list[str] = field(default_factory=list)
+    from_misses: bool = False
+    dry_run: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WarmSpec:
+        try:
+            spec = cls(**{key: data[key] for key in asdict(cls()) if key in data})
+        except TypeError as exc:
+            raise UserError(f"malformed warm request: {exc}") from None
+        lists = (spec.categories, spec.subsets, spec.closure, spec.manifest or [])
+        if not all(isinstance(items, list) and all(isinstance(i, str) for i in items) for items in lists):
+            raise UserError("malformed warm request: lists of strings expected")
+        return spec
+
+    def describe(self) -> str:
+        parts = []
+        if self.categories:
+            parts.append("categories " + " ".join(self.categories))
+        if self.subsets:
+            parts.append("subset " + " ".join(self.subsets))
+        if self.manifest is not None:
+            parts.append(f"manifest {self.manifest_name or '-'}")
+        if self.closure:
+            parts.append("closure of " + " ".join(self.closure))
+        if self.from_misses:
+            parts.append("recorded misses")
+        return ", ".join(parts) or "nothing"
+
+
+@dataclass
+class GroupReport:
+    """One row of the summary table: a category, or the category of listed paths."""
+
     name: str
     files: int = 0
     size: int = 0
     fetched: int = 0
+    fetched_bytes: int = 0
     skipped: int = 0
     failed: int = 0
-    failures: list[str] = field(default_factory=list)
 
 
-async def _walk(upstream: Upstream, root: RelPath, limit: trio.CapacityLimiter) -> list[tuple[RelPath, RemoteEntry]]:
-    found: list[tuple[RelPath, RemoteEntry]] = []
+@dataclass
+class WarmResult:
+    groups: list[GroupReport] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # "path: why"
+    notes: list[str] = field(default_factory=list)  # malformed lines, not offline dependencies
+    stopped: str = ""  # why the run stopped early (a full disk)
+    elapsed: float = 0.0
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WarmResult:
+        groups = [GroupReport(**group) for group in data.get("groups", [])]
+        return cls(groups, data.get("failures", []), data.get("notes", []), data.get("stopped", ""),
+                   data.get("elapsed", 0.0), data.get("dry_run", False))
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.stopped
+
+
+@dataclass
+class Workspace:
+    """What a warm works with: the daemon passes its own, a command builds one."""
+
+    mirror: Mirror
+    index: Index
+    upstream: Upstream
+    fetcher: Fetcher
+    jobs: int
+    on_installed: Callable[[RelPath], None] = lambda rel: None
+
+
+Planned = dict[str, dict[RelPath, RemoteEntry]]
+
+
+@dataclass
+class Plan:
+    groups: Planned = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (group, "path: why")
+    notes: list[str] = field(default_factory=list)
+    prefetched: set[RelPath] = field(default_factory=set)  # closure layers fetched while planning
+
+
+def parse_manifest(lines: list[str], name: str) -> tuple[list[RelPath], list[str]]:
+    """Paths of a manifest (one per line, # comments); malformed lines are reported, not fatal."""
+    paths: list[RelPath] = []
+    problems: list[str] = []
+    for number, raw in enumerate(lines, 1):
+        text = raw.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            rel = RelPath.parse(text.lstrip("/") if text.startswith("/") else text)
+            if rel.is_root or rel.is_state():
+                raise InvalidPath("names no asset")
+        except InvalidPath as exc:
+            problems.append(f"{name}:{number}: skipped malformed line {text[:200]!r}: {exc}")
+            continue
+        paths.append(rel)
+    return paths, problems
+
+
+# -- planning -------------------------------------------------------------------------
+async def _walk(upstream: Upstream, root: RelPath, limit: trio.CapacityLimiter) -> dict[RelPath, RemoteEntry]:
+    found: dict[RelPath, RemoteEntry] = {}
+    errors: list[UpstreamError] = []
 
     async def visit(folder: RelPath, nursery: trio.Nursery) -> None:
-        async with limit:
-            entries = await upstream.list(folder)
+        try:
+            async with limit:
+                entries = await upstream.list(folder)
+        except UpstreamError as exc:
+            errors.append(exc)  # a walk with a hole in it is no plan: stop the whole walk
+            nursery.cancel_scope.cancel()
+            return
         for entry in entries:
             child = folder.child(entry.name)
             if entry.is_dir:
                 nursery.start_soon(visit, child, nursery)
             else:
-                found.append((child, entry))
+                found[child] = entry
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(visit, root, nursery)
-    return sorted(found, key=lambda item: item[0].parts)
+    if errors:
+        raise errors[0]
+    return found
 
 
 async def _folders(upstream: Upstream, folder: RelPath) -> list[str]:
@@ -76,87 +198,168 @@ async def _folders(upstream: Upstream, folder: RelPath) -> list[str]:
         return []
 
 
-async def plan(upstream: Upstream, categories: list[str], subsets: list[str],
-               jobs: int) -> dict[str, list[tuple[RelPath, RemoteEntry]]]:
-    limit = trio.CapacityLimiter(jobs)
-    planned: dict[str, list[tuple[RelPath, RemoteEntry]]] = {}
-    for category in categories:
+async def _plan_categories(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
+    limit = trio.CapacityLimiter(max(ws.jobs, 8))
+    for category in spec.categories:
         root = category_root(category)
         try:
-            entry = await upstream.stat(root)
-            exists = entry.is_dir
+            exists = (await ws.upstream.stat(root)).is_dir
         except NotFound:
             exists = False
         if not exists:
-            known = await _folders(upstream, root.parent)
+            known = await _folders(ws.upstream, root.parent)
             raise UserError(f"unknown category {category!r}; under {root.parent or '/'}/ there are: "
                             + (", ".join(known) or "no folders"))
-        files = await _walk(upstream, root, limit)
-        if subsets:
+        files = await _walk(ws.upstream, root, limit)
+        if spec.subsets:
             depth = len(root.parts)
-            files = [(rel, e) for rel, e in files if set(rel.parts[depth:-1]) & set(subsets)]
+            files = {rel: e for rel, e in files.items() if set(rel.parts[depth:-1]) & set(spec.subsets)}
             if not files:
-                known = await _folders(upstream, root)
-                raise UserError(f"no subset {', '.join(subsets)} in {category}; its folders are: "
+                known = await _folders(ws.upstream, root)
+                raise UserError(f"no subset {', '.join(spec.subsets)} in {category}; its folders are: "
                                 + (", ".join(known) or "none"))
-        planned[category] = files
-    return planned
+        plan.groups.setdefault(category, {}).update(files)
 
 
-async def warm(settings: Settings, mirror_dir: Path, categories: list[str], subsets: list[str],
-               dry_run: bool, on_file: FileDone | None = None) -> list[CategoryReport]:
-    if mounts.find_mount(mirror_dir) is not None:
-        raise UserError(f"{mirror_dir} is mounted; warming through a running mount is not supported yet:"
-                        f" run `isaacfs umount {mirror_dir}` first, or use permissive mode")
-    mirror_dir.mkdir(parents=True, exist_ok=True)
-    upstream = Upstream.from_settings(settings)
+async def _plan_paths(ws: Workspace, paths: list[RelPath], plan: Plan) -> None:
+    """Listed paths (manifest, misses): stat each upstream, grouped by category."""
+    limit = trio.CapacityLimiter(max(ws.jobs, 8))
+
+    async def one(rel: RelPath) -> None:
+        group = category_of(rel)[0]
+        async with limit:
+            try:
+                entry = await ws.upstream.stat(rel)
+            except NotFound:
+                plan.failures.append((group, f"{rel}: not found upstream"))
+                return
+            except UpstreamError as exc:
+                plan.failures.append((group, f"{rel}: {exc}"))
+                return
+        if entry.is_dir:
+            plan.notes.append(f"{rel} is a folder: use --categories {rel} for a whole folder")
+            return
+        plan.groups.setdefault(group, {})[rel] = entry
+
+    async with trio.open_nursery() as nursery:
+        for rel in dict.fromkeys(paths):
+            nursery.start_soon(one, rel)
+
+
+async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
+    roots = []
+    for text in spec.closure:
+        target = closures.resolve(text, RelPath(), ws.upstream.root_url) if "://" in text else None
+        try:
+            roots.append(target if isinstance(target, RelPath) else RelPath.parse(text.lstrip("/")))
+        except InvalidPath as exc:
+            raise UserError(f"--closure {text!r} is not a path under the asset root: {exc}") from None
+
+    async def fetch_layer(rel: RelPath, entry: RemoteEntry, scratch: Path) -> Path:
+        if spec.dry_run:
+            await ws.upstream.download(rel, scratch, entry.size)
+            return scratch
+        if await _ensure(ws, rel, entry):
+            plan.prefetched.add(rel)
+        fd = ws.mirror.open_read(rel)
+        with open(fd, "rb") as source, open(scratch, "wb") as copy:
+            while chunk := source.read(1 << 20):
+                copy.write(chunk)
+        return scratch
+
+    found = await closures.compute(roots, ws.upstream.stat, fetch_layer, ws.upstream.root_url, ws.jobs)
+    for rel, entry in found.files.items():
+        plan.groups.setdefault(category_of(rel)[0], {})[rel] = entry
+    for rel, why in found.failures:
+        plan.failures.append((category_of(rel)[0], f"{rel}: {why}"))
+    plan.notes.extend(f"not available offline: {line}" for line in found.not_offline)
+
+
+async def make_plan(ws: Workspace, spec: WarmSpec) -> Plan:
+    plan = Plan()
     try:
-        planned = await plan(upstream, categories, subsets, settings.fetch_jobs)
+        await _plan_categories(ws, spec, plan)
+        if spec.manifest is not None:
+            paths, problems = parse_manifest(spec.manifest, spec.manifest_name or "manifest")
+            plan.notes.extend(problems)
+            await _plan_paths(ws, paths, plan)
+        if spec.from_misses:
+            misses = [RelPath.parse(path) for path, *_rest in ws.index.misses()]
+            if not misses:
+                plan.notes.append("no misses are recorded: nothing to fetch")
+            await _plan_paths(ws, misses, plan)
+        if spec.closure:
+            await _plan_closure(ws, spec, plan)
     except UpstreamError as exc:
         raise UserError(f"cannot list the upstream: {exc}") from None
-    reports = {category: CategoryReport(category, len(files), sum(e.size for _r, e in files))
-               for category, files in planned.items()}
-    if dry_run:
-        for category, files in planned.items():
-            reports[category].skipped = sum(1 for rel, _e in files if (mirror_dir / str(rel)).is_file())
-        return list(reports.values())
-    mirror = Mirror(mirror_dir)
-    mirror.prepare()
-    index = Index(mirror.state / "index.db")
-    fetcher = Fetcher(mirror, index, upstream, settings.fetch_jobs, settings.fetch_retries)
-    try:
-        async with trio.open_nursery() as nursery:
-            fetcher.attach(nursery)
-            for category, files in planned.items():
-                async with trio.open_nursery() as batch:
-                    for rel, entry in files:
-                        batch.start_soon(_one, fetcher, mirror, rel, entry, reports[category], on_file)
-            nursery.cancel_scope.cancel()
-    finally:
-        index.close()
-        mirror.close()
-    return list(reports.values())
+    return plan
 
 
-async def _one(fetcher: Fetcher, mirror: Mirror, rel: RelPath, entry: RemoteEntry,
-               report: CategoryReport, on_file: FileDone | None) -> None:
-    local = mirror.entry(rel)
-    if local is not None and not local.is_dir:
+# -- running --------------------------------------------------------------------------
+def _present(ws: Workspace, rel: RelPath, entry: RemoteEntry) -> bool:
+    local = ws.mirror.entry(rel)
+    return local is not None and not local.is_dir and local.size == entry.size
+
+
+async def _ensure(ws: Workspace, rel: RelPath, entry: RemoteEntry) -> bool:
+    """Fetch unless present; True if a download happened."""
+    if _present(ws, rel, entry):
+        return False
+    local = ws.mirror.entry(rel)
+    await ws.fetcher.ensure(rel, entry, replace=local is not None and not local.is_dir)
+    ws.on_installed(rel)
+    return True
+
+
+async def run(ws: Workspace, spec: WarmSpec, emit: Emit) -> WarmResult:
+    started = time.monotonic()
+    emit({"event": "phase", "text": f"planning: {spec.describe()}"})
+    plan = await make_plan(ws, spec)
+    reports = {name: GroupReport(name, len(files), sum(e.size for e in files.values()))
+               for name, files in plan.groups.items()}
+    result = WarmResult(notes=plan.notes, dry_run=spec.dry_run)
+    for group, failure in plan.failures:
+        reports.setdefault(group, GroupReport(group)).failed += 1
+        result.failures.append(failure)
+    total_files = sum(r.files for r in reports.values())
+    total_bytes = sum(r.size for r in reports.values())
+    emit({"event": "plan", "files": total_files, "bytes": total_bytes})
+    if spec.dry_run:
+        for name, files in plan.groups.items():
+            reports[name].skipped = sum(1 for rel, e in files.items() if _present(ws, rel, e))
+    else:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                for name, files in plan.groups.items():
+                    for rel, entry in sorted(files.items(), key=lambda item: item[0].parts):
+                        prefetched = rel in plan.prefetched
+                        nursery.start_soon(_one, ws, rel, entry, reports[name], result, emit, scope, prefetched)
+    result.groups = sorted(reports.values(), key=lambda r: r.name)
+    result.elapsed = time.monotonic() - started
+    return result
+
+
+async def _one(ws: Workspace, rel: RelPath, entry: RemoteEntry, report: GroupReport, result: WarmResult,
+               emit: Emit, scope: trio.CancelScope, prefetched: bool) -> None:
+    outcome = "skipped"
+    if prefetched:
+        report.fetched += 1
+        report.fetched_bytes += entry.size
+        outcome = "fetched"
+    elif _present(ws, rel, entry):
         report.skipped += 1
     else:
+        emit({"event": "start", "path": str(rel), "size": entry.size})
         try:
-            await fetcher.ensure(rel, entry)
+            await _ensure(ws, rel, entry)
             report.fetched += 1
+            report.fetched_bytes += entry.size
+            outcome = "fetched"
         except FetchFailed as exc:
             report.failed += 1
-            report.failures.append(f"{rel}: {exc}")
-    if on_file is not None:
-        on_file(rel, entry.size)
-
-
-def run(settings: Settings, mirror_dir: Path, categories: list[str], subsets: list[str],
-        dry_run: bool, on_file: FileDone | None = None) -> tuple[list[CategoryReport], float]:
-    started = time.monotonic()
-    with client_session():
-        reports = trio.run(warm, settings, mirror_dir, categories, subsets, dry_run, on_file)
-    return reports, time.monotonic() - started
+            result.failures.append(f"{rel}: {exc}")
+            outcome = "failed"
+            if exc.errno == errno.ENOSPC and not result.stopped:
+                result.stopped = f"stopped: {exc}; free space on the mirror's disk and run the same command again"
+                scope.cancel()
+    emit({"event": "done", "path": str(rel), "size": entry.size, "outcome": outcome})

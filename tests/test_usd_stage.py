@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import HERE, Mounts, Upstream, copy_sample, sha256, start_s3, tree_digests
+from tests.support.helpers import Mounts, Upstream, copy_sample, open_stage, sha256, start_s3, tree_digests
 
 GO2 = "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd"
 EXPECTED_LAYERS = {
@@ -23,13 +20,6 @@ EXPECTED_ASSETS = {
     "NVIDIA/Materials/Base/Metals/Aluminum_Anodized.mdl",  # reached by ../../../../../NVIDIA/...
 }
 
-
-def open_stage(path: Path) -> dict[str, object]:
-    result = subprocess.run([sys.executable, str(HERE / "open_stage.py"), str(path)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    report: dict[str, object] = json.loads(result.stdout)
-    return report
 
 
 def relative(paths: object, root: Path) -> set[str]:

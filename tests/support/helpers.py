@@ -167,3 +167,12 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> N
 def copy_sample(dest: Path) -> Path:
     shutil.copytree(SAMPLE, dest)
     return dest
+
+
+def open_stage(path: Path) -> dict[str, Any]:
+    """Open a USD stage with usd-core in a fresh process; see open_stage.py for the report."""
+    result = subprocess.run([sys.executable, str(HERE / "open_stage.py"), str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
