@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import select
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -93,12 +94,12 @@ class ControlServer:
 
     async def _answer(self, stream: trio.SocketStream) -> None:
         uid = _peer_uid(stream.socket)
-        if uid not in (self.owner, 0):
-            log.warning("control socket: refused a request from uid %d (mount belongs to uid %d)", uid, self.owner)
-            await _send(stream, {"ok": False, "error": f"uid {uid} may not control this mount:"
-                                 f" only its owner (uid {self.owner}) and root may"})
-            return
         try:
+            if uid not in (self.owner, 0):
+                log.warning("control socket: refused a request from uid %d (mount belongs to uid %d)",
+                            uid, self.owner)
+                raise ControlError(f"uid {uid} may not control this mount: only its owner (uid {self.owner})"
+                                   " and root may")
             request = await _read_request(stream)
             handler = self.handlers.get(request["command"])
             if handler is None:
@@ -107,16 +108,21 @@ class ControlServer:
         except ControlError as exc:
             log.warning("control socket: %s", exc)
             await _send(stream, {"ok": False, "error": str(exc)})
+            await _drain(stream)
             return
         await self._run(stream, handler, request)
 
     async def _run(self, stream: trio.SocketStream, handler: Handler, request: dict[str, Any]) -> None:
         send_events, receive_events = trio.open_memory_channel[dict[str, Any]](math.inf)
         outcome: dict[str, Any] = {}
+        job_scope = trio.CancelScope()
 
         async def job() -> None:
             try:
-                outcome["result"] = await handler(request, send_events.send_nowait)
+                with job_scope:
+                    outcome["result"] = await handler(request, send_events.send_nowait)
+                if job_scope.cancelled_caught:
+                    log.info("control command %r cancelled: the client hung up", request["command"])
             except (ControlError, UserError) as exc:
                 outcome["error"] = str(exc)
             except Exception as exc:  # a bug must cost one request, never the mount
@@ -125,22 +131,44 @@ class ControlServer:
             finally:
                 send_events.close()
 
-        async def hang_up_watch(job_scope: trio.CancelScope) -> None:
-            # The client sends nothing more; end of stream means it hung up (Ctrl-C).
+        async def hang_up_watch() -> None:
+            # The client sends nothing after its request. End of stream is either a
+            # half-close (it still reads) or a hang-up (Ctrl-C); only a hang-up
+            # (POLLHUP: it can no longer read either) cancels the job.
             while await stream.receive_some(4096):
                 pass
+            while not _peer_gone(stream.socket):
+                await trio.sleep(0.2)
             job_scope.cancel()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(job)
-            nursery.start_soon(hang_up_watch, nursery.cancel_scope)
+            nursery.start_soon(hang_up_watch)
             async for event in receive_events:
                 await _send(stream, {"event": event.pop("event"), **event})
             if "error" in outcome:
                 await _send(stream, {"ok": False, "error": outcome["error"]})
-            else:
-                await _send(stream, {"ok": True, "result": outcome.get("result")})
+            elif "result" in outcome:
+                await _send(stream, {"ok": True, "result": outcome["result"]})
             nursery.cancel_scope.cancel()
+
+
+def _peer_gone(sock: trio.socket.SocketType) -> bool:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLHUP)
+    return any(events & select.POLLHUP for _fd, events in poller.poll(0))
+
+
+async def _drain(stream: trio.SocketStream) -> None:
+    """Read what the client still sends (briefly), so closing does not reset the connection
+    before it has read our answer."""
+    with trio.move_on_after(1.0):
+        received = 0
+        while received < 4 * MAX_REQUEST:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            received += len(chunk)
 
 
 async def _send(stream: trio.SocketStream, message: dict[str, Any]) -> None:

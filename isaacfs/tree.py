@@ -100,9 +100,9 @@ class Tree:
         return RelPath(tuple(reversed(parts)))
 
     def visible(self, node: Node) -> bool:
-        if node.ghost:
-            return self.mode == "strict"
-        return node.cached or self.mode == "permissive"
+        if self.mode == "strict":
+            return node.cached or node.ghost
+        return node.cached or node.remote is not None or not node.ghost
 
     def _child(self, parent: Node, name: str, is_dir: bool) -> Node:
         assert parent.children is not None
@@ -272,7 +272,8 @@ class Tree:
 
     async def listdir(self, node: Node) -> list[Node]:
         children = await self.children(node)
-        return [child for child in children.values() if self.visible(child) and not child.ghost]
+        strict = self.mode == "strict"
+        return [child for child in children.values() if self.visible(child) and not (strict and child.ghost)]
 
     async def open(self, node: Node) -> int:
         """An fd for reading the mirror's copy of a file, fetching it first if allowed."""
