@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("mode", choices=config.MODES)
     mode.add_argument("mountpoint", nargs="?")
 
+    env = commands.add_parser("env", help="print the export line for Isaac Lab 3.x / Isaac Sim 6.x")
+    env.add_argument("mountpoint", nargs="?")
+    kit = commands.add_parser("kit-args", help="print the Kit settings for Isaac Lab 2.x (--kit_args)")
+    kit.add_argument("mountpoint", nargs="?")
+    isaaclab = commands.add_parser("isaaclab", help="make an Isaac Lab checkout use the mount")
+    isaaclab_commands = isaaclab.add_subparsers(dest="isaaclab_command", required=True, metavar="ACTION")
+    configure = isaaclab_commands.add_parser("configure", help="write the asset root into the checkout's apps/*.kit")
+    configure.add_argument("--isaaclab", required=True, metavar="DIR", help="the Isaac Lab checkout")
+    configure.add_argument("mountpoint", nargs="?")
+    configure.add_argument("--undo", action="store_true", help="restore every changed file byte for byte")
+
     umount = commands.add_parser("umount", help="unmount cleanly (also recovers a stale mount)")
     umount.add_argument("mountpoint", nargs="?")
     umount.add_argument("--lazy", action="store_true", help="detach now even if files are open")
@@ -233,6 +244,60 @@ def cmd_mode(args: argparse.Namespace) -> int:
     return inspect_cli.switch_mode(_mountpoint(args.mountpoint), args.mode)
 
 
+def _mount_for_isaaclab(text: str | None) -> Path:
+    mountpoint = _mountpoint(text or os.environ.get("ISAACFS_MIRROR"))
+    if mounts.find_mount(mountpoint) is None:
+        print(f"isaacfs: note: {mountpoint} is not mounted now; mount it with: isaacfs mount {mountpoint}",
+              file=sys.stderr)
+    return mountpoint
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from . import isaaclab
+
+    print(isaaclab.env_line(_mount_for_isaaclab(args.mountpoint)))
+    return 0
+
+
+def cmd_kit_args(args: argparse.Namespace) -> int:
+    from . import isaaclab
+
+    print(isaaclab.kit_args(_mount_for_isaaclab(args.mountpoint)))
+    return 0
+
+
+def cmd_isaaclab(args: argparse.Namespace) -> int:
+    from . import isaaclab
+
+    checkout = Path(args.isaaclab).expanduser().absolute()
+    if args.undo:
+        undone = isaaclab.undo(checkout)
+        for change in undone:
+            print(f"isaacfs: restored {change.path} ({change.lines} line(s))")
+        if not undone:
+            print(f"isaacfs: nothing to undo in {checkout}/apps")
+        return 0
+    mountpoint = _mount_for_isaaclab(args.mountpoint)
+    changes, releases = isaaclab.configure(checkout, mountpoint)
+    for change in changes:
+        print(f"isaacfs: {change.path}: {change.lines} asset-root line(s) now point at {mountpoint}")
+    if not changes:
+        print(f"isaacfs: {checkout}/apps already points at {mountpoint} (or names no asset root)")
+    expected = ", ".join(sorted(releases)) or "unknown"
+    print(f"isaacfs: this checkout expects asset release {expected}; undo with:"
+          f" isaacfs isaaclab configure --isaaclab {checkout} --undo")
+    try:
+        serving = os.getxattr(mountpoint, "user.isaacfs.upstream").decode()
+    except OSError:
+        serving = ""
+    served = isaaclab.release_of(serving) if serving else None
+    if served and releases and served not in releases:
+        print(f"isaacfs: warning: {mountpoint} serves release {served} ({serving}), but this checkout expects"
+              f" {expected}; remount with: isaacfs mount {mountpoint} --release {sorted(releases)[-1]}",
+              file=sys.stderr)
+    return 0
+
+
 def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = _mountpoint(args.mountpoint)
     if mounts.is_stale(mountpoint):
@@ -269,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "umount":
             return cmd_umount(args)
         handler = {"warm": cmd_warm, "verify": cmd_verify, "manifest": cmd_manifest, "status": cmd_status,
-                   "misses": cmd_misses, "mode": cmd_mode}.get(args.command)
+                   "misses": cmd_misses, "mode": cmd_mode, "env": cmd_env, "kit-args": cmd_kit_args,
+                   "isaaclab": cmd_isaaclab}.get(args.command)
         if handler is not None:
             return handler(args)
     except UserError as exc:
