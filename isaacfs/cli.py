@@ -114,6 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     configure.add_argument("mountpoint", nargs="?")
     configure.add_argument("--undo", action="store_true", help="restore every changed file byte for byte")
 
+    service = commands.add_parser("service", help="run a mount as a systemd service")
+    service_commands = service.add_subparsers(dest="service_command", required=True, metavar="ACTION")
+    install = service_commands.add_parser("install", help="write and enable isaacfs@<mountpoint>.service")
+    install.add_argument("mountpoint", nargs="?")
+    _add_mount_settings(install)
+    install.add_argument("--allow-other", action="store_true", default=None)
+    install.add_argument("--no-start", action="store_true", help="enable, but do not start it now")
+    remove = service_commands.add_parser("remove", help="stop, disable and delete the service of a mountpoint")
+    remove.add_argument("mountpoint", nargs="?")
+    for action in (install, remove):
+        action.add_argument("--user", action="store_true",
+                            help="a user unit even when run as root (root gets a system unit otherwise)")
+
     umount = commands.add_parser("umount", help="unmount cleanly (also recovers a stale mount)")
     umount.add_argument("mountpoint", nargs="?")
     umount.add_argument("--lazy", action="store_true", help="detach now even if files are open")
@@ -298,6 +311,21 @@ def cmd_isaaclab(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_service(args: argparse.Namespace) -> int:
+    from . import service
+
+    mountpoint = _mountpoint(args.mountpoint)
+    if args.service_command == "install":
+        if not mountpoint.is_dir():
+            raise UserError(f"mountpoint {mountpoint} does not exist; create it with: mkdir -p {mountpoint}")
+        lines = service.install(mountpoint, settings_from(args), start=not args.no_start, user=args.user)
+    else:
+        lines = service.remove(mountpoint, user=args.user)
+    for line in lines:
+        print(f"isaacfs: {line}")
+    return 0
+
+
 def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = _mountpoint(args.mountpoint)
     if mounts.is_stale(mountpoint):
@@ -335,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_umount(args)
         handler = {"warm": cmd_warm, "verify": cmd_verify, "manifest": cmd_manifest, "status": cmd_status,
                    "misses": cmd_misses, "mode": cmd_mode, "env": cmd_env, "kit-args": cmd_kit_args,
-                   "isaaclab": cmd_isaaclab}.get(args.command)
+                   "isaaclab": cmd_isaaclab, "service": cmd_service}.get(args.command)
         if handler is not None:
             return handler(args)
     except UserError as exc:

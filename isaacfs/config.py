@@ -60,6 +60,7 @@ ENV_KEYS: dict[str, str] = {
     "ISAACFS_LISTING_TTL": "listing_ttl",
     "ISAACFS_FETCH_JOBS": "fetch_jobs",
     "ISAACFS_LOG_LEVEL": "log_level",
+    "ISAACFS_ALLOW_OTHER": "allow_other",
 }
 
 
