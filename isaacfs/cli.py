@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                       f" or {config.DEFAULT_MOUNTPOINT})")
     warm.add_argument("--jobs", dest="fetch_jobs", type=int, metavar="N", help="parallel downloads (default 8)")
     warm.add_argument("--upstream-timeout", type=float, metavar="S")
+    warm.add_argument("--listing-ttl", type=float, metavar="S",
+                      help="reuse upstream listings the mirror's index got within S seconds (default 86400)")
 
     verify = commands.add_parser("verify", help="check every mirrored file against the index")
     verify.add_argument("--mirror", metavar="DIR", help="the mirror or live mount")

@@ -30,7 +30,7 @@ class DaemonCommands:
         self.mountpoint = mountpoint
         self.started = time.time()
         self.workspace = Workspace(self.tree.mirror, self.tree.index, self.tree.upstream, self.tree.fetcher,
-                                   settings.fetch_jobs, on_installed=fs.refresh)
+                                   settings.fetch_jobs, on_installed=fs.refresh, listing_ttl=settings.listing_ttl)
 
     def handlers(self) -> dict[str, Handler]:
         return {"status": self.status, "misses": self.misses, "mode": self.mode, "warm": self.warm,

@@ -29,6 +29,8 @@ MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 # Room left free on the mirror's disk beyond the file itself, so a fetch never fills it:
 # 64 MiB, or a twentieth of a small disk.
 DISK_RESERVE = 64 * 1024 * 1024
+# From this size on, a download's fsync and MD5 run in two threads at once.
+PARALLEL_SETTLE_BYTES = 8 * 1024 * 1024
 
 
 class FetchFailed(Exception):
@@ -49,11 +51,8 @@ class _Flight:
 
 
 def md5_of(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as stream:
-        while chunk := stream.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 class Fetcher:
@@ -122,19 +121,20 @@ class Fetcher:
             started = time.monotonic()
             try:
                 await self.upstream.download(rel, temp, expected.size)
-                async with trio.open_nursery() as both:
-                    # The data must reach the disk and pass its check: do both at once.
-                    both.start_soon(trio.to_thread.run_sync, self.mirror.sync_file, temp)
-                    problem = await self._check(temp, expected)
-                if problem is None:
-                    entry = await trio.to_thread.run_sync(self.mirror.install, temp, rel, expected.mtime)
+                if expected.size < PARALLEL_SETTLE_BYTES:
+                    # A small file: check, fsync and install in one trip to a worker thread.
+                    outcome = await trio.to_thread.run_sync(self._settle_small, temp, rel, expected)
+                else:
+                    outcome = await self._settle_large(temp, rel, expected)
+                if isinstance(outcome, LocalEntry):
+                    entry = outcome
                     elapsed = time.monotonic() - started
                     self.index.record_file(rel, entry.size, expected.mtime, expected.etag, "upstream")
                     self.index.count("fetches")
                     self.index.count("bytes_fetched", entry.size)
                     log.info("fetched %s (%d bytes in %.2fs)", rel, entry.size, elapsed)
                     return entry
-                log.warning("fetch %s attempt %d/%d: %s", rel, attempt, self.retries, problem)
+                log.warning("fetch %s attempt %d/%d: %s", rel, attempt, self.retries, outcome)
                 expected = await self._refresh(rel, expected)
             except NotFound as exc:
                 raise FetchFailed(errno.ENOENT, str(exc)) from None
@@ -159,18 +159,43 @@ class Fetcher:
             await trio.sleep(min(4.0, 0.25 * 2**attempt))
         raise FetchFailed(errno.EIO, f"{rel} failed its integrity check {self.retries} times")
 
-    async def _check(self, temp: Path, expected: RemoteEntry) -> str | None:
+    @staticmethod
+    def _check_size(temp: Path, expected: RemoteEntry) -> str | None:
         try:
             size = temp.stat().st_size
         except FileNotFoundError:
             return "upstream reported success but wrote no file"
         if size != expected.size:
             return f"size {size} differs from the listed {expected.size}"
+        return None
+
+    @staticmethod
+    def _check_md5(temp: Path, expected: RemoteEntry) -> str | None:
         if MD5_ETAG.match(expected.etag):
-            digest = await trio.to_thread.run_sync(md5_of, temp)
+            digest = md5_of(temp)
             if digest != expected.etag:
                 return f"MD5 {digest} differs from the ETag {expected.etag}"
         return None
+
+    def _settle_small(self, temp: Path, rel: RelPath, expected: RemoteEntry) -> LocalEntry | str:
+        """Worker thread: check size and MD5, fsync, install. The entry, or what is wrong."""
+        problem = self._check_size(temp, expected) or self._check_md5(temp, expected)
+        if problem is not None:
+            return problem
+        self.mirror.sync_file(temp)
+        return self.mirror.install(temp, rel, expected.mtime)
+
+    async def _settle_large(self, temp: Path, rel: RelPath, expected: RemoteEntry) -> LocalEntry | str:
+        problem = self._check_size(temp, expected)
+        if problem is not None:
+            return problem
+        async with trio.open_nursery() as both:
+            # The data must reach the disk and pass its check: do both at once.
+            both.start_soon(trio.to_thread.run_sync, self.mirror.sync_file, temp)
+            problem = await trio.to_thread.run_sync(self._check_md5, temp, expected)
+        if problem is not None:
+            return problem
+        return await trio.to_thread.run_sync(self.mirror.install, temp, rel, expected.mtime)
 
     async def _refresh(self, rel: RelPath, expected: RemoteEntry) -> RemoteEntry:
         try:

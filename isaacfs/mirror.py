@@ -189,6 +189,11 @@ class Mirror:
         return entry
 
     def make_dirs(self, rel: RelPath) -> None:
+        try:
+            if stat.S_ISDIR(os.stat(self.root.joinpath(*rel.parts)).st_mode):
+                return  # the common case: one stat, not a mkdir per level
+        except (FileNotFoundError, NotADirectoryError):
+            pass
         current = self.root
         for part in rel.parts:
             current = current / part

@@ -56,6 +56,9 @@ def client_session() -> Iterator[None]:
     # No Hub process is wanted by a daemon: without this it searches for one and logs about it.
     os.environ.setdefault("OMNICLIENT_HUB_MODE", "disabled")
     oc.set_log_callback(_forward_log)
+    # omni.client logs several lines per request below WARNING; each one would cross into
+    # Python (and take the GIL) only to be dropped. Let it drop them itself.
+    oc.set_log_level(oc.LogLevel.DEBUG if log.isEnabledFor(logging.DEBUG) else oc.LogLevel.WARNING)
     oc.initialize()
     _initialized = True
     try:

@@ -132,6 +132,7 @@ class Workspace:
     fetcher: Fetcher
     jobs: int
     on_installed: Callable[[RelPath], None] = lambda rel: None
+    listing_ttl: float = 24 * 3600.0  # upstream listings younger than this are taken from the index
 
 
 Planned = dict[str, dict[RelPath, RemoteEntry]]
@@ -165,14 +166,25 @@ def parse_manifest(lines: list[str], name: str) -> tuple[list[RelPath], list[str
 
 
 # -- planning -------------------------------------------------------------------------
-async def _walk(upstream: Upstream, root: RelPath, limit: trio.CapacityLimiter) -> dict[RelPath, RemoteEntry]:
+async def _list(ws: Workspace, folder: RelPath) -> list[RemoteEntry]:
+    """A folder's upstream listing; one the index fetched within listing_ttl is used as is
+    (an asset release does not change), so a repeated warm asks the upstream nothing."""
+    stored = ws.index.listing(folder)
+    if stored is not None and time.time() - stored[0] < ws.listing_ttl:
+        return stored[1]
+    entries = await ws.upstream.list(folder)
+    ws.index.store_listing(folder, entries)
+    return entries
+
+
+async def _walk(ws: Workspace, root: RelPath, limit: trio.CapacityLimiter) -> dict[RelPath, RemoteEntry]:
     found: dict[RelPath, RemoteEntry] = {}
     errors: list[UpstreamError] = []
 
     async def visit(folder: RelPath, nursery: trio.Nursery) -> None:
         try:
             async with limit:
-                entries = await upstream.list(folder)
+                entries = await _list(ws, folder)
         except UpstreamError as exc:
             errors.append(exc)  # a walk with a hole in it is no plan: stop the whole walk
             nursery.cancel_scope.cancel()
@@ -203,14 +215,14 @@ async def _plan_categories(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
     for category in spec.categories:
         root = category_root(category)
         try:
-            exists = (await ws.upstream.stat(root)).is_dir
+            exists = ws.index.listing(root) is not None or (await ws.upstream.stat(root)).is_dir
         except NotFound:
             exists = False
         if not exists:
             known = await _folders(ws.upstream, root.parent)
             raise UserError(f"unknown category {category!r}; under {root.parent or '/'}/ there are: "
                             + (", ".join(known) or "no folders"))
-        files = await _walk(ws.upstream, root, limit)
+        files = await _walk(ws, root, limit)
         if spec.subsets:
             depth = len(root.parts)
             files = {rel: e for rel, e in files.items() if set(rel.parts[depth:-1]) & set(spec.subsets)}
@@ -301,6 +313,17 @@ def _present(ws: Workspace, rel: RelPath, entry: RemoteEntry) -> bool:
     return local is not None and not local.is_dir and local.size == entry.size
 
 
+def _local_sizes(ws: Workspace, planned: Planned) -> dict[RelPath, int]:
+    """Sizes of the planned files the mirror already holds: one scan per folder, not a stat per file."""
+    folders = {rel.parent for files in planned.values() for rel in files}
+    sizes: dict[RelPath, int] = {}
+    for folder in folders:
+        for local in ws.mirror.scan(folder) or ():
+            if not local.is_dir:
+                sizes[folder.child(local.name)] = local.size
+    return sizes
+
+
 async def _ensure(ws: Workspace, rel: RelPath, entry: RemoteEntry) -> bool:
     """Fetch unless present; True if a download happened."""
     if _present(ws, rel, entry):
@@ -324,34 +347,44 @@ async def run(ws: Workspace, spec: WarmSpec, emit: Emit) -> WarmResult:
     total_files = sum(r.files for r in reports.values())
     total_bytes = sum(r.size for r in reports.values())
     emit({"event": "plan", "files": total_files, "bytes": total_bytes})
+    local = await trio.to_thread.run_sync(_local_sizes, ws, plan.groups)
     if spec.dry_run:
         for name, files in plan.groups.items():
-            reports[name].skipped = sum(1 for rel, e in files.items() if _present(ws, rel, e))
+            reports[name].skipped = sum(1 for rel, e in files.items() if local.get(rel) == e.size)
     else:
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
                 for name, files in plan.groups.items():
                     for rel, entry in sorted(files.items(), key=lambda item: item[0].parts):
-                        prefetched = rel in plan.prefetched
-                        nursery.start_soon(_one, ws, rel, entry, reports[name], result, emit, scope, prefetched)
+                        if rel in plan.prefetched:
+                            state = "prefetched"
+                        elif rel not in local:
+                            state = "missing"
+                        else:
+                            state = "present" if local[rel] == entry.size else "different"
+                            if state == "different" and (ws.index.file_record(rel) or ("", "", ""))[2] == "adopted":
+                                state = "present"  # an adopted tree is the user's: never rewritten
+                        nursery.start_soon(_one, ws, rel, entry, reports[name], result, emit, scope, state)
     result.groups = sorted(reports.values(), key=lambda r: r.name)
     result.elapsed = time.monotonic() - started
     return result
 
 
 async def _one(ws: Workspace, rel: RelPath, entry: RemoteEntry, report: GroupReport, result: WarmResult,
-               emit: Emit, scope: trio.CancelScope, prefetched: bool) -> None:
+               emit: Emit, scope: trio.CancelScope, state: str) -> None:
     outcome = "skipped"
-    if prefetched:
+    if state == "prefetched":
         report.fetched += 1
         report.fetched_bytes += entry.size
         outcome = "fetched"
-    elif _present(ws, rel, entry):
+    elif state == "present":
         report.skipped += 1
     else:
         emit({"event": "start", "path": str(rel), "size": entry.size})
         try:
-            await _ensure(ws, rel, entry)
+            # A file of another size than the upstream's is a stale or broken copy: replace it.
+            await ws.fetcher.ensure(rel, entry, replace=state == "different")
+            ws.on_installed(rel)
             report.fetched += 1
             report.fetched_bytes += entry.size
             outcome = "fetched"

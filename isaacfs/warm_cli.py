@@ -171,8 +171,9 @@ async def _local(settings: Settings, mirror_dir: Path, spec: WarmSpec, emit: con
             async with trio.open_nursery() as nursery:
                 fetcher.attach(nursery)
                 try:
-                    outcome.append(await run(Workspace(mirror, index, upstream, fetcher, settings.fetch_jobs),
-                                             spec, emit))
+                    workspace = Workspace(mirror, index, upstream, fetcher, settings.fetch_jobs,
+                                          listing_ttl=settings.listing_ttl)
+                    outcome.append(await run(workspace, spec, emit))
                 except UserError as exc:
                     outcome.append(exc)  # raised below, outside the nursery, as itself
                 nursery.cancel_scope.cancel()

@@ -79,3 +79,23 @@ def test_service_install_writes_a_unit_whose_execstart_serves(tmp_path: Path, fi
     assert removed.returncode == 0 and not env_file.exists() and not unit.exists()
     again = isaacfs("service", "remove", "--user", str(mountpoint), env=env)
     assert again.returncode == 2 and "no isaacfs service is installed" in again.stderr
+
+
+def test_mount_helper_takes_fstab_style_arguments(tmp_path: Path, file_upstream: Upstream) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "OMNICLIENT_HUB_MODE": "disabled"}
+    helper = [sys.executable, "-m", "isaacfs.mount_helper"]
+    try:
+        done = subprocess.run([*helper, file_upstream.url, str(mountpoint), "-o",
+                               "defaults,noauto,user,_netdev,x-systemd.automount,mode=permissive"],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert os.getxattr(mountpoint, "user.isaacfs.mode") == b"permissive"
+        assert (mountpoint / "Isaac/Robots/FrankaRobotics/FrankaPanda/franka.usda").read_bytes()
+    finally:
+        subprocess.run([sys.executable, "-m", "isaacfs", "umount", str(mountpoint)], capture_output=True, env=env)
+        force_unmount(mountpoint)
+    bad = subprocess.run([*helper, file_upstream.url, str(mountpoint), "-o", "mode=strict,turbo=1"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "unknown option 'turbo=1'" in bad.stderr and not is_mounted(mountpoint)

@@ -1,0 +1,161 @@
+"""isaacfs warm vs `rclone copy` of the same loopback S3 bucket, in the same run; closure vs category.
+
+Run: .venv/bin/python bench/bench_warm.py [--files 5000] [--mb 1000] [--runs 3]
+Needs rclone (Debian: apt-get install rclone). Prints a table of medians and writes it to
+docs/benchmarks.md between the bench_warm markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support.helpers import S3_PREFIX, copy_sample, start_s3  # noqa: E402
+from tests.support.s3server import BUCKET  # noqa: E402
+
+ENV = {**os.environ, "OMNICLIENT_HUB_MODE": "disabled"}
+
+
+def make_tree(root: Path, files: int, total_mb: int) -> tuple[int, int]:
+    """A category of robots: many small USD layers and a few large textures (~total_mb)."""
+    rng = random.Random(7)
+    large = max(1, files // 50)
+    large_size = total_mb * 1_000_000 * 9 // 10 // large
+    small_size = max(1, total_mb * 1_000_000 // 10 // (files - large))
+    written = 0
+    for index in range(files):
+        folder = root / "Isaac" / "Robots" / f"Vendor{index % 10}" / f"Robot{index % 100}"
+        folder.mkdir(parents=True, exist_ok=True)
+        size = large_size if index < large else rng.randint(small_size // 2, small_size * 3 // 2)
+        name = f"texture_{index}.png" if index < large else f"layer_{index}.usda"
+        (folder / name).write_bytes(os.urandom(size))
+        written += size
+    return files, written
+
+
+def rclone_config(path: Path, port: int) -> None:
+    path.write_text(f"""[s3]
+type = s3
+provider = Other
+env_auth = false
+access_key_id = test
+secret_access_key = test
+region = us-west-2
+endpoint = https://127.0.0.1:{port}
+force_path_style = true
+""")
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:4])} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return elapsed
+
+
+def count(root: Path) -> tuple[int, int]:
+    files = [p for p in root.rglob("*") if p.is_file() and ".isaacfs" not in p.parts]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--files", type=int, default=5000)
+    parser.add_argument("--mb", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=16, help="parallel transfers, the same for both tools")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("rclone") is None:
+        raise SystemExit("rclone is not installed (apt-get install rclone)")
+    work = Path(tempfile.mkdtemp(prefix="isaacfs-bench-warm-"))
+    server = None
+    try:
+        source = copy_sample(work / "source")
+        files, size = make_tree(source, args.files, args.mb)
+        print(f"tree: {files} files, {size / 1e6:.0f} MB (+ the 14-file sample)", flush=True)
+        server = start_s3(source, work / "s3")
+        env = {**ENV, **server.env}
+        # rclone's AWS SDK rejects a custom CA bundle with its transport; Go reads SSL_CERT_FILE instead.
+        env.pop("AWS_CA_BUNDLE", None)
+        config = work / "rclone.conf"
+        rclone_config(config, server.port)
+        rclone = ["rclone", "--config", str(config), "copy", "--transfers",
+                  str(args.jobs), "--checkers", str(args.jobs), f"s3:{BUCKET}/{S3_PREFIX}/Isaac/Robots"]
+        isaacfs = [sys.executable, "-m", "isaacfs", "warm", "--upstream", server.url, "--categories", "Robots",
+                   "--jobs", str(args.jobs)]
+        times: dict[str, list[float]] = {"rclone": [], "isaacfs": [], "isaacfs-noop": [], "rclone-noop": []}
+        for run in range(args.runs):
+            for tool in ("rclone", "isaacfs") if run % 2 == 0 else ("isaacfs", "rclone"):
+                target = work / f"{tool}-{run}"
+                if tool == "rclone":
+                    command = [*rclone, str(target / "Isaac" / "Robots")]
+                else:
+                    command = [*isaacfs, "--mirror", str(target)]
+                times[tool].append(timed(command, env))
+                times[f"{tool}-noop"].append(timed(command, env))
+                got = count(target)
+                print(f"run {run + 1} {tool}: {times[tool][-1]:.2f}s, no-op {times[tool + '-noop'][-1]:.2f}s,"
+                      f" {got[0]} files {got[1] / 1e6:.0f} MB", flush=True)
+                if got[0] < files:
+                    raise SystemExit(f"{tool} copied {got[0]} of {files} files")
+                shutil.rmtree(target)
+        # Closure of one robot vs its whole category (sample root: Go2 vs IsaacLab/Robots).
+        closure_dir, category_dir = work / "closure", work / "category"
+        subprocess.run([sys.executable, "-m", "isaacfs", "warm", "--upstream", server.url, "--mirror",
+                        str(closure_dir), "--closure", "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd"],
+                       check=True, capture_output=True, env=env)
+        subprocess.run([sys.executable, "-m", "isaacfs", "warm", "--upstream", server.url, "--mirror",
+                        str(category_dir), "--categories", "IsaacLab/Robots", "NVIDIA/Materials"],
+                       check=True, capture_output=True, env=env)
+        closure, category = count(closure_dir), count(category_dir)
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = {key: statistics.median(values) for key, values in times.items()}
+    rows = [
+        ("warm of Robots from loopback S3, cold", f"{med['rclone']:.2f} s ({files / med['rclone']:.0f} files/s,"
+         f" {size / 1e6 / med['rclone']:.0f} MB/s)", f"{med['isaacfs']:.2f} s ({files / med['isaacfs']:.0f} files/s,"
+         f" {size / 1e6 / med['isaacfs']:.0f} MB/s)", f"{med['isaacfs'] / med['rclone']:.2f}x of rclone",
+         "<= 1.0"),
+        ("second, no-op run", f"{med['rclone-noop']:.2f} s", f"{med['isaacfs-noop']:.2f} s",
+         f"{100 * med['isaacfs-noop'] / med['isaacfs']:.1f}% of isaacfs's first run", "< 5%"),
+        ("closure of Go2 vs IsaacLab/Robots + NVIDIA/Materials (sample root)",
+         f"category: {category[0]} files, {category[1]:,} B", f"closure: {closure[0]} files, {closure[1]:,} B",
+         f"{100 * closure[1] / category[1]:.0f}% of the bytes", "only what it needs"),
+    ]
+    header = ("| workload | rclone copy / baseline | isaacfs warm | ratio | target |\n"
+              "|---|---|---|---|---|\n")
+    table = header + "".join(f"| {' | '.join(row)} |\n" for row in rows)
+    note = (f"\n`python bench/bench_warm.py --files {args.files} --mb {args.mb} --runs {args.runs} --jobs {args.jobs}`,"
+            f" medians of {args.runs} runs, both tools at {args.jobs} parallel transfers, tools alternating order.\n")
+    print(table + note)
+    if not args.no_write:
+        doc = REPO / "docs" / "benchmarks.md"
+        text = doc.read_text()
+        start, end = "<!-- bench_warm:start -->", "<!-- bench_warm:end -->"
+        block = f"{start}\n{table}{note}{end}"
+        if start in text:
+            text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+        else:
+            text += f"\n## isaacfs warm vs rclone copy\n\n{block}\n"
+        doc.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
