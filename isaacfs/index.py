@@ -28,6 +28,9 @@ from .upstream_types import RemoteEntry
 
 log = logging.getLogger("isaacfs.index")
 
+# Misses kept in the index: the newest ones; a storm of made-up names must not grow it.
+MAX_MISSES = 10_000
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files(
@@ -76,6 +79,7 @@ class Index:
         self.db.executescript(SCHEMA)
         self._counters: Counter[str] = Counter()
         self.session: Counter[str] = Counter()  # counts since this process started
+        self._miss_writes = 0
         self._access: dict[str, float] = {}
         self._saved_changes = -1
 
@@ -199,6 +203,10 @@ class Index:
             "INSERT INTO misses(path, mode, first_seen, last_seen, count) VALUES(?, ?, ?, ?, 1)"
             " ON CONFLICT(path) DO UPDATE SET last_seen=excluded.last_seen, count=count+1, mode=excluded.mode",
             (key, mode, now, now))
+        self._miss_writes += 1
+        if self._miss_writes % 1000 == 0:
+            self.db.execute("DELETE FROM misses WHERE path NOT IN"
+                            " (SELECT path FROM misses ORDER BY last_seen DESC LIMIT ?)", (MAX_MISSES,))
 
     def misses(self) -> list[tuple[str, str, float, float, int]]:
         """Recorded misses, newest first: (path, mode, first_seen, last_seen, count)."""

@@ -35,6 +35,10 @@ ROOT_INODE = 1
 PROBE_NAMES = frozenset({".Trash", ".xdg-volume-info", "autorun.inf", ".hidden", ".directory", "desktop.ini"})
 MAX_REMEMBERED_MISSES = 10_000
 MAX_GHOST_DEPTH = 16
+# Ghost folders live as long as the mount; past this many, a missing folder is a plain
+# "no such name" again, so a probe storm of made-up names cannot grow the daemon.
+MAX_GHOSTS = 20_000
+MISS_LOG_BURST = 100  # strict-mode miss reports logged per minute
 
 
 class Node:
@@ -89,6 +93,8 @@ class Tree:
         self.nodes: dict[int, Node] = {ROOT_INODE: self.root}
         self._loading: dict[int, trio.Event] = {}
         self._reported: set[RelPath] = set()
+        self._ghosts = 0
+        self._miss_window, self._miss_logged, self._miss_suppressed = 0.0, 0, 0
 
     # -- helpers --------------------------------------------------------------------
     def rel(self, node: Node) -> RelPath:
@@ -259,10 +265,13 @@ class Tree:
         # empty, unlisted folder that the kernel forgets within seconds, so the walk
         # reaches the file and the miss names the whole path.
         return (self.mode == "strict" and (node is None or not node.cached) and len(rel.parts) <= MAX_GHOST_DEPTH
+                and (node is not None or self._ghosts < MAX_GHOSTS)
                 and not looks_like_file(rel.name) and rel.name not in PROBE_NAMES
                 and not rel.name.startswith(".Trash-") and not rel.is_state())
 
     def _ghost(self, parent: Node, name: str) -> Node:
+        if parent.children is None or name not in parent.children:
+            self._ghosts += 1
         node = self._child(parent, name, True)
         if not node.ghost:
             node.ghost, node.is_dir = True, True
@@ -308,11 +317,27 @@ class Tree:
             self._reported.clear()
         self._reported.add(rel)
         if self.mode == "strict":
+            if not self._miss_log_allowed():
+                return
             log.warning(
                 "[isaacfs] ASSET NOT FOUND (strict mode)\n  missing:  %s\n  expected: %s\n  fetch it: %s",
                 rel, os.path.join(self.mount_display, str(rel)), warm_command(rel))
         elif parent is not None and parent.remote is not None and not self.upstream.available:
             log.warning("[isaacfs] %s is not in the mirror and the upstream is unavailable", rel)
+
+    def _miss_log_allowed(self) -> bool:
+        """At most MISS_LOG_BURST miss reports a minute; a storm is summed up in one line."""
+        now = time.monotonic()
+        if now - self._miss_window >= 60.0:
+            if self._miss_suppressed:
+                log.warning("[isaacfs] %d more missing paths in the last minute were not logged one by one;"
+                            " all are recorded: isaacfs misses", self._miss_suppressed)
+            self._miss_window, self._miss_logged, self._miss_suppressed = now, 0, 0
+        if self._miss_logged < MISS_LOG_BURST:
+            self._miss_logged += 1
+            return True
+        self._miss_suppressed += 1
+        return False
 
     def _mark_ancestors_cached(self, node: Node) -> None:
         parent = node.parent

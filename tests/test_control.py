@@ -126,3 +126,26 @@ def test_unix_socket_path_fits_any_mountpoint(tmp_path: Path) -> None:
     from isaacfs.control import socket_path_for
 
     assert len(str(socket_path_for(tmp_path / ("x" * 200)))) < 108
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading as another user needs root")
+def test_allow_other_lets_a_container_uid_read(file_upstream: Upstream, upstream_tree: Path, mounts: Mounts) -> None:
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="isaacfs-allow-other-"))  # traversable by other users
+    try:
+        os.chmod(base, 0o755)
+        as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "cat"]
+        private, shared = base / "private", base / "shared"
+        for mountpoint, flags in ((private, ()), (shared, ("--allow-other",))):
+            mountpoint.mkdir()
+            mounts.mount(mountpoint, file_upstream, "--mode", "permissive", *flags)
+            result = subprocess.run([*as_nobody, str(mountpoint / FRANKA)], capture_output=True)
+            if flags:
+                assert result.returncode == 0 and result.stdout == (upstream_tree / FRANKA).read_bytes()
+            else:
+                assert result.returncode != 0 and b"Permission denied" in result.stderr
+            assert mounts.umount(mountpoint).returncode == 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

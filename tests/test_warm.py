@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import Mounts, Upstream, isaacfs, open_stage, sha256, tree_digests
+from tests.support.helpers import Mounts, Upstream, isaacfs, open_stage, sha256, tree_digests, wait_for
 
 GO2_DIR = "Isaac/IsaacLab/Robots/Unitree"
 GO2 = "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd"
@@ -215,3 +217,27 @@ def test_verify_finds_and_repairs_a_corrupt_file(s3_sample: Upstream, tmp_path: 
     assert isaacfs("verify", "--mirror", str(mirror), env=env).returncode == 1
     assert isaacfs("verify", "--mirror", str(mirror), "--upstream", s3_sample.url, "--repair",
                    env=env).returncode == 0 and sha256(target) == good
+
+
+def test_ctrl_c_stops_cleanly_and_the_next_run_carries_on(tmp_path: Path) -> None:
+    source = tmp_path / "upstream"
+    for index in range(400):
+        folder = source / "Isaac" / "Props" / f"Set{index % 20}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"prop_{index}.usda").write_bytes(os.urandom(64 * 1024))
+    mirror = tmp_path / "mirror"
+    command = [sys.executable, "-m", "isaacfs", "warm", "--mirror", str(mirror), "--upstream", source.as_uri(),
+               "--categories", "Props", "--jobs", "2"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(list(mirror.rglob("*.usda"))) >= 20, timeout=60)
+    first.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _out, err = first.communicate(timeout=60)
+    assert first.returncode == 130 and "Traceback" not in err, err
+    done_before = len(list(mirror.rglob("*.usda")))
+    assert 20 <= done_before < 400
+    assert list((mirror / ".isaacfs" / "tmp").iterdir()) == []  # nothing half-written left
+    second = isaacfs(*command[3:])
+    assert second.returncode == 0, second.stdout + second.stderr
+    cells = table_row(second.stdout, "Props")
+    assert cells[1] == "400" and int(cells[3]) == done_before and int(cells[4]) == 400 - done_before
+    assert tree_digests(mirror) == tree_digests(source)

@@ -5,7 +5,8 @@ Modes (change them at any time through ``proxy.mode``):
   connection) still apply;
 - "refuse": close new connections at once;
 - "stall": accept, then never answer;
-- "cut": forward ``cut_after`` bytes of the answer, then close.
+- "cut": forward ``cut_after`` bytes of the answer, then close (a body cut short);
+- "reset": forward ``cut_after`` bytes of the answer, then reset the connection (RST).
 Every loop is bounded by the connection's life; ``close()`` ends all of them.
 """
 
@@ -71,8 +72,12 @@ class FaultProxy:
                 data = source.recv(65536)
                 if not data:
                     break
-                if downstream and self.mode == "cut" and sent + len(data) > self.cut_after:
+                if downstream and self.mode in ("cut", "reset") and sent + len(data) > self.cut_after:
                     sink.sendall(data[: max(0, self.cut_after - sent)])
+                    if self.mode == "reset":
+                        sink.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                        sink.close()
+                        return
                     break
                 sink.sendall(data)
                 sent += len(data)

@@ -89,8 +89,20 @@ def make_app(bucket: str, gets: Counter[str], sent: Counter[str], lock: threadin
     moto_app = DomainDispatcherApplication(create_backend_app)
     virtual_host = f"{bucket}.s3.{REGION}.amazonaws.com"
 
+    faults: dict[str, int] = {"status": 0, "count": 0, "corrupt": 0}
+
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if path == "/__isaacfs_fault":
+            # ?status=503&count=N: the next N object GETs answer that status;
+            # ?corrupt=N: the next N object GETs send their body with one byte flipped.
+            query = dict(part.split("=", 1) for part in environ.get("QUERY_STRING", "").split("&") if "=" in part)
+            with lock:
+                faults["status"] = int(query.get("status", faults["status"]))
+                faults["count"] = int(query.get("count", faults["count"]))
+                faults["corrupt"] = int(query.get("corrupt", faults["corrupt"]))
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok"]
         if path == "/__isaacfs_stats":
             with lock:
                 body = json.dumps({"gets": dict(gets), "bytes": dict(sent)}).encode()
@@ -101,6 +113,33 @@ def make_app(bucket: str, gets: Counter[str], sent: Counter[str], lock: threadin
             environ["HTTP_HOST"] = virtual_host
         if environ.get("REQUEST_METHOD") == "GET" and not environ.get("QUERY_STRING"):
             key = unquote(path.lstrip("/"))
+            with lock:
+                failing = faults["count"] > 0 and not key.endswith(".toml")
+                if failing:
+                    faults["count"] -= 1
+                    gets[key] += 1
+                corrupting = not failing and faults["corrupt"] > 0 and not key.endswith(".toml")
+                if corrupting:
+                    faults["corrupt"] -= 1
+            if failing:
+                status = f"{faults['status']} Injected"
+                body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code>"
+                        b"<Message>injected by the test</Message></Error>")
+                start_response(status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+                return [body]
+            if corrupting:
+                captured: dict[str, Any] = {}
+
+                def capture(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+                    captured["args"] = (status, headers, *rest)
+                    return lambda data: None
+
+                chunks = b"".join(moto_app(environ, capture))
+                flipped = bytes([chunks[0] ^ 0xFF]) + chunks[1:] if chunks else chunks
+                with lock:
+                    gets[key] += 1
+                start_response(*captured["args"])
+                return [flipped]
 
             def counting_start_response(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
                 length = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
