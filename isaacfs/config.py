@@ -58,6 +58,7 @@ ENV_KEYS: dict[str, str] = {
     "ISAACFS_STALL_TIMEOUT": "stall_timeout",
     "ISAACFS_MIN_DOWNLOAD_RATE": "min_download_rate",
     "ISAACFS_LISTING_TTL": "listing_ttl",
+    "ISAACFS_UPSTREAM_RETRY_AFTER": "upstream_retry_after",
     "ISAACFS_FETCH_JOBS": "fetch_jobs",
     "ISAACFS_LOG_LEVEL": "log_level",
     "ISAACFS_ALLOW_OTHER": "allow_other",

@@ -40,6 +40,9 @@ MANY = "Isaac/Props/Many"  # 1,000 small files in 20 folders
 WIDE = "Isaac/Props/Wide"  # 10,000 files in one folder
 LARGE = "Isaac/Props/Large/texture.bin"  # 8 MiB
 LONG_NAME = "L" * 251 + ".usd"  # 255 bytes, the longest a name may be
+# Short bounds, so each fault resolves in seconds: a download is abandoned after
+# 3 s + size at 100 MB/s, and a failed upstream rests 3 s.
+QUICK = {"ISAACFS_STALL_TIMEOUT": "3", "ISAACFS_MIN_DOWNLOAD_RATE": "100000000", "ISAACFS_UPSTREAM_RETRY_AFTER": "3"}
 
 Record = Callable[[str, object], None]
 
@@ -132,8 +135,7 @@ def test_latency_200ms(server: Upstream, source: Path, proxy: FaultProxy, tmp_pa
 @pytest.mark.parametrize("mode", ["cut", "reset"])
 def test_body_cut_short_or_reset(mode: str, server: Upstream, source: Path, proxy: FaultProxy, tmp_path: Path,
                                  mounts: Mounts, record_property: Record) -> None:
-    mountpoint, mirror = mounted(tmp_path, mounts, through(proxy, server), "--upstream-timeout", "5",
-                                 env={"ISAACFS_STALL_TIMEOUT": "10"})
+    mountpoint, mirror = mounted(tmp_path, mounts, through(proxy, server), "--upstream-timeout", "5", env=QUICK)
     os.listdir(mountpoint / LARGE.rsplit("/", 1)[0])  # listed before the fault
     proxy.mode, proxy.cut_after = mode, 256 * 1024  # headers and the first 256 KiB of the body
     started = time.monotonic()
@@ -160,8 +162,7 @@ def _reads(path: Path) -> bool:
 @pytest.mark.parametrize("status", [500, 503])
 def test_server_errors(status: int, server: Upstream, source: Path, tmp_path: Path, mounts: Mounts,
                        record_property: Record) -> None:
-    mountpoint, mirror = mounted(tmp_path, mounts, server, "--upstream-timeout", "5",
-                                 env={"ISAACFS_STALL_TIMEOUT": "10"})
+    mountpoint, mirror = mounted(tmp_path, mounts, server, "--upstream-timeout", "5", env=QUICK)
     names = many_files(source)
     os.listdir((mountpoint / names[0]).parent)
     inject(server, status=status, count=1)  # one bad answer: retried, the reader never knows
