@@ -29,8 +29,6 @@ MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 # Room left free on the mirror's disk beyond the file itself, so a fetch never fills it:
 # 64 MiB, or a twentieth of a small disk.
 DISK_RESERVE = 64 * 1024 * 1024
-# From this size on, a download's fsync and MD5 run in two threads at once.
-PARALLEL_SETTLE_BYTES = 8 * 1024 * 1024
 
 
 class FetchFailed(Exception):
@@ -120,12 +118,10 @@ class Fetcher:
             temp = self.mirror.new_temp()
             started = time.monotonic()
             try:
-                await self.upstream.download(rel, temp, expected.size)
-                if expected.size < PARALLEL_SETTLE_BYTES:
-                    # A small file: check, fsync and install in one trip to a worker thread.
-                    outcome = await trio.to_thread.run_sync(self._settle_small, temp, rel, expected)
-                else:
-                    outcome = await self._settle_large(temp, rel, expected)
+                digest = await self.upstream.download(rel, temp, expected.size)
+                outcome: LocalEntry | str | None = self._check(temp, expected, digest)
+                if outcome is None:
+                    outcome = await trio.to_thread.run_sync(self.mirror.install, temp, rel, expected.mtime)
                 if isinstance(outcome, LocalEntry):
                     entry = outcome
                     elapsed = time.monotonic() - started
@@ -141,9 +137,6 @@ class Fetcher:
             except AccessDenied as exc:
                 raise FetchFailed(errno.EACCES, str(exc)) from None
             except Unavailable as exc:
-                if self.mirror.free_and_total_bytes()[0] < expected.size:
-                    # omni.client reports a failed local write like a failed transfer.
-                    raise FetchFailed(errno.ENOSPC, f"mirror disk filled up while fetching {rel}") from None
                 # omni.client already retried the transfer itself; more tries only add waiting.
                 raise FetchFailed(errno.EIO, str(exc)) from None
             except UpstreamError as exc:
@@ -160,42 +153,17 @@ class Fetcher:
         raise FetchFailed(errno.EIO, f"{rel} failed its integrity check {self.retries} times")
 
     @staticmethod
-    def _check_size(temp: Path, expected: RemoteEntry) -> str | None:
+    def _check(temp: Path, expected: RemoteEntry, digest: str) -> str | None:
+        """What is wrong with a download (size, or MD5 where the ETag is one), or None."""
         try:
             size = temp.stat().st_size
         except FileNotFoundError:
             return "upstream reported success but wrote no file"
         if size != expected.size:
             return f"size {size} differs from the listed {expected.size}"
+        if MD5_ETAG.match(expected.etag) and digest != expected.etag:
+            return f"MD5 {digest} differs from the ETag {expected.etag}"
         return None
-
-    @staticmethod
-    def _check_md5(temp: Path, expected: RemoteEntry) -> str | None:
-        if MD5_ETAG.match(expected.etag):
-            digest = md5_of(temp)
-            if digest != expected.etag:
-                return f"MD5 {digest} differs from the ETag {expected.etag}"
-        return None
-
-    def _settle_small(self, temp: Path, rel: RelPath, expected: RemoteEntry) -> LocalEntry | str:
-        """Worker thread: check size and MD5, fsync, install. The entry, or what is wrong."""
-        problem = self._check_size(temp, expected) or self._check_md5(temp, expected)
-        if problem is not None:
-            return problem
-        self.mirror.sync_file(temp)
-        return self.mirror.install(temp, rel, expected.mtime)
-
-    async def _settle_large(self, temp: Path, rel: RelPath, expected: RemoteEntry) -> LocalEntry | str:
-        problem = self._check_size(temp, expected)
-        if problem is not None:
-            return problem
-        async with trio.open_nursery() as both:
-            # The data must reach the disk and pass its check: do both at once.
-            both.start_soon(trio.to_thread.run_sync, self.mirror.sync_file, temp)
-            problem = await trio.to_thread.run_sync(self._check_md5, temp, expected)
-        if problem is not None:
-            return problem
-        return await trio.to_thread.run_sync(self.mirror.install, temp, rel, expected.mtime)
 
     async def _refresh(self, rel: RelPath, expected: RemoteEntry) -> RemoteEntry:
         try:

@@ -163,14 +163,6 @@ class Mirror:
     def new_temp(self) -> Path:
         return self.tmp / f"{uuid.uuid4().hex}.part"
 
-    @staticmethod
-    def sync_file(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     def install(self, temp: Path, rel: RelPath, mtime: float) -> LocalEntry:
         """Make a checked, fsynced temporary file the mirror's copy of ``rel``, atomically."""
         target = self.path(rel)

@@ -10,6 +10,7 @@ making every lookup wait for it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -78,6 +79,20 @@ def _raise_for(result: Any, what: str) -> None:
     if result in (oc.Result.ERROR_CONNECTION, oc.Result.ERROR):
         raise Unavailable(f"{what}: upstream unavailable ({result.name})")
     raise UpstreamError(f"{what}: upstream answered {result.name}")
+
+
+def _write_hashed(content: Any, dest: Path) -> str:
+    """Write a body to a new file and fsync it; its MD5, computed from memory on the way."""
+    view = memoryview(content)
+    digest = hashlib.md5(view, usedforsecurity=False).hexdigest()
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return digest
 
 
 def _to_entry(item: Any, name: str) -> RemoteEntry:
@@ -225,19 +240,20 @@ class Upstream:
         _result, item = await self._guarded(f"stat {rel}", lambda cb: oc.stat_with_callback(url, cb))
         return _to_entry(item, rel.name)
 
-    async def download(self, rel: RelPath, dest: Path, size: int) -> None:
-        """Copy ``rel`` (``size`` bytes) into the local file ``dest`` (overwritten).
+    async def download(self, rel: RelPath, dest: Path, size: int) -> str:
+        """Write ``rel`` (``size`` bytes) to the new local file ``dest``, fsynced; return its MD5.
 
-        omni.client's copy_file gathers the body in memory and writes ``dest`` only at the
-        end, so progress cannot be watched on disk. The bound is therefore a deadline:
-        ``stall_timeout`` plus the time the file takes at ``min_rate`` bytes/s.
+        omni.client's ``read_file`` hands over the whole body at once (its ``copy_file``
+        does the same internally, then writes), so progress cannot be watched: the bound
+        is a deadline, ``stall_timeout`` plus the time the file takes at ``min_rate``
+        bytes/s. Hashing the body from memory while writing it saves reading it back.
         """
         what = f"fetch {rel}"
         self._check_available(what)
-        url, target = self.url_for(rel), oc.make_file_url(str(dest))
+        url = self.url_for(rel)
         deadline = self.stall_timeout + size / self.min_rate
         on_result, done, box = _trio_callback()
-        request = oc.copy_file_with_callback(url, target, on_result, behavior=oc.CopyBehavior.OVERWRITE)
+        request = oc.read_file_with_callback(url, on_result)
         try:
             with trio.move_on_after(deadline):
                 await done.wait()
@@ -249,9 +265,11 @@ class Upstream:
                               f" {self.min_rate / 1e6:g} MB/s), download abandoned")
             self._mark(exc)
             raise exc
+        result, _version, content = box[0]
         try:
-            _raise_for(box[0][0], what)
+            _raise_for(result, what)
         except UpstreamError as exc:
             self._mark(exc)
             raise
         self._mark(None)
+        return await trio.to_thread.run_sync(_write_hashed, content, dest)
