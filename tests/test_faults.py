@@ -28,11 +28,11 @@ from tests.support.helpers import (
     S3_PREFIX,
     Mounts,
     Upstream,
+    bytes_wrong,
     copy_sample,
     isaacfs,
     sha256,
     start_s3,
-    tree_digests,
     wait_for,
 )
 
@@ -94,15 +94,6 @@ def inject(server: Upstream, **query: int) -> None:
 
 def through(proxy: FaultProxy, server: Upstream) -> Upstream:
     return Upstream(f"https://127.0.0.1:{proxy.port}/{S3_PREFIX}", server.env)
-
-
-def bytes_wrong(mirror: Path, source: Path) -> int:
-    """Bytes of mirrored files that differ from the upstream's (the one figure that must be 0)."""
-    wrong = 0
-    for rel, digest in tree_digests(mirror).items():
-        if not (source / rel).exists() or sha256(source / rel) != digest:
-            wrong += (mirror / rel).stat().st_size
-    return wrong
 
 
 def mounted(tmp_path: Path, mounts: Mounts, upstream: Upstream, *flags: str,

@@ -8,13 +8,24 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.faultproxy import FaultProxy
-from tests.support.helpers import S3_PREFIX, Mounts, Upstream, copy_sample, sha256, start_s3, wait_for
+from tests.support.helpers import (
+    S3_PREFIX,
+    Mounts,
+    Upstream,
+    bytes_wrong,
+    copy_sample,
+    sha256,
+    start_s3,
+    wait_for,
+)
+
+Record = Callable[[str, object], None]
 
 BIG = "Isaac/Props/Large/big_texture.bin"
 POLICY = "Isaac/IsaacLab/Policies/ANYmal-C/Blind/policy.pt"
@@ -77,7 +88,8 @@ def test_32_processes_one_download(big_s3: Upstream, big_source: Path, proxy: Fa
     assert mounts.log(mountpoint).count(f"fetched {BIG}") == 1
 
 
-def test_kill_9_mid_download_leaves_no_partial_file(big_s3: Upstream, big_source: Path, proxy: FaultProxy,
+def test_kill_9_mid_download_leaves_no_partial_file(record_property: Record, big_s3: Upstream, big_source: Path,
+                                                    proxy: FaultProxy,
                                                     tmp_path: Path, mounts: Mounts) -> None:
     mountpoint, mirror = tmp_path / "mnt", tmp_path / "mirror"
     mountpoint.mkdir()
@@ -103,6 +115,8 @@ def test_kill_9_mid_download_leaves_no_partial_file(big_s3: Upstream, big_source
     assert sha256(mountpoint / BIG) == sha256(big_source / BIG)
     assert sha256(mirror / BIG) == sha256(big_source / BIG)
     assert list((mirror / ".isaacfs" / "tmp").iterdir()) == []
+    record_property("bytes_wrong", bytes_wrong(mirror, big_source))
+    assert bytes_wrong(mirror, big_source) == 0
 
 
 @pytest.mark.parametrize("fault", ["refuse", "stall"])
@@ -177,8 +191,8 @@ def test_hostile_names_in_listing_are_skipped(tmp_path: Path, mounts: Mounts) ->
     assert not (tmp_path / "escape.usd").exists()
 
 
-def test_stop_during_download_discards_it_cleanly(big_s3: Upstream, proxy: FaultProxy, tmp_path: Path,
-                                                  mounts: Mounts) -> None:
+def test_stop_during_download_discards_it_cleanly(record_property: Record, big_s3: Upstream, big_source: Path,
+                                                  proxy: FaultProxy, tmp_path: Path, mounts: Mounts) -> None:
     mountpoint, mirror = tmp_path / "mnt", tmp_path / "mirror"
     mountpoint.mkdir()
     mirror.mkdir()
@@ -198,10 +212,12 @@ def test_stop_during_download_discards_it_cleanly(big_s3: Upstream, proxy: Fault
     assert not os.path.ismount(mountpoint)
     log = mounts.log(mountpoint)
     assert "stopping on SIGTERM" in log and "discarding 1 unfinished download" in log
+    record_property("bytes_wrong", bytes_wrong(mirror, big_source))
+    assert bytes_wrong(mirror, big_source) == 0
 
 
-def test_full_mirror_disk_fails_the_fetch_cleanly(big_s3: Upstream, big_source: Path, tmp_path: Path,
-                                                  mounts: Mounts) -> None:
+def test_full_mirror_disk_fails_the_fetch_cleanly(record_property: Record, big_s3: Upstream, big_source: Path,
+                                                  tmp_path: Path, mounts: Mounts) -> None:
     disk, mountpoint = tmp_path / "disk", tmp_path / "mnt"
     disk.mkdir()
     mountpoint.mkdir()
@@ -219,5 +235,7 @@ def test_full_mirror_disk_fails_the_fetch_cleanly(big_s3: Upstream, big_source: 
         assert list((mirror / ".isaacfs" / "tmp").iterdir()) == []
         assert sha256(mountpoint / POLICY) == sha256(big_source / POLICY)  # the mirror still serves
         assert mounts.umount(mountpoint).returncode == 0
+        record_property("bytes_wrong", bytes_wrong(mirror, big_source))
+        assert bytes_wrong(mirror, big_source) == 0
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)

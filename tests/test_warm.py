@@ -7,11 +7,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import Mounts, Upstream, isaacfs, open_stage, sha256, tree_digests, wait_for
+from tests.support.helpers import (
+    Mounts,
+    Upstream,
+    bytes_wrong,
+    isaacfs,
+    open_stage,
+    sha256,
+    tree_digests,
+    wait_for,
+)
 
 GO2_DIR = "Isaac/IsaacLab/Robots/Unitree"
 GO2 = "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd"
@@ -165,7 +175,8 @@ def test_warm_through_a_live_strict_mount(file_upstream: Upstream, upstream_tree
     assert other.returncode == 2 and "is mounted with upstream" in other.stderr
 
 
-def test_warm_stops_on_a_full_disk_without_partial_files(tmp_path: Path, upstream_tree: Path) -> None:
+def test_warm_stops_on_a_full_disk_without_partial_files(tmp_path: Path, upstream_tree: Path,
+                                                         record_property: Callable[[str, object], None]) -> None:
     big = upstream_tree / "Isaac/Props/Large/big_texture.bin"
     big.parent.mkdir(parents=True)
     big.write_bytes(os.urandom(24 * 1024 * 1024))
@@ -179,6 +190,8 @@ def test_warm_stops_on_a_full_disk_without_partial_files(tmp_path: Path, upstrea
         assert "stopped: mirror disk is full" in result.stdout
         assert not (disk / "mirror" / "Isaac/Props/Large/big_texture.bin").exists()
         assert list((disk / "mirror" / ".isaacfs" / "tmp").iterdir()) == []
+        record_property("bytes_wrong", bytes_wrong(disk / "mirror", upstream_tree))
+        assert bytes_wrong(disk / "mirror", upstream_tree) == 0
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 

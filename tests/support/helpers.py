@@ -41,6 +41,15 @@ def tree_digests(root: Path) -> dict[str, str]:
     return found
 
 
+def bytes_wrong(mirror: Path, source: Path) -> int:
+    """Bytes of mirrored files that differ from the upstream's (the one figure that must be 0)."""
+    wrong = 0
+    for rel, digest in tree_digests(mirror).items():
+        if not (source / rel).exists() or sha256(source / rel) != digest:
+            wrong += (mirror / rel).stat().st_size
+    return wrong
+
+
 def is_mounted(path: Path) -> bool:
     target = os.path.abspath(path)
     with open("/proc/self/mountinfo") as stream:
