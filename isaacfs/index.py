@@ -213,6 +213,9 @@ class Index:
         rows = self.db.execute("SELECT path, mode, first_seen, last_seen, count FROM misses ORDER BY last_seen DESC")
         return [(str(p), str(m), float(f), float(last), int(c)) for p, m, f, last, c in rows]
 
+    def miss_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM misses").fetchone()[0])
+
     def clear_misses(self) -> int:
         return self.db.execute("DELETE FROM misses").rowcount
 

@@ -13,8 +13,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from . import control, mounts
 from . import status as reports
 from .config import Settings
@@ -61,7 +59,7 @@ def show_status(path: Path, as_json: bool) -> int:
             stat = os.statvfs(path)
             report = {"running": False, "why_bare": "not mounted", "mirror": str(path),
                       "disk_free": stat.f_bavail * stat.f_frsize, "mirrored": reports.mirrored_by_category(index),
-                      "total": reports.counters(index, False), "recorded_misses": len(index.misses())}
+                      "total": reports.counters(index, False), "recorded_misses": index.miss_count()}
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -169,32 +167,8 @@ def verify(settings: Settings, path: Path, repair: bool) -> int:
 
 
 def _verify_local(settings: Settings, path: Path, repair: bool, progress: control.Emit) -> VerifyResult:
-    from .fetch import Fetcher
-    from .mirror import Mirror
-    from .upstream import Upstream, client_session
-    from .warm import Workspace
+    from .local_mirror import run_on_mirror
 
     if not (path / STATE_DIR_NAME / "index.db").exists():
         raise UserError(f"{path} holds no isaacfs mirror index: nothing to verify against")
-
-    async def main() -> VerifyResult:
-        mirror = Mirror(path)
-        try:
-            mirror.prepare()
-            index = Index(mirror.state / "index.db")
-            try:
-                upstream = Upstream.from_settings(settings)
-                fetcher = Fetcher(mirror, index, upstream, settings.fetch_jobs, settings.fetch_retries)
-                async with trio.open_nursery() as nursery:
-                    fetcher.attach(nursery)
-                    result = await run_verify(Workspace(mirror, index, upstream, fetcher, settings.fetch_jobs),
-                                              repair, progress)
-                    nursery.cancel_scope.cancel()
-                return result
-            finally:
-                index.close()
-        finally:
-            mirror.close()
-
-    with client_session():
-        return trio.run(main)
+    return run_on_mirror(settings, path, lambda workspace: run_verify(workspace, repair, progress))

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import trio
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -31,11 +30,8 @@ from rich.table import Table
 from . import control, logs, mounts
 from .config import Settings, redact
 from .errors import UserError
-from .fetch import Fetcher
-from .index import Index
-from .mirror import Mirror
-from .upstream import Upstream, client_session
-from .warm import WarmResult, WarmSpec, Workspace, run
+from .local_mirror import run_on_mirror
+from .warm import WarmResult, WarmSpec, run
 
 PLAIN_EVERY = 5.0  # seconds between progress lines when not on a terminal
 
@@ -154,36 +150,7 @@ def _daemon_of(mirror: Path, settings: Settings) -> bool:
 
 def run_local(settings: Settings, mirror_dir: Path, spec: WarmSpec, emit: control.Emit) -> WarmResult:
     mirror_dir.mkdir(parents=True, exist_ok=True)
-    with client_session():
-        return trio.run(_local, settings, mirror_dir, spec, emit)
-
-
-async def _local(settings: Settings, mirror_dir: Path, spec: WarmSpec, emit: control.Emit) -> WarmResult:
-    mirror = Mirror(mirror_dir)
-    try:
-        if not spec.dry_run:
-            mirror.prepare()  # takes the lock: never two writers on one mirror
-        index = Index(mirror.state / "index.db", read_only=spec.dry_run)
-        try:
-            upstream = Upstream.from_settings(settings)
-            fetcher = Fetcher(mirror, index, upstream, settings.fetch_jobs, settings.fetch_retries)
-            outcome: list[WarmResult | UserError] = []
-            async with trio.open_nursery() as nursery:
-                fetcher.attach(nursery)
-                try:
-                    workspace = Workspace(mirror, index, upstream, fetcher, settings.fetch_jobs,
-                                          listing_ttl=settings.listing_ttl)
-                    outcome.append(await run(workspace, spec, emit))
-                except UserError as exc:
-                    outcome.append(exc)  # raised below, outside the nursery, as itself
-                nursery.cancel_scope.cancel()
-            if isinstance(outcome[0], UserError):
-                raise outcome[0]
-            return outcome[0]
-        finally:
-            index.close()
-    finally:
-        mirror.close()
+    return run_on_mirror(settings, mirror_dir, lambda workspace: run(workspace, spec, emit), read_only=spec.dry_run)
 
 
 def warm_and_report(settings: Settings, mirror: Path, spec: WarmSpec) -> int:
