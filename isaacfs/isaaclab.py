@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,50 +57,55 @@ def _split(raw: str) -> tuple[str, str]:
     return body, raw[len(body):]
 
 
-def configure(checkout: Path, mount: Path) -> tuple[list[Change], set[str]]:
-    """Point every asset-root line at ``mount``; return the changes and the releases the checkout expected."""
-    changes: list[Change] = []
-    releases: set[str] = set()
-    for kit in _kit_files(checkout):
-        raw_lines = kit.read_text(encoding="utf-8").splitlines(keepends=True)
-        count = 0
-        for number, raw in enumerate(raw_lines):
-            body, ending = _split(raw)
-            if MARKER in body:
-                original = json.loads(body.split(MARKER, 1)[1])
-                head = original
-            else:
-                original, head = body, body
-            match = _LINE.match(head)
-            if match is None:
-                continue
-            release = release_of(match.group(3))
-            if release:
-                releases.add(release)
-            new = f'{match.group(1)}"{mount}"{match.group(4)}{MARKER}{json.dumps(original, ensure_ascii=False)}'
-            if new != body:
-                raw_lines[number] = new + ending
-                count += 1
-        if count:
-            _replace(kit, "".join(raw_lines))
-            changes.append(Change(kit, count))
-    return changes, releases
+def _original(body: str) -> str | None:
+    """The line as it was before isaacfs changed it, if it carries the marker."""
+    return json.loads(body.split(MARKER, 1)[1]) if MARKER in body else None
 
 
-def undo(checkout: Path) -> list[Change]:
+def _rewrite(checkout: Path, rewrite_line: Callable[[str], str]) -> list[Change]:
+    """Apply ``rewrite_line`` to every line (without its ending) of the checkout's kit files;
+    write back, atomically, the files where a line changed."""
     changes = []
     for kit in _kit_files(checkout):
         raw_lines = kit.read_text(encoding="utf-8").splitlines(keepends=True)
         count = 0
         for number, raw in enumerate(raw_lines):
             body, ending = _split(raw)
-            if MARKER in body:
-                raw_lines[number] = json.loads(body.split(MARKER, 1)[1]) + ending
+            new = rewrite_line(body)
+            if new != body:
+                raw_lines[number] = new + ending
                 count += 1
         if count:
             _replace(kit, "".join(raw_lines))
             changes.append(Change(kit, count))
     return changes
+
+
+def configure(checkout: Path, mount: Path) -> tuple[list[Change], set[str]]:
+    """Point every asset-root line at ``mount``; return the changes and the releases the checkout expected."""
+    releases: set[str] = set()
+
+    def point_at_mount(body: str) -> str:
+        original = _original(body)
+        if original is None:
+            original = body
+        match = _LINE.match(original)
+        if match is None:
+            return body
+        release = release_of(match.group(3))
+        if release:
+            releases.add(release)
+        return f'{match.group(1)}"{mount}"{match.group(4)}{MARKER}{json.dumps(original, ensure_ascii=False)}'
+
+    return _rewrite(checkout, point_at_mount), releases
+
+
+def undo(checkout: Path) -> list[Change]:
+    def restore(body: str) -> str:
+        original = _original(body)
+        return body if original is None else original
+
+    return _rewrite(checkout, restore)
 
 
 def _replace(path: Path, text: str) -> None:
