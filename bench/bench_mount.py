@@ -20,6 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchdoc import write_section  # noqa: E402
+
 from tests.support.helpers import force_unmount, start_s3  # noqa: E402
 
 MiB = 1024 * 1024
@@ -238,13 +240,8 @@ def main() -> None:
     print(table)
     (REPO / "bench" / "results").mkdir(exist_ok=True)
     (REPO / "bench" / "results" / "mount.json").write_text(json.dumps(rows, indent=1))
-    doc = REPO / "docs" / "benchmarks.md"
-    if not args.no_write and doc.exists() and args.only is None:
-        text = doc.read_text()
-        start, end = "<!-- bench_mount:start -->", "<!-- bench_mount:end -->"
-        if start in text and end in text:
-            head, rest = text.split(start, 1)
-            doc.write_text(f"{head}{start}\n{table}\n{end}{rest.split(end, 1)[1]}")
+    if not args.no_write and args.only is None:
+        write_section("bench_mount", f"{table}\n", "isaacfs against native disk")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchdoc import write_section  # noqa: E402
+
 from tests.support.helpers import S3_PREFIX, force_unmount, is_mounted, start_s3  # noqa: E402
 from tests.support.s3server import BUCKET  # noqa: E402
 
@@ -261,15 +263,7 @@ def write_report(results: dict[str, dict[str, list[float]]], names: list[str], a
     print(table)
     if args.no_write:
         return
-    doc = REPO / "docs" / "benchmarks.md"
-    text = doc.read_text()
-    start, end = "<!-- bench_peers:start -->", "<!-- bench_peers:end -->"
-    block = f"{start}\n{table}{end}"
-    if start in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text += f"\n## Side by side: native, bindfs, isaacfs, rclone mount, s3fs\n\n{block}\n"
-    doc.write_text(text)
+    write_section("bench_peers", table, "Side by side: native, bindfs, isaacfs, rclone mount, s3fs")
     chart(med, names, REPO / "docs" / "benchmarks-peers.png")
 
 

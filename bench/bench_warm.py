@@ -21,6 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchdoc import write_section  # noqa: E402
+
 from tests.support.helpers import S3_PREFIX, copy_sample, start_s3  # noqa: E402
 from tests.support.s3server import BUCKET  # noqa: E402
 
@@ -170,15 +172,7 @@ def main() -> None:
             f" medians of {args.runs} runs, both tools at {args.jobs} parallel transfers, tools alternating order.\n")
     print(table + note)
     if not args.no_write:
-        doc = REPO / "docs" / "benchmarks.md"
-        text = doc.read_text()
-        start, end = "<!-- bench_warm:start -->", "<!-- bench_warm:end -->"
-        block = f"{start}\n{table}{note}{end}"
-        if start in text:
-            text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-        else:
-            text += f"\n## isaacfs warm vs rclone copy\n\n{block}\n"
-        doc.write_text(text)
+        write_section("bench_warm", table + note, "isaacfs warm vs rclone copy")
 
 
 if __name__ == "__main__":
