@@ -26,6 +26,14 @@ def mounts(tmp_path: Path) -> Iterator[Mounts]:
 
 
 @pytest.fixture
+def mountpoint(tmp_path: Path) -> Path:
+    """An empty folder to mount on, named as Isaac Lab's offline asset folder is."""
+    path = tmp_path / "offline_assets"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
 def upstream_tree(tmp_path: Path) -> Path:
     """A private copy of the embedded sample asset root."""
     return copy_sample(tmp_path / "upstream")

@@ -10,18 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import Mounts, Upstream, isaacfs, sha256
-
-GO2 = "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd"
-FRANKA = "Isaac/Robots/FrankaRobotics/FrankaPanda/franka.usda"
-POLICY = "Isaac/IsaacLab/Policies/ANYmal-C/Blind/policy.pt"
-
-
-@pytest.fixture
-def mountpoint(tmp_path: Path) -> Path:
-    path = tmp_path / "offline_assets"
-    path.mkdir()
-    return path
+from tests.support.helpers import FRANKA, GO2, POLICY, Mounts, Upstream, isaacfs, sha256
 
 
 def status_of(path: Path, mounts: Mounts) -> dict[str, object]:

@@ -77,11 +77,8 @@ def server(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[U
 
 @pytest.fixture
 def proxy(server: Upstream) -> Iterator[FaultProxy]:
-    fault = FaultProxy(server.port)
-    try:
+    with FaultProxy(server.port) as fault:
         yield fault
-    finally:
-        fault.close()
 
 
 def inject(server: Upstream, **query: int) -> None:
@@ -91,9 +88,6 @@ def inject(server: Upstream, **query: int) -> None:
     with urllib.request.urlopen(f"https://127.0.0.1:{server.port}/__isaacfs_fault?{arguments}", context=context):
         pass
 
-
-def through(proxy: FaultProxy, server: Upstream) -> Upstream:
-    return Upstream(f"https://127.0.0.1:{proxy.port}/{S3_PREFIX}", server.env)
 
 
 def mounted(tmp_path: Path, mounts: Mounts, upstream: Upstream, *flags: str,
@@ -112,7 +106,7 @@ def many_files(source: Path) -> list[str]:
 def test_latency_200ms(server: Upstream, source: Path, proxy: FaultProxy, tmp_path: Path, mounts: Mounts,
                        record_property: Record) -> None:
     proxy.delay = 0.2
-    mountpoint, mirror = mounted(tmp_path, mounts, through(proxy, server))
+    mountpoint, mirror = mounted(tmp_path, mounts, server.via(proxy.port))
     names = many_files(source)[:20]
     started = time.monotonic()
     for rel in names:
@@ -126,7 +120,7 @@ def test_latency_200ms(server: Upstream, source: Path, proxy: FaultProxy, tmp_pa
 @pytest.mark.parametrize("mode", ["cut", "reset"])
 def test_body_cut_short_or_reset(mode: str, server: Upstream, source: Path, proxy: FaultProxy, tmp_path: Path,
                                  mounts: Mounts, record_property: Record) -> None:
-    mountpoint, mirror = mounted(tmp_path, mounts, through(proxy, server), "--upstream-timeout", "5", env=QUICK)
+    mountpoint, mirror = mounted(tmp_path, mounts, server.via(proxy.port), "--upstream-timeout", "5", env=QUICK)
     os.listdir(mountpoint / LARGE.rsplit("/", 1)[0])  # listed before the fault
     proxy.mode, proxy.cut_after = mode, 256 * 1024  # headers and the first 256 KiB of the body
     started = time.monotonic()
@@ -194,7 +188,7 @@ def test_corrupt_body_is_caught(server: Upstream, source: Path, tmp_path: Path, 
 def test_kill_9_during_warm_then_verify(server: Upstream, source: Path, proxy: FaultProxy, tmp_path: Path,
                                        record_property: Record) -> None:
     mirror = tmp_path / "mirror"
-    upstream = through(proxy, server)
+    upstream = server.via(proxy.port)
     proxy.throttle = 2_000_000  # slow enough to be killed in the middle
     command = [sys.executable, "-m", "isaacfs", "warm", "--mirror", str(mirror), "--upstream", upstream.url,
                "--categories", "Props", "--subset", "Many", "--jobs", "4"]

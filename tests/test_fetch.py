@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.faultproxy import FaultProxy
 from tests.support.helpers import (
+    POLICY,
     S3_PREFIX,
     Mounts,
     Upstream,
@@ -28,7 +29,6 @@ from tests.support.helpers import (
 Record = Callable[[str, object], None]
 
 BIG = "Isaac/Props/Large/big_texture.bin"
-POLICY = "Isaac/IsaacLab/Policies/ANYmal-C/Blind/policy.pt"
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +50,9 @@ def big_s3(big_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.fixture
 def proxy(big_s3: Upstream) -> Iterator[FaultProxy]:
-    fault = FaultProxy(big_s3.port)
-    try:
+    with FaultProxy(big_s3.port) as fault:
         yield fault
-    finally:
-        fault.close()
 
-
-def through(proxy: FaultProxy, upstream: Upstream) -> Upstream:
-    return Upstream(f"https://127.0.0.1:{proxy.port}/{S3_PREFIX}", upstream.env)
 
 
 def downloading(server: Upstream, before: int) -> None:
@@ -75,7 +69,7 @@ def test_32_processes_one_download(big_s3: Upstream, big_source: Path, proxy: Fa
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     proxy.throttle = 40 * 1024 * 1024  # slow enough that all readers arrive during the download
-    mounts.mount(mountpoint, through(proxy, big_s3), "--mode", "permissive")
+    mounts.mount(mountpoint, big_s3.via(proxy.port), "--mode", "permissive")
     os.stat(mountpoint / BIG)  # list the folders first: the race is on the file itself
     before = big_s3.bytes_sent(f"{S3_PREFIX}/{BIG}")
     readers = [subprocess.Popen([sys.executable, "-c", READER, str(mountpoint / BIG)], stdout=subprocess.PIPE,
@@ -95,7 +89,7 @@ def test_kill_9_mid_download_leaves_no_partial_file(record_property: Record, big
     mountpoint.mkdir()
     mirror.mkdir()
     proxy.throttle = 2 * 1024 * 1024  # 24 MiB takes ~12 s: plenty of time to kill it mid-way
-    pid = mounts.mount(mountpoint, through(proxy, big_s3), "--mode", "permissive", "--mirror", str(mirror))
+    pid = mounts.mount(mountpoint, big_s3.via(proxy.port), "--mode", "permissive", "--mirror", str(mirror))
     before = big_s3.stats()["gets"].get(f"{S3_PREFIX}/{BIG}", 0)
     reader = subprocess.Popen(["cat", str(mountpoint / BIG)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -110,7 +104,7 @@ def test_kill_9_mid_download_leaves_no_partial_file(record_property: Record, big
     assert caught.value.errno == errno.ENOTCONN  # the stale mount a crash leaves
 
     proxy.throttle = 0
-    mounts.mount(mountpoint, through(proxy, big_s3), "--mode", "permissive", "--mirror", str(mirror))
+    mounts.mount(mountpoint, big_s3.via(proxy.port), "--mode", "permissive", "--mirror", str(mirror))
     assert "recovered a stale mount" in mounts.log(mountpoint)
     assert sha256(mountpoint / BIG) == sha256(big_source / BIG)
     assert sha256(mirror / BIG) == sha256(big_source / BIG)
@@ -127,7 +121,7 @@ def test_dead_upstream_mirror_keeps_serving_and_misses_fail_fast(fault: str, big
     mountpoint.mkdir()
     # Abandon a download after 2 s + size at 100 MB/s: about 2.3 s for this 24 MiB file.
     env = {"ISAACFS_STALL_TIMEOUT": "2", "ISAACFS_MIN_DOWNLOAD_RATE": "100000000"}
-    mounts.mount(mountpoint, through(proxy, big_s3), "--mode", "permissive", "--upstream-timeout", "2", env=env)
+    mounts.mount(mountpoint, big_s3.via(proxy.port), "--mode", "permissive", "--upstream-timeout", "2", env=env)
     assert sha256(mountpoint / POLICY) == sha256(big_source / POLICY)
     os.listdir(mountpoint / "Isaac/Props/Large")  # listed, not fetched
     proxy.mode = fault
@@ -156,7 +150,7 @@ def test_mount_starts_while_upstream_is_down(big_s3: Upstream, proxy: FaultProxy
     mountpoint.mkdir()
     proxy.mode = "refuse"
     started = time.monotonic()
-    mounts.mount(mountpoint, through(proxy, big_s3), "--mode", "permissive", "--upstream-timeout", "2")
+    mounts.mount(mountpoint, big_s3.via(proxy.port), "--mode", "permissive", "--upstream-timeout", "2")
     assert time.monotonic() - started < 10
     assert os.listdir(mountpoint) == []
 
@@ -197,7 +191,7 @@ def test_stop_during_download_discards_it_cleanly(record_property: Record, big_s
     mountpoint.mkdir()
     mirror.mkdir()
     proxy.throttle = 2 * 1024 * 1024
-    pid = mounts.mount(mountpoint, through(proxy, big_s3), "--mode", "permissive", "--mirror", str(mirror))
+    pid = mounts.mount(mountpoint, big_s3.via(proxy.port), "--mode", "permissive", "--mirror", str(mirror))
     before = big_s3.stats()["gets"].get(f"{S3_PREFIX}/{BIG}", 0)
     reader = subprocess.Popen(["cat", str(mountpoint / BIG)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

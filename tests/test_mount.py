@@ -10,17 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import Mounts, Upstream, sha256, tree_digests
-
-GO2 = "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd"
-POLICY = "Isaac/IsaacLab/Policies/ANYmal-C/Blind/policy.pt"
-
-
-@pytest.fixture
-def mountpoint(tmp_path: Path) -> Path:
-    path = tmp_path / "offline_assets"
-    path.mkdir()
-    return path
+from tests.support.helpers import GO2, POLICY, Mounts, Upstream, sha256, tree_digests
 
 
 def test_permissive_shows_upstream_tree_one_to_one(any_upstream: Upstream, upstream_tree: Path,

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import Mounts, Upstream, copy_sample, open_stage, sha256, start_s3, tree_digests
+from tests.support.helpers import GO2, Mounts, Upstream, copy_sample, open_stage, sha256, start_s3, tree_digests
 
-GO2 = "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd"
 EXPECTED_LAYERS = {
     "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd",
     "Isaac/IsaacLab/Robots/Unitree/Go2/go2_physics.usda",

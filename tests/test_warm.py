@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.helpers import (
+    FRANKA,
+    GO2,
     Mounts,
     Upstream,
     bytes_wrong,
@@ -24,8 +26,6 @@ from tests.support.helpers import (
 )
 
 GO2_DIR = "Isaac/IsaacLab/Robots/Unitree"
-GO2 = "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd"
-FRANKA = "Isaac/Robots/FrankaRobotics/FrankaPanda/franka.usda"
 
 
 def table_row(stdout: str, name: str) -> list[str]:

@@ -94,6 +94,12 @@ class FaultProxy:
                 except OSError:
                     pass
 
+    def __enter__(self) -> FaultProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self._closing.set()
         self.listener.close()

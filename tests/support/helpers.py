@@ -20,6 +20,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 SAMPLE = REPO / "isaacfs" / "sample_assets"
 S3_PREFIX = "Assets/Isaac/5.1"
+# Files of the embedded sample asset root the tests read.
+GO2 = "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd"
+FRANKA = "Isaac/Robots/FrankaRobotics/FrankaPanda/franka.usda"
+POLICY = "Isaac/IsaacLab/Policies/ANYmal-C/Blind/policy.pt"
 
 
 def sha256(path: Path) -> str:
@@ -86,6 +90,10 @@ class Upstream:
 
     def bytes_sent(self, key: str) -> int:
         return self.stats()["bytes"].get(key, 0)
+
+    def via(self, port: int) -> Upstream:
+        """The same S3 upstream, reached through another port on loopback (a fault proxy)."""
+        return Upstream(f"https://127.0.0.1:{port}/{S3_PREFIX}", self.env)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
