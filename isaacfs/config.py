@@ -16,7 +16,6 @@ MODES: tuple[Mode, ...] = ("strict", "permissive")
 
 CLOUD_ROOT = "https://omniverse-content-production.s3-us-west-2.amazonaws.com/Assets/Isaac"
 DEFAULT_RELEASE = "6.2"  # Isaac Sim 6.x / Isaac Lab 3.0; Isaac Lab 2.3 uses 5.1.
-KNOWN_RELEASES = ("4.5", "5.0", "5.1", "6.0", "6.2")
 DEFAULT_MOUNTPOINT = Path("~/IsaacLab/offline_assets")
 UPSTREAM_SCHEMES = ("https", "http", "omniverse", "omni", "file")
 

@@ -160,9 +160,6 @@ class Index:
         rows = self.db.execute("SELECT path, size, etag, fetched_at, last_access FROM files ORDER BY path")
         return [(str(p), int(s), str(e), float(f), None if a is None else float(a)) for p, s, e, f, a in rows]
 
-    def forget_file(self, rel: RelPath) -> None:
-        self.db.execute("DELETE FROM files WHERE path=?", (_key(rel),))
-
     def record_adopted(self, records: list[tuple[str, int, float]]) -> None:
         now = time.time()
         self.db.execute("BEGIN")
