@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     report = Path(tempfile.mkdtemp()) / "faults.xml"
-    ids = [f"tests/{test_id}" for test_id in FAULTS]
+    ids = [f"tests/mount/{test_id}" for test_id in FAULTS]
     env = {**os.environ, "ISAACFS_TEST_LOOKUPS": str(args.lookups)}
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *ids],
                    cwd=REPO, env=env, check=False)
@@ -77,7 +77,7 @@ def main() -> None:
         wrong = props.get("bytes_wrong", "not measured by this test (it asserts what the previous column says)")
         rows.append(f"| {fault} | {survived} | {seen} | {wrong} | `{test_id}` ({seconds:.0f} s) |")
     text = (f"# Fault injection\n\nMeasured by `python bench/fault_table.py --lookups {args.lookups}` on"
-            f" {date.today().isoformat()} (root, this 2-core VM). Every row is a test in `tests/` that CI runs"
+            f" {date.today().isoformat()} (root, this 2-core VM). Every row is a test in `tests/mount/` that CI runs"
             " (CI's lookup storm is 200,000 lookups). A TCP fault proxy sits between omni.client and a moto S3"
             " server on loopback (`tests/support/faultproxy.py`); the server can answer 5xx or flip a byte"
             " (`tests/support/s3server.py`). After each fault, every file in the mirror is compared with the"

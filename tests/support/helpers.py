@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from isaacfs.system import logs, mounts
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 SAMPLE = REPO / "isaacfs" / "sample_assets"
@@ -55,22 +57,12 @@ def bytes_wrong(mirror: Path, source: Path) -> int:
 
 
 def is_mounted(path: Path) -> bool:
-    target = os.path.abspath(path)
-    with open("/proc/self/mountinfo") as stream:
-        return any(line.split()[4] == target for line in stream)
+    return mounts.find_mount(path) is not None
 
 
 def force_unmount(path: Path) -> None:
-    if is_mounted(path) or _stale(path):
+    if is_mounted(path) or mounts.is_stale(path):
         subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
-
-
-def _stale(path: Path) -> bool:
-    try:
-        os.statvfs(path)  # always reaches the daemon, unlike a cached stat
-    except OSError as exc:
-        return exc.errno == 107
-    return False
 
 
 @dataclass
@@ -154,8 +146,7 @@ class Mounts:
         return pid
 
     def log(self, mountpoint: Path) -> str:
-        name = str(mountpoint).strip("/").replace("-", "\\x2d").replace("/", "-")
-        path = Path(self.env["XDG_STATE_HOME"]) / "isaacfs" / f"{name}.log"
+        path = logs.log_path_for(mountpoint, self.env)
         return path.read_text(errors="replace") if path.exists() else ""
 
     def umount(self, mountpoint: Path) -> subprocess.CompletedProcess[str]:
@@ -163,7 +154,7 @@ class Mounts:
 
     def cleanup(self) -> None:
         for mountpoint, pid in self.made:
-            if is_mounted(mountpoint) and not _stale(mountpoint):
+            if is_mounted(mountpoint) and not mounts.is_stale(mountpoint):
                 isaacfs("umount", str(mountpoint), env=self.env, timeout=60)
             force_unmount(mountpoint)
             try:

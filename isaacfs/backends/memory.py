@@ -1,0 +1,104 @@
+"""An in-memory upstream for the unit tier: a dict of paths to bytes, with fault switches.
+
+It behaves as the S3 cloud root does through omni.client: folders are implied by keys,
+ETags are the MD5 of the body, a missing path is ``NotFound``. Tests flip ``down`` to
+make every request fail as a dead host does, set ``fail[path]`` to make one path fail
+with a given error, ``corrupt`` to flip a byte of a body in transit, ``delay`` to
+answer late, and read ``requests`` to count what was asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from urllib.parse import quote
+
+import trio
+
+from ..core.errors import NotFound, Unavailable, UpstreamError
+from ..core.health import Health
+from ..core.paths import RelPath
+from ..core.types import RemoteEntry, Sink
+
+
+class MemoryUpstream:
+    kind = "memory"
+
+    def __init__(self, files: dict[str, bytes] | None = None, root_url: str = "memory://assets",
+                 retry_after: float = 30.0, mtime: float = 1_700_000_000.0, md5_etags: bool = True) -> None:
+        self.root_url = root_url
+        self.files: dict[str, bytes] = dict(files or {})
+        self.mtime = mtime
+        self.md5_etags = md5_etags
+        self.health = Health(root_url, retry_after)
+        self.down = False
+        self.fail: dict[str, UpstreamError] = {}
+        self.corrupt: set[str] = set()
+        self.delay = 0.0
+        self.requests: Counter[str] = Counter()  # "list a/b", "stat a/b", "get a/b"
+
+    # -- test controls --------------------------------------------------------------
+    def put(self, path: str, body: bytes) -> None:
+        self.files[path] = body
+
+    def remove(self, path: str) -> None:
+        del self.files[path]
+
+    # -- the protocol -------------------------------------------------------------------
+    @property
+    def available(self) -> bool:
+        return self.health.available
+
+    def url_for(self, rel: RelPath) -> str:
+        return "/".join([self.root_url, *(quote(p.encode("utf-8", "surrogateescape"), safe="") for p in rel.parts)])
+
+    async def _answer(self, what: str, rel: RelPath, resting_ok: bool = False) -> None:
+        if not resting_ok:
+            self.health.check(what)
+        self.requests[f"{what.split()[0]} {rel}"] += 1
+        if self.delay:
+            await trio.sleep(self.delay)
+        problem: UpstreamError | None = None
+        if self.down:
+            problem = Unavailable(f"{what}: upstream unavailable (ERROR_CONNECTION)")
+        elif str(rel) in self.fail:
+            problem = self.fail[str(rel)]
+        self.health.mark(problem)
+        if problem is not None:
+            raise problem
+
+    def _entry(self, path: str, name: str) -> RemoteEntry | None:
+        body = self.files.get(path)
+        if body is not None:
+            etag = hashlib.md5(body, usedforsecurity=False).hexdigest() if self.md5_etags else ""
+            return RemoteEntry(name, False, len(body), self.mtime, etag)
+        prefix = f"{path}/" if path else ""
+        if any(key.startswith(prefix) for key in self.files):
+            return RemoteEntry(name, True, 0, 0.0, "")
+        return None
+
+    async def list(self, rel: RelPath) -> list[RemoteEntry]:
+        await self._answer(f"list {rel}", rel)
+        prefix = f"{rel}/" if rel.parts else ""
+        names = {key[len(prefix):].split("/", 1)[0] for key in self.files if key.startswith(prefix)}
+        found = [self._entry(f"{prefix}{name}", name) for name in sorted(names)]
+        return [entry for entry in found if entry is not None]
+
+    async def stat(self, rel: RelPath) -> RemoteEntry:
+        await self._answer(f"stat {rel}", rel)
+        entry = self._entry(str(rel), rel.name)
+        if entry is None:
+            raise NotFound(f"stat {rel}: not found upstream")
+        return entry
+
+    async def probe(self, rel: RelPath, timeout: float) -> None:
+        await self._answer("probe", rel, resting_ok=True)
+
+    async def download(self, rel: RelPath, size: int, sink: Sink) -> None:
+        await self._answer(f"get {rel}", rel)
+        body = self.files.get(str(rel))
+        if body is None:
+            raise NotFound(f"fetch {rel}: not found upstream")
+        if str(rel) in self.corrupt and body:
+            body = bytes([body[0] ^ 0xFF]) + body[1:]
+        await sink.write(body)

@@ -1,0 +1,256 @@
+"""The omni.client backend: an asset root reached through NVIDIA's omni.client.
+
+This is the one module of isaacfs that imports omni.client. It turns omni.client's callback API
+into trio awaitables (results are handed back with ``TrioToken.run_sync_soon``, so no
+thread is held per request), bounds every call with a timeout (omni.client's own HTTP
+retries can take a minute on a dead host), maps results to a few exception kinds,
+validates every listed name, and stops asking a dead upstream for a while (the core's
+``Health`` breaker) instead of making every lookup wait for it. It writes nothing
+itself: a body goes to the caller's ``Sink``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+import trio
+
+from ..core.config import Settings, redact
+from ..core.errors import AccessDenied, InvalidPath, NotFound, Unavailable, UpstreamError
+from ..core.health import Health
+from ..core.paths import RelPath, check_name
+from ..core.types import RemoteEntry, Sink
+
+log = logging.getLogger("isaacfs.upstream")
+
+import omni.client as oc  # noqa: E402  (the only import of omni.client in isaacfs)
+
+_LEVELS = {
+    "LogLevel.DEBUG": logging.DEBUG,
+    "LogLevel.VERBOSE": logging.DEBUG,
+    "LogLevel.INFO": logging.DEBUG,  # omni.client's INFO lines are chatter for our operators
+    "LogLevel.WARNING": logging.WARNING,
+    "LogLevel.ERROR": logging.ERROR,
+}
+
+
+def _forward_log(_thread: Any, component: Any, level: Any, message: Any) -> None:
+    # Runs on omni.client's own thread; logging is thread-safe. Never call omni.client here.
+    log.log(_LEVELS.get(str(level), logging.INFO), "omni.client %s: %s", component, str(message).strip())
+
+
+_initialized = False
+
+
+@contextmanager
+def client_session() -> Iterator[None]:
+    """Initialize omni.client for this process (once) and shut it down at the end."""
+    global _initialized
+    if _initialized:
+        yield
+        return
+    # No Hub process is wanted by a daemon: without this it searches for one and logs about it.
+    os.environ.setdefault("OMNICLIENT_HUB_MODE", "disabled")
+    oc.set_log_callback(_forward_log)
+    # omni.client logs several lines per request below WARNING; each one would cross into
+    # Python (and take the GIL) only to be dropped. Let it drop them itself.
+    oc.set_log_level(oc.LogLevel.DEBUG if log.isEnabledFor(logging.DEBUG) else oc.LogLevel.WARNING)
+    oc.initialize()
+    _initialized = True
+    try:
+        yield
+    finally:
+        oc.shutdown()
+        _initialized = False
+
+
+def _raise_for(result: Any, what: str) -> None:
+    if result == oc.Result.OK:
+        return
+    if result == oc.Result.ERROR_NOT_FOUND:
+        raise NotFound(f"{what}: not found upstream")
+    if result == oc.Result.ERROR_ACCESS_DENIED:
+        raise AccessDenied(f"{what}: access denied by upstream")
+    if result in (oc.Result.ERROR_CONNECTION, oc.Result.ERROR):
+        raise Unavailable(f"{what}: upstream unavailable ({result.name})")
+    raise UpstreamError(f"{what}: upstream answered {result.name}")
+
+
+def _to_entry(item: Any, name: str) -> RemoteEntry:
+    modified = item.modified_time
+    mtime = 0.0
+    if isinstance(modified, datetime):
+        if modified.tzinfo is None:
+            modified = modified.replace(tzinfo=timezone.utc)
+        mtime = max(0.0, modified.timestamp())
+    is_dir = bool(item.flags & oc.ItemFlags.CAN_HAVE_CHILDREN)
+    etag = (item.version or item.hash or "").strip('"')
+    return RemoteEntry(name=name, is_dir=is_dir, size=0 if is_dir else int(item.size), mtime=mtime, etag=etag)
+
+
+def _trio_callback() -> tuple[Callable[..., None], trio.Event, list[tuple[Any, ...]]]:
+    """A callback for omni.client's own thread that hands its arguments to this trio run."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    box: list[tuple[Any, ...]] = []
+
+    def on_result(*args: Any) -> None:
+        def deliver() -> None:
+            box.append(args)
+            done.set()
+
+        try:
+            token.run_sync_soon(deliver)
+        except trio.RunFinishedError:
+            pass  # the daemon is stopping; nobody waits for this answer any more
+
+    return on_result, done, box
+
+
+class OmniUpstream:
+    """An asset root URL (https S3 root, omniverse://, file:) seen as a read-only tree."""
+
+    kind = "omni.client"
+
+    def __init__(self, root_url: str, timeout: float, stall_timeout: float, retry_after: float,
+                 min_rate: float) -> None:
+        self.root_url = root_url.rstrip("/")
+        self.timeout = timeout
+        self.stall_timeout = stall_timeout
+        self.min_rate = min_rate
+        self.health = Health(redact(self.root_url), retry_after)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OmniUpstream:
+        return cls(settings.upstream, settings.upstream_timeout, settings.stall_timeout,
+                   settings.upstream_retry_after, settings.min_download_rate)
+
+    # -- URLs ---------------------------------------------------------------------
+    def url_for(self, rel: RelPath) -> str:
+        url = self.root_url
+        for part in rel.parts:
+            try:
+                part.encode("utf-8")
+            except UnicodeEncodeError:
+                # A name that is not UTF-8 (kept as surrogates): omni.client cannot take it
+                # as text, so its bytes are percent-encoded here, as one segment.
+                url = f"{url}/{quote(part.encode('utf-8', 'surrogateescape'), safe='')}"
+                continue
+            url = oc.join(url, part)  # percent-encodes each name as one segment
+        return url
+
+    # -- health -------------------------------------------------------------------
+    @property
+    def available(self) -> bool:
+        return self.health.available
+
+    async def _call(self, start: Callable[[Callable[..., None]], Any], timeout: float, what: str) -> tuple[Any, ...]:
+        """Start an omni.client request and wait for its callback, at most ``timeout`` seconds."""
+        on_result, done, box = _trio_callback()
+        request = start(on_result)
+        try:
+            with trio.move_on_after(timeout):
+                await done.wait()
+        finally:
+            if not done.is_set():
+                request.stop()
+        if not box:
+            raise Unavailable(f"{what}: upstream did not answer within {timeout:g}s")
+        return box[0]
+
+    async def _guarded(self, what: str, start: Callable[[Callable[..., None]], Any],
+                       timeout: float | None = None) -> tuple[Any, ...]:
+        self.health.check(what)
+        try:
+            answer = await self._call(start, timeout or self.timeout, what)
+            _raise_for(answer[0], what)
+        except UpstreamError as exc:
+            self.health.mark(exc)
+            raise
+        self.health.mark(None)
+        return answer
+
+    # -- operations ---------------------------------------------------------------
+    async def list(self, rel: RelPath) -> list[RemoteEntry]:
+        """List a folder. Entries whose names are unsafe are skipped with a log line."""
+        url = self.url_for(rel)
+        _result, items = await self._guarded(
+            f"list {rel or '/'}", lambda cb: oc.list_with_callback(url, cb))
+        entries: dict[str, RemoteEntry] = {}
+        for item in items:
+            try:
+                raw = item.relative_path
+            except UnicodeDecodeError:
+                log.warning("skipped upstream entry in %s/: its name is not UTF-8", rel or "")
+                continue
+            try:
+                # Some providers mark folders with one trailing slash; any other slash is hostile.
+                name = check_name(raw[:-1] if raw.endswith("/") else raw)
+            except InvalidPath as exc:
+                log.warning("skipped upstream entry in %s/: %s", rel or "", exc)
+                continue
+            entry = _to_entry(item, name)
+            if name in entries and entries[name].is_dir != entry.is_dir:
+                log.warning("upstream %s/ lists %r as both file and folder; keeping the folder", rel or "", name)
+                if not entry.is_dir:
+                    continue
+            entries[name] = entry
+        return list(entries.values())
+
+    async def probe(self, rel: RelPath, timeout: float) -> None:
+        """Ask the upstream now, even while it is resting; raise if it does not answer."""
+        url, what = self.url_for(rel), "probe"
+        try:
+            answer = await self._call(lambda cb: oc.stat_with_callback(url, cb), timeout, what)
+            _raise_for(answer[0], what)
+        except NotFound:
+            pass  # an answer all the same
+        except UpstreamError as exc:
+            self.health.mark(exc)
+            raise
+        self.health.mark(None)
+
+    async def stat(self, rel: RelPath) -> RemoteEntry:
+        url = self.url_for(rel)
+        _result, item = await self._guarded(f"stat {rel}", lambda cb: oc.stat_with_callback(url, cb))
+        return _to_entry(item, rel.name)
+
+    async def download(self, rel: RelPath, size: int, sink: Sink) -> None:
+        """Hand the body of ``rel`` (``size`` bytes) to ``sink``.
+
+        omni.client's ``read_file`` hands over the whole body at once (its ``copy_file``
+        does the same internally, then writes), so progress cannot be watched: the bound
+        is a deadline, ``stall_timeout`` plus the time the file takes at ``min_rate``
+        bytes/s.
+        """
+        what = f"fetch {rel}"
+        self.health.check(what)
+        url = self.url_for(rel)
+        deadline = self.stall_timeout + size / self.min_rate
+        on_result, done, box = _trio_callback()
+        request = oc.read_file_with_callback(url, on_result)
+        try:
+            with trio.move_on_after(deadline):
+                await done.wait()
+        finally:
+            if not done.is_set():
+                request.stop()
+        if not box:
+            exc = Unavailable(f"{what}: not done after {deadline:.0f}s (slower than"
+                              f" {self.min_rate / 1e6:g} MB/s), download abandoned")
+            self.health.mark(exc)
+            raise exc
+        result, _version, content = box[0]
+        try:
+            _raise_for(result, what)
+        except UpstreamError as exc:
+            self.health.mark(exc)
+            raise
+        self.health.mark(None)
+        await sink.write(memoryview(content))

@@ -1,0 +1,386 @@
+"""The isaacfs command: thin wrappers over the daemon and the mount helpers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..core import config
+from ..core.errors import UserError
+from ..core.types import MODES
+from ..system import launch, logs, mounts
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+READY_TIMEOUT = 60.0
+
+
+def _mountpoint(text: str | None) -> Path:
+    return Path(text or config.DEFAULT_MOUNTPOINT).expanduser().absolute()
+
+
+def _add_mount_settings(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--upstream", metavar="URL",
+                        help="asset root URL (https S3 root, omniverse://, file:, or a folder)")
+    source.add_argument("--release", metavar="X.Y",
+                        help="the NVIDIA cloud asset root of this Isaac Sim release"
+                        f" (default {config.DEFAULT_RELEASE})")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--mode", choices=MODES, help="strict (default): only the mirror;"
+                      " permissive: fetch misses from the upstream")
+    mode.add_argument("--offline", dest="mode", action="store_const", const="strict", help="same as --mode strict")
+    mode.add_argument("--offline-permissive", dest="mode", action="store_const", const="permissive",
+                      help="same as --mode permissive")
+    parser.add_argument("--mirror", metavar="DIR", help="keep the mirror in DIR (default: the mountpoint's own folder)")
+    parser.add_argument("--upstream-timeout", type=float, metavar="S", help="seconds an upstream lookup may take")
+    parser.add_argument("--listing-ttl", type=float, metavar="S", help="seconds an upstream listing is trusted")
+    parser.add_argument("--jobs", dest="fetch_jobs", type=int, metavar="N", help="parallel downloads")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _add_source(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--upstream", metavar="URL")
+    source.add_argument("--release", metavar="X.Y")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="isaacfs", description="The Isaac Sim asset root, offline-first.")
+    parser.add_argument("--version", action="version", version=f"isaacfs {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount = commands.add_parser("mount", help="mount the asset root at MOUNTPOINT")
+    mount.add_argument("mountpoint", nargs="?", help=f"default {config.DEFAULT_MOUNTPOINT}")
+    _add_mount_settings(mount)
+    mount.add_argument("--foreground", action="store_true", help="stay in the foreground, log to stderr")
+    mount.add_argument("--allow-other", action="store_true", default=None,
+                       help="let other users (containers) read the mount")
+    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    warm = commands.add_parser(
+        "warm", help="fetch chosen assets into the mirror (through a live mount's daemon, or directly)")
+    warm.add_argument("--categories", nargs="+", default=[], metavar="C",
+                      help="folders under Isaac/ (Robots, IsaacLab/Robots), paths from the root"
+                      " (NVIDIA/Materials), or all")
+    warm.add_argument("--subset", nargs="+", default=[], metavar="S", help="keep only these sub-folders, at any depth")
+    warm.add_argument("--manifest", metavar="FILE", help="fetch the paths listed in FILE (one per line; - for stdin)")
+    warm.add_argument("--closure", nargs="+", default=[], metavar="PATH.usd",
+                      help="fetch USD assets and everything they depend on, transitively")
+    warm.add_argument("--from-misses", action="store_true", help="fetch what strict mode recorded as missing")
+    warm.add_argument("--dry-run", action="store_true", help="list what would be fetched, from listings alone")
+    _add_source(warm)
+    warm.add_argument("--mirror", metavar="DIR", help="the mirror or live mount (default $ISAACFS_MIRROR"
+                      f" or {config.DEFAULT_MOUNTPOINT})")
+    warm.add_argument("--jobs", dest="fetch_jobs", type=int, metavar="N", help="parallel downloads (default 8)")
+    warm.add_argument("--upstream-timeout", type=float, metavar="S")
+    warm.add_argument("--listing-ttl", type=float, metavar="S",
+                      help="reuse upstream listings the mirror's index got within S seconds (default 86400)")
+
+    verify = commands.add_parser("verify", help="check every mirrored file against the index")
+    verify.add_argument("--mirror", metavar="DIR", help="the mirror or live mount")
+    verify.add_argument("--repair", action="store_true", help="fetch wrong or missing files again")
+    _add_source(verify)
+
+    manifest = commands.add_parser("manifest", help="list the paths the mirror served or was asked for")
+    manifest.add_argument("mountpoint", nargs="?", help="a live mount or a mirror folder")
+    manifest.add_argument("--mirror", metavar="DIR")
+    manifest.add_argument("--since", metavar="WHEN", help="only since then: 2h, 30m, 1d, or a date/time")
+    manifest.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    status = commands.add_parser("status", help="what a mount (or a bare mirror) holds and does")
+    status.add_argument("mountpoint", nargs="?")
+    status.add_argument("--mirror", metavar="DIR")
+    status.add_argument("--json", action="store_true", help="machine-readable")
+
+    misses = commands.add_parser("misses", help="the paths strict mode refused, newest first")
+    misses.add_argument("mountpoint", nargs="?")
+    misses.add_argument("--mirror", metavar="DIR")
+    misses.add_argument("--json", action="store_true")
+    misses.add_argument("--clear", action="store_true", help="forget the recorded misses")
+
+    mode = commands.add_parser("mode", help="switch a running mount between strict and permissive")
+    mode.add_argument("mode", choices=MODES)
+    mode.add_argument("mountpoint", nargs="?")
+
+    env = commands.add_parser("env", help="print the export line for Isaac Lab 3.x / Isaac Sim 6.x")
+    env.add_argument("mountpoint", nargs="?")
+    kit = commands.add_parser("kit-args", help="print the Kit settings for Isaac Lab 2.x (--kit_args)")
+    kit.add_argument("mountpoint", nargs="?")
+    isaaclab = commands.add_parser("isaaclab", help="make an Isaac Lab checkout use the mount")
+    isaaclab_commands = isaaclab.add_subparsers(dest="isaaclab_command", required=True, metavar="ACTION")
+    configure = isaaclab_commands.add_parser("configure", help="write the asset root into the checkout's apps/*.kit")
+    configure.add_argument("--isaaclab", required=True, metavar="DIR", help="the Isaac Lab checkout")
+    configure.add_argument("mountpoint", nargs="?")
+    configure.add_argument("--undo", action="store_true", help="restore every changed file byte for byte")
+
+    service = commands.add_parser("service", help="run a mount as a systemd service")
+    service_commands = service.add_subparsers(dest="service_command", required=True, metavar="ACTION")
+    install = service_commands.add_parser("install", help="write and enable isaacfs@<mountpoint>.service")
+    install.add_argument("mountpoint", nargs="?")
+    _add_mount_settings(install)
+    install.add_argument("--allow-other", action="store_true", default=None)
+    install.add_argument("--no-start", action="store_true", help="enable, but do not start it now")
+    remove = service_commands.add_parser("remove", help="stop, disable and delete the service of a mountpoint")
+    remove.add_argument("mountpoint", nargs="?")
+    for action in (install, remove):
+        action.add_argument("--user", action="store_true",
+                            help="a user unit even when run as root (root gets a system unit otherwise)")
+
+    umount = commands.add_parser("umount", help="unmount cleanly (also recovers a stale mount)")
+    umount.add_argument("mountpoint", nargs="?")
+    umount.add_argument("--lazy", action="store_true", help="detach now even if files are open")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> config.Settings:
+    keys = ("upstream", "release", "mode", "mirror", "upstream_timeout", "listing_ttl", "fetch_jobs",
+            "log_level", "allow_other")
+    flags: dict[str, Any] = {key: getattr(args, key, None) for key in keys}
+    return config.load(flags)
+
+
+def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
+    mountpoint = _mountpoint(args.mountpoint)
+    settings = settings_from(args)
+    if args.foreground:
+        from ..fuse.daemon import Daemon, MountRequest
+
+        logs.setup(settings.log_level)
+        log_path = Path(os.environ["ISAACFS_LOG_FILE"]) if "ISAACFS_LOG_FILE" in os.environ else None
+        return Daemon(MountRequest(mountpoint, settings, log_path, args.ready_fd)).run()
+    return launch_background(mountpoint, argv)
+
+
+def launch_background(mountpoint: Path, argv: list[str]) -> int:
+    """Start the daemon as its own session, logging to a file; return once the mount answers."""
+    log_path = logs.log_path_for(mountpoint)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    read_end, write_end = os.pipe()
+    command = launch.python_module("isaacfs", *argv, "--foreground", "--ready-fd", str(write_end))
+    with open(log_path, "ab") as log_file:
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                 pass_fds=(write_end,), start_new_session=True,
+                                 env={**os.environ, "ISAACFS_LOG_FILE": str(log_path)})
+    os.close(write_end)
+    with os.fdopen(read_end) as ready:
+        # The daemon answers within seconds; a mount that hangs must not hang this command.
+        answered, _, _ = select.select([ready], [], [], READY_TIMEOUT)
+        line = ready.readline().strip() if answered else ""
+    if not answered:
+        print(f"isaacfs: the mount did not answer within {READY_TIMEOUT:.0f}s; the daemon (pid {child.pid})"
+              f" is left running, see {log_path}", file=sys.stderr)
+        return 1
+    if line.startswith("READY "):
+        print(f"isaacfs: {line[6:]}")
+        print(f"isaacfs: daemon pid {child.pid}, log {log_path}")
+        return 0
+    if line.startswith("ERROR "):
+        child.wait(timeout=30)
+        print(f"isaacfs: {line[6:]}", file=sys.stderr)
+        return child.returncode or 1
+    code = child.wait(timeout=30)
+    tail = log_path.read_text(errors="replace").splitlines()[-5:]
+    print(f"isaacfs: the daemon stopped before the mount answered (exit {code}); log {log_path}:",
+          file=sys.stderr)
+    for text in tail:
+        print(f"  {text}", file=sys.stderr)
+    return code or 1
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    from ..jobs.spec import WarmSpec
+    from . import warm as warm_cli
+
+    if not (args.categories or args.manifest or args.closure or args.from_misses):
+        raise UserError("say what to warm: --categories, --manifest FILE, --closure PATH.usd or --from-misses")
+    if args.subset and not args.categories:
+        raise UserError("--subset narrows --categories; give the categories too")
+    settings = settings_from(args)
+    spec = WarmSpec(args.categories, args.subset, closure=args.closure, from_misses=args.from_misses,
+                    dry_run=args.dry_run)
+    if args.manifest:
+        spec.manifest, spec.manifest_name = _read_lines(args.manifest), args.manifest
+    return warm_cli.warm_and_report(settings, _mirror_arg(args, settings), spec)
+
+
+def _read_lines(name: str) -> list[str]:
+    if name == "-":
+        return sys.stdin.read().splitlines()
+    try:
+        return Path(name).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read manifest {name}: {exc.strerror}") from None
+
+
+def _mirror_arg(args: argparse.Namespace, settings: config.Settings) -> Path:
+    """The folder a command works on: --mirror, else MOUNTPOINT, else $ISAACFS_MIRROR, else the default."""
+    given = getattr(args, "mountpoint", None)
+    if getattr(args, "mirror", None):
+        return Path(args.mirror).expanduser().absolute()
+    if given:
+        return _mountpoint(given)
+    return settings.mirror or _mountpoint(None)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from . import inspect as inspect_cli
+
+    settings = settings_from(args)
+    return inspect_cli.verify(settings, _mirror_arg(args, settings), args.repair)
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from . import inspect as inspect_cli
+
+    settings = settings_from(args)
+    return inspect_cli.manifest(_mirror_arg(args, settings), args.since, args.output)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import inspect as inspect_cli
+
+    settings = settings_from(args)
+    return inspect_cli.show_status(_mirror_arg(args, settings), args.json)
+
+
+def cmd_misses(args: argparse.Namespace) -> int:
+    from . import inspect as inspect_cli
+
+    settings = settings_from(args)
+    return inspect_cli.misses(_mirror_arg(args, settings), args.json, args.clear)
+
+
+def cmd_mode(args: argparse.Namespace) -> int:
+    from . import inspect as inspect_cli
+
+    return inspect_cli.switch_mode(_mountpoint(args.mountpoint), args.mode)
+
+
+def _mount_for_isaaclab(text: str | None) -> Path:
+    mountpoint = _mountpoint(text or os.environ.get("ISAACFS_MIRROR"))
+    if mounts.find_mount(mountpoint) is None:
+        print(f"isaacfs: note: {mountpoint} is not mounted now; mount it with: isaacfs mount {mountpoint}",
+              file=sys.stderr)
+    return mountpoint
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from ..system import isaaclab
+
+    print(isaaclab.env_line(_mount_for_isaaclab(args.mountpoint)))
+    return 0
+
+
+def cmd_kit_args(args: argparse.Namespace) -> int:
+    from ..system import isaaclab
+
+    print(isaaclab.kit_args(_mount_for_isaaclab(args.mountpoint)))
+    return 0
+
+
+def cmd_isaaclab(args: argparse.Namespace) -> int:
+    from ..system import isaaclab
+
+    checkout = Path(args.isaaclab).expanduser().absolute()
+    if args.undo:
+        undone = isaaclab.undo(checkout)
+        for change in undone:
+            print(f"isaacfs: restored {change.path} ({change.lines} line(s))")
+        if not undone:
+            print(f"isaacfs: nothing to undo in {checkout}/apps")
+        return 0
+    mountpoint = _mount_for_isaaclab(args.mountpoint)
+    changes, releases = isaaclab.configure(checkout, mountpoint)
+    for change in changes:
+        print(f"isaacfs: {change.path}: {change.lines} asset-root line(s) now point at {mountpoint}")
+    if not changes:
+        print(f"isaacfs: {checkout}/apps already points at {mountpoint} (or names no asset root)")
+    expected = ", ".join(sorted(releases)) or "unknown"
+    print(f"isaacfs: this checkout expects asset release {expected}; undo with:"
+          f" isaacfs isaaclab configure --isaaclab {checkout} --undo")
+    try:
+        serving = os.getxattr(mountpoint, "user.isaacfs.upstream").decode()
+    except OSError:
+        serving = ""
+    served = isaaclab.release_of(serving) if serving else None
+    if served and releases and served not in releases:
+        print(f"isaacfs: warning: {mountpoint} serves release {served} ({serving}), but this checkout expects"
+              f" {expected}; remount with: isaacfs mount {mountpoint} --release {sorted(releases)[-1]}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    from ..system import service
+
+    mountpoint = _mountpoint(args.mountpoint)
+    if args.service_command == "install":
+        if not mountpoint.is_dir():
+            raise UserError(f"mountpoint {mountpoint} does not exist; create it with: mkdir -p {mountpoint}")
+        lines = service.install(mountpoint, settings_from(args), start=not args.no_start, user=args.user)
+    else:
+        lines = service.remove(mountpoint, user=args.user)
+    for line in lines:
+        print(f"isaacfs: {line}")
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mountpoint = _mountpoint(args.mountpoint)
+    if mounts.is_stale(mountpoint):
+        mounts.unmount(mountpoint, lazy=True)
+        print(f"isaacfs: detached the stale mount at {mountpoint} (its daemon had died)")
+        return 0
+    info = mounts.find_mount(mountpoint)
+    if info is None:
+        raise UserError(f"{mountpoint} is not mounted")
+    if info.fstype != mounts.FSTYPE:
+        raise UserError(f"{mountpoint} is a {info.fstype} mount, not isaacfs; not touching it")
+    try:
+        pid = int(os.getxattr(mountpoint, "user.isaacfs.pid"))
+    except (OSError, ValueError):
+        pid = 0
+    mounts.unmount(mountpoint, lazy=args.lazy)
+    deadline = time.monotonic() + 60
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    print(f"isaacfs: unmounted {mountpoint}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "mount":
+            return cmd_mount(args, argv)
+        if args.command == "umount":
+            return cmd_umount(args)
+        handler = {"warm": cmd_warm, "verify": cmd_verify, "manifest": cmd_manifest, "status": cmd_status,
+                   "misses": cmd_misses, "mode": cmd_mode, "env": cmd_env, "kit-args": cmd_kit_args,
+                   "isaaclab": cmd_isaaclab, "service": cmd_service}.get(args.command)
+        if handler is not None:
+            return handler(args)
+    except UserError as exc:
+        print(f"isaacfs: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BaseExceptionGroup as group:  # trio delivers Ctrl-C inside a task group
+        if group.subgroup(KeyboardInterrupt) is not None:
+            return 130
+        raise
+    raise AssertionError(args.command)

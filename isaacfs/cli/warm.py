@@ -1,0 +1,171 @@
+"""What `isaacfs warm` shows, and where it runs: in the daemon of a live mount, or here.
+
+Progress comes as events (the same from the daemon's socket or from this process):
+an overall bar with per-file rows for downloads in flight on a terminal, a plain line
+every few seconds otherwise; then the summary table.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from ..control import server as control
+from ..core.config import Settings, redact
+from ..core.errors import UserError
+from ..jobs.spec import WarmResult, WarmSpec
+from ..jobs.warm import run
+from ..jobs.workspace import run_on_mirror
+from ..system import logs, mounts
+
+PLAIN_EVERY = 5.0  # seconds between progress lines when not on a terminal
+
+
+class WarmProgress:
+    """Turns warm events into bars (terminal) or periodic lines (logs, CI)."""
+
+    def __init__(self, console: Console, interactive: bool) -> None:
+        self.console = console
+        self.interactive = interactive
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(), TimeElapsedColumn(),
+                                 console=console, disable=not interactive, transient=True)
+        self.overall = self.progress.add_task("planning", total=None)
+        self.files: dict[str, TaskID] = {}
+        self.total_files = 0
+        self.done_files = 0
+        self.done_bytes = 0
+        self.printed = time.monotonic()
+
+    def __enter__(self) -> WarmProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def event(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "phase":
+            self.progress.update(self.overall, description=str(event["text"]))
+            if not self.interactive:
+                print(f"isaacfs warm: {event['text']}", flush=True)
+        elif kind == "plan":
+            self.total_files = int(event["files"])
+            self.progress.update(self.overall, total=int(event["bytes"]), description=self._overall_text())
+            if not self.interactive:
+                print(f"isaacfs warm: {self.total_files:,} files, {int(event['bytes']) / 1e6:,.1f} MB planned",
+                      flush=True)
+        elif kind == "start" and self.interactive:
+            name = str(event["path"])
+            shown = name if len(name) <= 60 else "…" + name[-59:]
+            self.files[name] = self.progress.add_task(f"  {shown}", total=int(event["size"]) or None)
+        elif kind == "done":
+            self.done_files += 1
+            self.done_bytes += int(event["size"])
+            task = self.files.pop(str(event["path"]), None)
+            if task is not None:
+                self.progress.remove_task(task)
+            self.progress.update(self.overall, advance=int(event["size"]), description=self._overall_text())
+            if not self.interactive and time.monotonic() - self.printed >= PLAIN_EVERY:
+                self.printed = time.monotonic()
+                print(f"isaacfs warm: {self.done_files:,}/{self.total_files:,} files,"
+                      f" {self.done_bytes / 1e6:,.1f} MB", flush=True)
+
+    def _overall_text(self) -> str:
+        return f"warming {self.done_files:,}/{self.total_files:,} files"
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB"
+
+
+def render(console: Console, result: WarmResult, mirror: Path, mounted: bool) -> None:
+    title = ("would fetch (dry run)" if result.dry_run else "isaacfs warm") + f" into {mirror}"
+    table = Table(title=title)
+    columns = ["category", "files", "size", "skipped (already there)", "fetched", "failed"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "category" else "right")
+    for group in result.groups:
+        table.add_row(group.name, f"{group.files:,}", _size(group.size), f"{group.skipped:,}",
+                      "-" if result.dry_run else f"{group.fetched:,}", f"{group.failed:,}")
+    if len(result.groups) > 1:
+        table.add_row("total", f"{sum(g.files for g in result.groups):,}", _size(sum(g.size for g in result.groups)),
+                      f"{sum(g.skipped for g in result.groups):,}",
+                      "-" if result.dry_run else f"{sum(g.fetched for g in result.groups):,}",
+                      f"{sum(g.failed for g in result.groups):,}", style="bold")
+    console.print(table)
+    fetched = sum(g.fetched_bytes for g in result.groups)
+    rate = fetched / max(result.elapsed, 1e-6)
+    console.print(f"elapsed {result.elapsed:.1f}s, fetched {_size(fetched)} at {rate / 1e6:,.1f} MB/s;"
+                  f" mirror {mirror}", soft_wrap=True)
+    for note in result.notes[:50]:
+        console.print(f"note: {note}", soft_wrap=True, markup=False)
+    if len(result.notes) > 50:
+        console.print(f"note: ... and {len(result.notes) - 50} more")
+    for failure in result.failures[:20]:
+        console.print(f"failed: {failure}", soft_wrap=True, markup=False)
+    if len(result.failures) > 20:
+        console.print(f"failed: ... and {len(result.failures) - 20} more")
+    if result.stopped:
+        console.print(result.stopped, soft_wrap=True, markup=False)
+    if not result.dry_run:
+        use = (f'eval "$(isaacfs env {mirror})"' if mounted
+               else f'isaacfs mount {mirror} && eval "$(isaacfs env {mirror})"')
+        console.print(f"use it with Isaac Lab: {use}", soft_wrap=True, markup=False)
+
+
+def _daemon_of(mirror: Path, settings: Settings) -> bool:
+    """True if ``mirror`` is a live isaacfs mount (its daemon does the work)."""
+    info = mounts.find_mount(mirror)
+    if info is None:
+        return False
+    if info.fstype != mounts.FSTYPE:
+        raise UserError(f"{mirror} is a {info.fstype} mount, not an isaacfs mirror")
+    if settings.sources.get("upstream") in ("flag", "--release"):
+        try:
+            serving = os.getxattr(mirror, "user.isaacfs.upstream").decode()
+        except OSError:
+            serving = settings.upstream
+        if serving.rstrip("/") != redact(settings.upstream).rstrip("/"):
+            raise UserError(f"{mirror} is mounted with upstream {redact(serving)}, not {redact(settings.upstream)};"
+                            " its daemon warms from its own upstream (leave out --upstream/--release)")
+    return True
+
+
+def run_local(settings: Settings, mirror_dir: Path, spec: WarmSpec, emit: control.Emit) -> WarmResult:
+    mirror_dir.mkdir(parents=True, exist_ok=True)
+    return run_on_mirror(settings, mirror_dir, lambda workspace: run(workspace, spec, emit), read_only=spec.dry_run)
+
+
+def warm_and_report(settings: Settings, mirror: Path, spec: WarmSpec) -> int:
+    logs.setup("WARNING")
+    interactive = sys.stdout.isatty()
+    # Not a terminal (a log, CI): wide enough that no row or path is wrapped.
+    console = Console(width=None if interactive else 200)
+    mounted = _daemon_of(mirror, settings)
+    with WarmProgress(console, interactive) as progress:
+        if mounted:
+            answer = control.call(mirror, "warm", progress.event, timeout=None, spec=spec.__dict__)
+            result = WarmResult.from_dict(answer)
+        else:
+            result = run_local(settings, mirror, spec, progress.event)
+    render(console, result, mirror, mounted)
+    return 0 if result.ok else 1

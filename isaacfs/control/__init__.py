@@ -1,0 +1,1 @@
+"""Control: the daemon's Unix socket server, its client, and the commands it answers."""

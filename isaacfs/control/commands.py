@@ -1,0 +1,98 @@
+"""What a running daemon answers on its control socket: status, misses, mode, warm, ..."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from ..core.config import Settings, redact
+from ..core.errors import UpstreamError
+from ..core.paths import ROOT
+from ..core.types import MODES, Mode
+from ..fuse.operations import AssetFS
+from ..jobs import reports as status
+from ..jobs.spec import WarmSpec
+from ..jobs.verify import verify
+from ..jobs.warm import run
+from ..jobs.workspace import Workspace
+from .server import ControlError, Emit, Handler
+
+log = logging.getLogger("isaacfs")
+
+PROBE_TIMEOUT = 5.0  # seconds `status` waits for the upstream to answer
+
+
+class DaemonCommands:
+    def __init__(self, fs: AssetFS, settings: Settings, mountpoint: Path) -> None:
+        self.fs = fs
+        self.tree = fs.tree
+        self.settings = settings
+        self.mountpoint = mountpoint
+        self.started = time.time()
+        self.workspace = Workspace(self.tree.mirror, self.tree.index, self.tree.upstream, self.tree.fetcher,
+                                   settings.fetch_jobs, on_installed=fs.kernel.refresh,
+                                   listing_ttl=settings.listing_ttl)
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"status": self.status, "misses": self.misses, "mode": self.mode, "warm": self.warm,
+                "verify": self.verify, "manifest": self.manifest, "clear-misses": self.clear_misses}
+
+    async def status(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        upstream = self.tree.upstream
+        problem = ""
+        try:
+            await upstream.probe(ROOT, PROBE_TIMEOUT)
+        except UpstreamError as exc:
+            problem = str(exc).rsplit(": ", 1)[-1]
+        free, _total = self.tree.mirror.free_and_total_bytes()
+        index = self.tree.index
+        return {"running": True, "mountpoint": str(self.mountpoint), "pid": os.getpid(),
+                "uptime": time.time() - self.started, "mode": self.tree.mode,
+                "upstream": redact(self.settings.upstream), "upstream_answers": not problem,
+                "upstream_problem": problem, "mirror": str(self.tree.mirror.display), "disk_free": free,
+                "mirrored": status.mirrored_by_category(index), "session": status.counters(index, True),
+                "total": status.counters(index, False), "in_flight": self.tree.fetcher.in_flight,
+                "recorded_misses": index.miss_count()}
+
+    async def misses(self, request: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:
+        limit = request.get("limit")
+        return status.misses(self.tree.index, limit if isinstance(limit, int) and limit > 0 else None)
+
+    async def clear_misses(self, request: dict[str, Any], emit: Emit) -> int:
+        return self.tree.index.clear_misses()
+
+    async def mode(self, request: dict[str, Any], emit: Emit) -> dict[str, str]:
+        new = request.get("mode")
+        if new not in MODES:
+            raise ControlError(f"mode must be one of {', '.join(MODES)}, not {new!r}")
+        old = self.tree.mode
+        if new != old:
+            self.fs.kernel.set_mode(cast(Mode, new))
+            log.info("mode switched from %s to %s (by control request)", old, new)
+        return {"old": old, "mode": new}
+
+    async def warm(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        spec = request.get("spec")
+        if not isinstance(spec, dict):
+            raise ControlError("malformed warm request: no spec")
+        warm_spec = WarmSpec.from_dict(spec)
+        log.info("warm requested: %s%s", warm_spec.describe(), " (dry run)" if warm_spec.dry_run else "")
+        result = await run(self.workspace, warm_spec, emit)
+        fetched = sum(group.fetched for group in result.groups)
+        log.info("warm done: %d fetched, %d failed in %.1fs", fetched, len(result.failures), result.elapsed)
+        return result.to_dict()
+
+    async def verify(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        result = await verify(self.workspace, bool(request.get("repair")), emit)
+        log.info("verify: %d files checked, %d wrong, %d repaired", result.checked, len(result.problems),
+                 len(result.repaired))
+        return result.to_dict()
+
+    async def manifest(self, request: dict[str, Any], emit: Emit) -> list[str]:
+        since = request.get("since", 0.0)
+        if not isinstance(since, (int, float)):
+            raise ControlError("malformed manifest request: since must be a number")
+        return status.manifest(self.tree.index, float(since))

@@ -1,0 +1,180 @@
+"""Settings, resolved in one place: flags > environment > config file > defaults."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import UserError
+from .types import MODES, Mode
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (Ubuntu 22.04): the same parser, from PyPI
+    import tomli as tomllib
+
+CLOUD_ROOT = "https://omniverse-content-production.s3-us-west-2.amazonaws.com/Assets/Isaac"
+DEFAULT_RELEASE = "6.2"  # Isaac Sim 6.x / Isaac Lab 3.0; Isaac Lab 2.3 uses 5.1.
+DEFAULT_MOUNTPOINT = Path("~/IsaacLab/offline_assets")
+UPSTREAM_SCHEMES = ("https", "http", "omniverse", "omni", "file")
+
+
+def release_root(release: str) -> str:
+    return f"{CLOUD_ROOT}/{release}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a mount or a command needs to know; see docs/configuration.md."""
+
+    upstream: str = release_root(DEFAULT_RELEASE)
+    mode: Mode = "strict"
+    mirror: Path | None = None  # None: the mountpoint's own underlying folder.
+    # Seconds one upstream list/stat may take before the lookup fails (never a hang).
+    upstream_timeout: float = 10.0
+    # A download is abandoned after stall_timeout + size / min_download_rate seconds.
+    stall_timeout: float = 30.0
+    min_download_rate: float = 1_000_000.0  # bytes per second
+    # Seconds an upstream folder listing is trusted before it is asked again.
+    listing_ttl: float = 24 * 3600.0
+    # Seconds the upstream is left alone after it failed to answer.
+    upstream_retry_after: float = 30.0
+    fetch_jobs: int = 8
+    fetch_retries: int = 3
+    allow_other: bool = False
+    read_ahead_kb: int = 1024
+    log_level: str = "INFO"
+    # Where the keys came from, for `isaacfs config` style reports.
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+ENV_KEYS: dict[str, str] = {
+    "ISAACFS_UPSTREAM": "upstream",
+    "ISAACFS_MODE": "mode",
+    "ISAACFS_MIRROR": "mirror",
+    "ISAACFS_UPSTREAM_TIMEOUT": "upstream_timeout",
+    "ISAACFS_STALL_TIMEOUT": "stall_timeout",
+    "ISAACFS_MIN_DOWNLOAD_RATE": "min_download_rate",
+    "ISAACFS_LISTING_TTL": "listing_ttl",
+    "ISAACFS_UPSTREAM_RETRY_AFTER": "upstream_retry_after",
+    "ISAACFS_FETCH_JOBS": "fetch_jobs",
+    "ISAACFS_LOG_LEVEL": "log_level",
+    "ISAACFS_ALLOW_OTHER": "allow_other",
+}
+
+
+def config_file_path(env: dict[str, str]) -> Path:
+    if "ISAACFS_CONFIG" in env:
+        return Path(env["ISAACFS_CONFIG"]).expanduser()
+    base = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "isaacfs" / "config.toml"
+
+
+def _coerce(key: str, value: Any, origin: str) -> Any:
+    kinds = {f.name: f.type for f in fields(Settings)}
+    kind = str(kinds[key])
+    try:
+        if key == "mirror":
+            return Path(str(value)).expanduser().absolute()
+        if key == "mode":
+            if value not in MODES:
+                raise ValueError(f"must be one of {', '.join(MODES)}")
+            return value
+        if key == "upstream":
+            return check_upstream_url(str(value))
+        if "float" in kind:
+            number = float(value)
+            if number <= 0:
+                raise ValueError("must be positive")
+            return number
+        if "int" in kind:
+            whole = int(value)
+            if whole <= 0:
+                raise ValueError("must be positive")
+            return whole
+        if "bool" in kind:
+            if isinstance(value, bool):
+                return value
+            return str(value).lower() in ("1", "true", "yes", "on")
+        return str(value)
+    except UserError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{origin}: invalid value {value!r} for {key}: {exc}") from None
+
+
+def check_upstream_url(url: str) -> str:
+    """Accept an asset-root URL omni.client can serve, or a local folder (made a file: URL)."""
+    text = url.strip()
+    if text.startswith("/"):
+        return Path(text).as_uri()
+    parts = urlsplit(text)
+    if parts.scheme not in UPSTREAM_SCHEMES:
+        raise UserError(
+            f"upstream URL {url!r} is not usable: expected https://, omniverse:// or file:"
+            " (or an absolute folder path)"
+        )
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise UserError(f"upstream URL {url!r} is not usable: write file:/abs/path or file:///abs/path")
+    elif not parts.hostname:
+        raise UserError(f"upstream URL {url!r} is not usable: it names no host")
+    if parts.query or parts.fragment:
+        raise UserError(f"upstream URL {url!r} is not usable: it must not carry ?query or #fragment")
+    return text.rstrip("/")
+
+
+def load(
+    flags: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Resolve settings. ``flags`` holds only options the user actually gave."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    known = {f.name for f in fields(Settings)} - {"sources"}
+
+    path = config_file or config_file_path(env)
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UserError(f"config file {path} cannot be read: {exc}") from None
+        for key, value in data.items():
+            if key not in known:
+                raise UserError(f"config file {path}: unknown key {key!r}")
+            values[key] = _coerce(key, value, str(path))
+            sources[key] = str(path)
+
+    if env.get("OFFLINE_PERMISSIVE") == "1":
+        values["mode"], sources["mode"] = "permissive", "OFFLINE_PERMISSIVE"
+    elif env.get("OFFLINE") == "1":
+        values["mode"], sources["mode"] = "strict", "OFFLINE"
+    for var, key in ENV_KEYS.items():
+        if env.get(var):
+            values[key] = _coerce(key, env[var], var)
+            sources[key] = var
+
+    for key, value in (flags or {}).items():
+        if value is None:
+            continue
+        if key == "release":
+            values["upstream"] = release_root(str(value))
+            sources["upstream"] = "--release"
+            continue
+        values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
+        sources[key] = "flag"
+    return replace(Settings(), **values, sources=sources)
+
+
+def redact(url: str) -> str:
+    """The URL without any user:password part, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,305 @@
+"""The namespace the mount shows: the mirror, merged with the upstream in permissive mode.
+
+Nodes are created once per name and kept (inode numbers stay stable for the life of
+the mount; the tree is bounded by the asset root). A folder's children are loaded on
+first use: from the mirror folder, and in permissive mode also from the upstream's
+listing of it (``Listings``, trusted for ``listing_ttl``). An upstream failure never
+removes anything the mirror holds: it only means fewer names are known for now.
+
+Which nodes a mode shows, and how misses are reported, is ``policy``'s. This module
+knows nothing of FUSE: the fuse layer turns its answers into replies.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from . import policy
+from .errors import FetchFailed, NotFound, UpstreamError
+from .listings import Listings
+from .paths import RelPath
+from .types import LocalEntry, Mode, RemoteEntry, Upstream
+
+if TYPE_CHECKING:
+    from ..fetch.fetcher import Fetcher
+    from ..store.index import Index
+    from ..store.mirror import Mirror
+
+log = logging.getLogger("isaacfs")
+
+ROOT_INODE = 1
+
+
+class Node:
+    """One file or folder of the tree. ``gen`` changes whenever its attributes do."""
+
+    __slots__ = (
+        "cached",
+        "children",
+        "gen",
+        "ghost",
+        "inode",
+        "is_dir",
+        "listed_at",
+        "mtime_ns",
+        "name",
+        "parent",
+        "remote",
+        "scanned_mtime_ns",
+        "size",
+    )
+
+    def __init__(self, inode: int, parent: Node | None, name: str, is_dir: bool) -> None:
+        self.inode = inode
+        self.parent = parent
+        self.name = name
+        self.is_dir = is_dir
+        self.size = 0
+        self.mtime_ns = 0
+        self.cached = False  # present in the mirror
+        self.remote: RemoteEntry | None = None  # the upstream's entry, where known
+        self.children: dict[str, Node] | None = None
+        self.scanned_mtime_ns = -1
+        self.listed_at = 0.0  # when the upstream listing was merged (epoch s); 0: never
+        self.ghost = False  # a folder strict mode lets a path walk through; see Tree.lookup
+        self.gen = 0
+
+
+class Tree:
+    def __init__(self, mirror: Mirror, index: Index, upstream: Upstream, fetcher: Fetcher,
+                 mode: Mode, listing_ttl: float, mount_display: str) -> None:
+        self.mirror = mirror
+        self.index = index
+        self.upstream = upstream
+        self.fetcher = fetcher
+        self.mode: Mode = mode
+        self.listings = Listings(index, upstream, listing_ttl)
+        self.misses = policy.MissReporter(index, mount_display)
+        self._inodes = itertools.count(ROOT_INODE + 1)
+        self.root = Node(ROOT_INODE, None, "", True)
+        self.root.cached = True
+        self.root.mtime_ns = time.time_ns()
+        self.nodes: dict[int, Node] = {ROOT_INODE: self.root}
+        self._loading: dict[int, trio.Event] = {}
+        self._ghosts = 0
+
+    # -- helpers --------------------------------------------------------------------
+    def rel(self, node: Node) -> RelPath:
+        parts: list[str] = []
+        current: Node | None = node
+        while current is not None and current.parent is not None:
+            parts.append(current.name)
+            current = current.parent
+        return RelPath(tuple(reversed(parts)))
+
+    def visible(self, node: Node) -> bool:
+        return policy.visible(node, self.mode)
+
+    def _child(self, parent: Node, name: str, is_dir: bool) -> Node:
+        assert parent.children is not None
+        node = parent.children.get(name)
+        if node is None:
+            node = Node(next(self._inodes), parent, name, is_dir)
+            parent.children[name] = node
+            self.nodes[node.inode] = node
+        return node
+
+    def _set_local(self, node: Node, local: LocalEntry) -> None:
+        if node.ghost:
+            node.ghost = False
+            node.gen += 1
+        if (node.cached, node.is_dir, node.size, node.mtime_ns) != (True, local.is_dir, local.size, local.mtime_ns):
+            node.cached, node.is_dir, node.size, node.mtime_ns = True, local.is_dir, local.size, local.mtime_ns
+            node.gen += 1
+
+    def _set_remote(self, node: Node, remote: RemoteEntry) -> None:
+        node.remote = remote
+        if node.ghost:
+            node.ghost = False
+            node.gen += 1
+        if not node.cached:
+            mtime_ns = int(remote.mtime * 1e9) or self.root.mtime_ns
+            if (node.is_dir, node.size, node.mtime_ns) != (remote.is_dir, remote.size, mtime_ns):
+                node.is_dir, node.size, node.mtime_ns = remote.is_dir, remote.size, mtime_ns
+                node.gen += 1
+
+    def _drop_if_gone(self, parent: Node, node: Node) -> None:
+        if not node.cached and node.remote is None and not node.ghost and parent.children is not None:
+            parent.children.pop(node.name, None)
+
+    # -- loading folders ------------------------------------------------------------
+    async def children(self, node: Node) -> dict[str, Node]:
+        """The folder's children, loaded or refreshed as needed (one loader per folder)."""
+        while True:
+            event = self._loading.get(node.inode)
+            if event is None:
+                break
+            await event.wait()
+        if node.children is not None and not self._stale(node):
+            return node.children
+        event = self._loading[node.inode] = trio.Event()
+        try:
+            await self._load(node)
+        finally:
+            del self._loading[node.inode]
+            event.set()
+        assert node.children is not None
+        return node.children
+
+    def _stale(self, node: Node) -> bool:
+        if self._mirror_mtime(node) != node.scanned_mtime_ns:
+            return True
+        return self.mode == "permissive" and self._wants_listing(node)
+
+    def _wants_listing(self, node: Node) -> bool:
+        if node.parent is not None and node.remote is None:
+            return False  # a folder only the mirror has; the upstream would list nothing
+        if node.listed_at and time.time() - node.listed_at < self.listings.ttl:
+            return False
+        # Never merged: a stored listing serves even while the upstream rests.
+        return self.upstream.available or not node.listed_at
+
+    def _mirror_mtime(self, node: Node) -> int:
+        if node.ghost:
+            local = self.mirror.entry(self.rel(node))
+            if local is None or not local.is_dir:
+                return -1
+            self._set_local(node, local)  # the folder arrived in the mirror (a warm, a copy)
+        if not node.cached:
+            return -1
+        try:
+            return os.stat(self.mirror.path(self.rel(node))).st_mtime_ns
+        except OSError:
+            return -2
+
+    async def _load(self, node: Node) -> None:
+        rel = self.rel(node)
+        if node.children is None:
+            node.children = {}
+        mtime = self._mirror_mtime(node)
+        if mtime != node.scanned_mtime_ns:
+            self._merge_local(node, self.mirror.scan(rel) if node.cached else None)
+            node.scanned_mtime_ns = mtime
+        if self.mode == "permissive" and self._wants_listing(node):
+            listing = await self._remote_listing(rel)
+            if listing is not None:
+                node.listed_at, entries = listing
+                self._merge_remote(node, entries)
+
+    def _merge_local(self, node: Node, entries: list[LocalEntry] | None) -> None:
+        assert node.children is not None
+        seen = set()
+        for entry in entries or ():
+            seen.add(entry.name)
+            child = self._child(node, entry.name, entry.is_dir)
+            self._set_local(child, entry)
+            if child.remote is not None and child.remote.is_dir != entry.is_dir:
+                child.remote = None  # the mirror's copy wins over a different upstream kind
+        for child in list(node.children.values()):
+            if child.cached and child.name not in seen:
+                child.cached = False  # removed from the mirror beside us
+                child.gen += 1
+                if child.remote is not None:
+                    self._set_remote(child, child.remote)
+                self._drop_if_gone(node, child)
+
+    def _merge_remote(self, node: Node, entries: list[RemoteEntry]) -> None:
+        assert node.children is not None
+        listed = {entry.name: entry for entry in entries}
+        for entry in entries:
+            child = self._child(node, entry.name, entry.is_dir)
+            if child.cached and child.is_dir != entry.is_dir:
+                continue
+            self._set_remote(child, entry)
+        for child in list(node.children.values()):
+            if child.remote is not None and child.name not in listed:
+                child.remote = None
+                self._drop_if_gone(node, child)
+
+    async def _remote_listing(self, rel: RelPath) -> tuple[float, list[RemoteEntry]] | None:
+        fresh = self.listings.fresh(rel)
+        if fresh is not None:
+            return fresh
+        if not self.upstream.available:
+            return self.listings.stored(rel)  # any age: better than showing nothing
+        try:
+            entries = await self.listings.fetch(rel)
+        except NotFound:
+            entries = []
+        except UpstreamError as exc:
+            stored = self.listings.stored(rel)
+            log.warning("listing %s/ from upstream failed: %s%s", rel, exc,
+                        "; using the listing from an earlier run" if stored else "")
+            return stored
+        return time.time(), entries
+
+    # -- the operations the fs layer needs ------------------------------------------
+    async def lookup(self, parent: Node, name: str) -> Node | None:
+        children = await self.children(parent)
+        node = children.get(name)
+        if node is not None and self.visible(node):
+            return node
+        rel = self.rel(parent).child(name)
+        if self._may_ghost(rel, node):
+            return self._ghost(parent, name)
+        self._miss(rel, parent)
+        return None
+
+    def _may_ghost(self, rel: RelPath, node: Node | None) -> bool:
+        return policy.may_ghost(rel, node, self.mode, self._ghosts)
+
+    def _ghost(self, parent: Node, name: str) -> Node:
+        if parent.children is None or name not in parent.children:
+            self._ghosts += 1
+        node = self._child(parent, name, True)
+        if not node.ghost:
+            node.ghost, node.is_dir = True, True
+            node.mtime_ns = node.mtime_ns or self.root.mtime_ns
+            node.gen += 1
+        return node
+
+    async def listdir(self, node: Node) -> list[Node]:
+        children = await self.children(node)
+        strict = self.mode == "strict"
+        return [child for child in children.values() if self.visible(child) and not (strict and child.ghost)]
+
+    async def open(self, node: Node) -> int:
+        """An fd for reading the mirror's copy of a file, fetching it first if allowed."""
+        rel = self.rel(node)
+        for _attempt in range(2):
+            if not node.cached:
+                if self.mode != "permissive" or node.remote is None:
+                    self._miss(rel, node.parent)
+                    raise FetchFailed(errno.ENOENT, f"{rel} is not in the mirror")
+                self.index.count("misses_fetched")
+                self._set_local(node, await self.fetcher.ensure(rel, node.remote))
+                self._mark_ancestors_cached(node)
+            try:
+                fd = self.mirror.open_read(rel)
+            except FileNotFoundError:
+                node.cached = False  # deleted from the mirror beside us; fetch again if allowed
+                node.gen += 1
+                continue
+            self.index.touch(rel)
+            self.index.count("opens")
+            return fd
+        raise FetchFailed(errno.ENOENT, f"{rel} vanished from the mirror")
+
+    def _miss(self, rel: RelPath, parent: Node | None) -> None:
+        upstream_down = parent is not None and parent.remote is not None and not self.upstream.available
+        self.misses.miss(rel, self.mode, upstream_down)
+
+    def _mark_ancestors_cached(self, node: Node) -> None:
+        parent = node.parent
+        while parent is not None and not parent.cached:
+            parent.cached = True
+            parent.scanned_mtime_ns = -3  # rescan the new mirror folder on next use
+            parent.gen += 1
+            parent = parent.parent

@@ -1,0 +1,85 @@
+"""One validated relative-path type for every path that crosses a boundary.
+
+A FUSE name, an upstream listing entry, a manifest line or a CLI argument becomes a
+``RelPath`` before anything touches the disk or the network. A ``RelPath`` can never
+climb out of the mirror: it has no ``..``, ``.`` or empty segments, no NUL or ``/``
+inside a segment, and is never absolute. Legal odd names (spaces, ``%``, ``+``, ``#``,
+unicode) are kept exactly as given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InvalidPath
+
+# Linux NAME_MAX: a longer name cannot exist in the mirror's folder.
+NAME_MAX_BYTES = 255
+# isaacfs keeps its own state here, in the mirror's root; it is never part of the tree.
+STATE_DIR_NAME = ".isaacfs"
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is one safe path segment, else raise InvalidPath."""
+    if name in ("", ".", ".."):
+        raise InvalidPath(f"illegal name {name!r}")
+    if "/" in name or "\0" in name:
+        raise InvalidPath(f"illegal character in name {name!r}")
+    try:
+        encoded = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise InvalidPath(f"unencodable name {name!r}") from exc
+    if len(encoded) > NAME_MAX_BYTES:
+        raise InvalidPath(f"name longer than {NAME_MAX_BYTES} bytes: {name[:40]!r}...")
+    return name
+
+
+def name_from_bytes(raw: bytes) -> str:
+    """Decode a name as the kernel hands it (FUSE gives bytes); keeps undecodable bytes."""
+    return check_name(raw.decode("utf-8", "surrogateescape"))
+
+
+@dataclass(frozen=True, slots=True)
+class RelPath:
+    """A path relative to the asset root (and so to the mirror), as a tuple of names."""
+
+    parts: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> RelPath:
+        """Parse ``a/b/c``; surrounding slashes are tolerated, anything else unsafe is not."""
+        if "\0" in text:
+            raise InvalidPath("path contains NUL")
+        stripped = text.strip("/")
+        if not stripped:
+            return ROOT
+        if text.startswith("/"):
+            raise InvalidPath(f"absolute path {text!r} where a relative one is needed")
+        return cls(tuple(check_name(part) for part in stripped.split("/")))
+
+    def child(self, name: str) -> RelPath:
+        return RelPath((*self.parts, check_name(name)))
+
+    @property
+    def parent(self) -> RelPath:
+        if not self.parts:
+            raise InvalidPath("the root has no parent")
+        return RelPath(self.parts[:-1])
+
+    @property
+    def name(self) -> str:
+        return self.parts[-1] if self.parts else ""
+
+    @property
+    def is_root(self) -> bool:
+        return not self.parts
+
+    def is_state(self) -> bool:
+        """True for isaacfs's own state folder at the root (never shown, never fetched)."""
+        return bool(self.parts) and self.parts[0] == STATE_DIR_NAME
+
+    def __str__(self) -> str:
+        return "/".join(self.parts)
+
+
+ROOT = RelPath(())

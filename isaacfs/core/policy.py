@@ -1,0 +1,107 @@
+"""What each mode lets a process see, and how a miss is reported.
+
+strict: only what the mirror holds exists; a missing path is answered at once, logged
+once with the command that fetches it, and recorded in the index. permissive: what
+the upstream lists exists too. Strict mode's "ghost" folders let the kernel's
+name-by-name walk reach the whole missing path, so the miss names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from .categories import looks_like_file, warm_command
+from .paths import RelPath
+from .types import Mode
+
+if TYPE_CHECKING:
+    from ..store.index import Index
+
+log = logging.getLogger("isaacfs")
+
+# Names desktops and shells probe on every mount; their absence is not an asset miss.
+PROBE_NAMES = frozenset({".Trash", ".xdg-volume-info", "autorun.inf", ".hidden", ".directory", "desktop.ini"})
+MAX_REMEMBERED_MISSES = 10_000
+MAX_GHOST_DEPTH = 16
+# Ghost folders live as long as the mount; past this many, a missing folder is a plain
+# "no such name" again, so a probe storm of made-up names cannot grow the daemon.
+MAX_GHOSTS = 20_000
+MISS_LOG_BURST = 100  # strict-mode miss reports logged per minute
+
+
+class NodeState(Protocol):
+    @property
+    def cached(self) -> bool: ...
+
+    @property
+    def ghost(self) -> bool: ...
+
+    @property
+    def remote(self) -> object | None: ...
+
+
+def is_probe(rel: RelPath) -> bool:
+    """A name probed by desktops and shells, or isaacfs's own state: never an asset miss."""
+    return rel.name in PROBE_NAMES or rel.name.startswith(".Trash-") or rel.is_state()
+
+
+def visible(node: NodeState, mode: Mode) -> bool:
+    if mode == "strict":
+        return node.cached or node.ghost
+    return node.cached or node.remote is not None or not node.ghost
+
+
+def may_ghost(rel: RelPath, node: NodeState | None, mode: Mode, ghosts: int) -> bool:
+    """Whether a missing name is answered as an empty, unlisted folder the kernel forgets soon.
+
+    The kernel walks a path one name at a time: without this, a strict miss of
+    Isaac/Robots/X/x.usd in an empty mirror would be reported as a miss of "Isaac".
+    """
+    return (mode == "strict" and (node is None or not node.cached) and len(rel.parts) <= MAX_GHOST_DEPTH
+            and (node is not None or ghosts < MAX_GHOSTS)
+            and not looks_like_file(rel.name) and not is_probe(rel))
+
+
+class MissReporter:
+    """Records every miss in the index; logs each path once, at most MISS_LOG_BURST a minute."""
+
+    def __init__(self, index: Index, mount_display: str) -> None:
+        self.index = index
+        self.mount_display = mount_display
+        self._reported: set[RelPath] = set()
+        self._window, self._logged, self._suppressed = 0.0, 0, 0
+
+    def miss(self, rel: RelPath, mode: Mode, upstream_down: bool) -> None:
+        if is_probe(rel):
+            return
+        self.index.count("misses")
+        self.index.record_miss(rel, mode)
+        if rel in self._reported:
+            return
+        if len(self._reported) >= MAX_REMEMBERED_MISSES:
+            self._reported.clear()
+        self._reported.add(rel)
+        if mode == "strict":
+            if not self._log_allowed():
+                return
+            log.warning(
+                "[isaacfs] ASSET NOT FOUND (strict mode)\n  missing:  %s\n  expected: %s\n  fetch it: %s",
+                rel, os.path.join(self.mount_display, str(rel)), warm_command(rel))
+        elif upstream_down:
+            log.warning("[isaacfs] %s is not in the mirror and the upstream is unavailable", rel)
+
+    def _log_allowed(self) -> bool:
+        now = time.monotonic()
+        if now - self._window >= 60.0:
+            if self._suppressed:
+                log.warning("[isaacfs] %d more missing paths in the last minute were not logged one by one;"
+                            " all are recorded: isaacfs misses", self._suppressed)
+            self._window, self._logged, self._suppressed = now, 0, 0
+        if self._logged < MISS_LOG_BURST:
+            self._logged += 1
+            return True
+        self._suppressed += 1
+        return False

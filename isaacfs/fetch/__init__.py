@@ -1,0 +1,1 @@
+"""The fetcher: single-flight, bounded, checked downloads into the mirror."""

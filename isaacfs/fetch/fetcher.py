@@ -1,0 +1,160 @@
+"""Downloads into the mirror: single-flight, bounded in number, checked, atomic.
+
+N readers of one cold file cause one download: the first asker starts it in the
+fetcher's own nursery (so it survives the asker going away) and everyone waits for the
+same outcome. A file is installed only after its size, and its MD5 where the upstream's
+ETag is one, match what the upstream listed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+import time
+
+import trio
+
+from ..core.errors import AccessDenied, FetchFailed, NotFound, Unavailable, UpstreamError
+from ..core.paths import RelPath
+from ..core.types import LocalEntry, RemoteEntry, Upstream
+from ..store.index import Index
+from ..store.mirror import Mirror
+
+log = logging.getLogger("isaacfs.fetch")
+
+MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+# Room left free on the mirror's disk beyond the file itself, so a fetch never fills it:
+# 64 MiB, or a twentieth of a small disk.
+DISK_RESERVE = 64 * 1024 * 1024
+
+
+class _Flight:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: LocalEntry | None = None
+        self.error: FetchFailed | None = None
+
+
+class Fetcher:
+    def __init__(self, mirror: Mirror, index: Index, upstream: Upstream, jobs: int, retries: int) -> None:
+        self.mirror = mirror
+        self.index = index
+        self.upstream = upstream
+        self.retries = max(1, retries)
+        self.limit = trio.CapacityLimiter(jobs)
+        self._inflight: dict[RelPath, _Flight] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Downloads run in this nursery; cancelling it discards them cleanly."""
+        self._nursery = nursery
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    async def ensure(self, rel: RelPath, expected: RemoteEntry, replace: bool = False) -> LocalEntry:
+        """The mirror's entry for ``rel``, downloading it first if it is not there.
+
+        With ``replace``, the mirror's copy is known bad: download and swap it atomically.
+        """
+        local = self.mirror.entry(rel)
+        if local is not None and not local.is_dir and not replace:
+            return local
+        flight = self._inflight.get(rel)
+        if flight is None:
+            if self._nursery is None:
+                raise RuntimeError("Fetcher.attach() was not called")
+            flight = self._inflight[rel] = _Flight()
+            self._nursery.start_soon(self._fly, rel, expected, flight)
+        else:
+            self.index.count("fetch_joined")
+        await flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        assert flight.result is not None
+        return flight.result
+
+    async def _fly(self, rel: RelPath, expected: RemoteEntry, flight: _Flight) -> None:
+        try:
+            async with self.limit:
+                flight.result = await self._download(rel, expected)
+        except FetchFailed as exc:
+            flight.error = exc
+            self.index.count("fetch_errors")
+            log.warning("could not fetch %s: %s", rel, exc)
+        except trio.Cancelled:
+            flight.error = FetchFailed(errno.EINTR, f"fetch of {rel} discarded: isaacfs is stopping")
+            raise
+        except Exception as exc:  # a bug costs this fetch, never the downloads' nursery
+            log.exception("fetch of %s failed unexpectedly", rel)
+            flight.error = FetchFailed(errno.EIO, f"fetch of {rel} failed: {exc!r}")
+            self.index.count("fetch_errors")
+        finally:
+            del self._inflight[rel]
+            flight.done.set()
+
+    async def _download(self, rel: RelPath, expected: RemoteEntry) -> LocalEntry:
+        for attempt in range(1, self.retries + 1):
+            free, total = self.mirror.free_and_total_bytes()
+            reserve = min(DISK_RESERVE, total // 20)
+            if expected.size + reserve > free:
+                raise FetchFailed(errno.ENOSPC, f"mirror disk is full: {expected.size} bytes needed,"
+                                  f" {max(0, free - reserve)} usable in {self.mirror.display}")
+            started = time.monotonic()
+            writer = None
+            try:
+                writer = self.mirror.writer()
+                await self.upstream.download(rel, expected.size, writer)
+                digest = await writer.finish()
+                outcome: LocalEntry | str | None = self._check(writer.size, expected, digest)
+                if outcome is None:
+                    outcome = await trio.to_thread.run_sync(self.mirror.install, writer.path, rel, expected.mtime)
+                if isinstance(outcome, LocalEntry):
+                    entry = outcome
+                    elapsed = time.monotonic() - started
+                    self.index.record_file(rel, entry.size, expected.mtime, expected.etag, "upstream")
+                    self.index.count("fetches")
+                    self.index.count("bytes_fetched", entry.size)
+                    log.info("fetched %s (%d bytes in %.2fs)", rel, entry.size, elapsed)
+                    return entry
+                log.warning("fetch %s attempt %d/%d: %s", rel, attempt, self.retries, outcome)
+                expected = await self._refresh(rel, expected)
+            except NotFound as exc:
+                raise FetchFailed(errno.ENOENT, str(exc)) from None
+            except AccessDenied as exc:
+                raise FetchFailed(errno.EACCES, str(exc)) from None
+            except Unavailable as exc:
+                # omni.client already retried the transfer itself; more tries only add waiting.
+                raise FetchFailed(errno.EIO, str(exc)) from None
+            except UpstreamError as exc:
+                if attempt == self.retries:
+                    raise FetchFailed(errno.EIO, str(exc)) from None
+                log.warning("fetch %s attempt %d/%d: %s", rel, attempt, self.retries, exc)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise FetchFailed(errno.ENOSPC, f"mirror disk filled up while fetching {rel}") from None
+                raise FetchFailed(exc.errno or errno.EIO, f"mirror write failed for {rel}: {exc}") from None
+            finally:
+                if writer is not None:
+                    writer.discard()
+            await trio.sleep(min(4.0, 0.25 * 2**attempt))
+        raise FetchFailed(errno.EIO, f"{rel} failed its integrity check {self.retries} times")
+
+    @staticmethod
+    def _check(size: int, expected: RemoteEntry, digest: str) -> str | None:
+        """What is wrong with a download (size, or MD5 where the ETag is one), or None."""
+        if size != expected.size:
+            return f"size {size} differs from the listed {expected.size}"
+        if MD5_ETAG.match(expected.etag) and digest != expected.etag:
+            return f"MD5 {digest} differs from the ETag {expected.etag}"
+        return None
+
+    async def _refresh(self, rel: RelPath, expected: RemoteEntry) -> RemoteEntry:
+        try:
+            return await self.upstream.stat(rel)
+        except UpstreamError:
+            return expected

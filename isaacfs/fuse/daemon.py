@@ -1,0 +1,224 @@
+"""The mount's lifecycle: checks, the pre-mount directory fd, serving, clean stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from ..backends import client_session, open_upstream
+from ..control import server as control
+from ..control.commands import DaemonCommands
+from ..core.config import Settings, redact
+from ..core.errors import MountError
+from ..core.namespace import Tree
+from ..fetch.fetcher import Fetcher
+from ..store.index import Index
+from ..store.mirror import Mirror, classify_folder
+from ..system import mounts, sdnotify
+from .operations import AssetFS
+
+log = logging.getLogger("isaacfs")
+
+INDEX_FLUSH_SECONDS = 10.0
+MAX_FUSE_TASKS = 512  # requests served at once; waiting on downloads must not starve others
+
+
+@dataclass(frozen=True)
+class MountRequest:
+    mountpoint: Path
+    settings: Settings
+    log_path: Path | None = None
+    ready_fd: int | None = None  # the background launcher reads "READY ..." or "ERROR ..." here
+
+
+def check_mountpoint(mountpoint: Path, settings: Settings) -> tuple[Path, str]:
+    """Refuse what must not be mounted; return the mirror folder and what it holds."""
+    if mounts.is_stale(mountpoint):
+        mounts.recover_stale(mountpoint)
+        log.warning("recovered a stale mount at %s (its daemon had died)", mountpoint)
+    if not mountpoint.exists():
+        raise MountError(f"mountpoint {mountpoint} does not exist; create it with: mkdir -p {mountpoint}")
+    if not mountpoint.is_dir():
+        raise MountError(f"mountpoint {mountpoint} is not a folder")
+    existing = mounts.find_mount(mountpoint)
+    if existing is not None:
+        if existing.fstype == mounts.FSTYPE:
+            raise MountError(f"{mountpoint} is already an isaacfs mount; to remount: isaacfs umount {mountpoint}")
+        raise MountError(f"{mountpoint} is already a mount point ({existing.fstype}); pick an empty folder")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: FUSE is not available here (load the fuse module,"
+                         " or give the container --device /dev/fuse --cap-add SYS_ADMIN)")
+    mirror = settings.mirror or mountpoint
+    kind = classify_folder(mirror)
+    if kind == "missing":
+        raise MountError(f"mirror folder {mirror} does not exist; create it with: mkdir -p {mirror}")
+    if kind == "other":
+        raise MountError(
+            f"{mirror} holds files that are neither an isaacfs mirror nor an asset tree (Isaac/, NVIDIA/);"
+            " refusing to mount over them: pick an empty folder")
+    if settings.mirror is not None and os.listdir(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is not empty; with --mirror the mountpoint must be an empty folder")
+    return mirror, kind
+
+
+def mount_options(settings: Settings) -> set[str]:
+    options = {"fsname=isaacfs", "subtype=isaacfs", "ro", "default_permissions", "noatime"}
+    if settings.allow_other:
+        options.add("allow_other")
+    return options
+
+
+def explain_mount_failure(settings: Settings, mountpoint: Path, exc: BaseException) -> str:
+    if settings.allow_other and os.getuid() != 0:
+        try:
+            allowed = "user_allow_other" in Path("/etc/fuse.conf").read_text().split()
+        except OSError:
+            allowed = False
+        if not allowed:
+            return "--allow-other needs 'user_allow_other' in /etc/fuse.conf (ask an administrator to add it)"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "/dev/fuse is not usable by this user (permission denied)"
+    return f"the kernel refused to mount {mountpoint}: {exc}"
+
+
+class Daemon:
+    def __init__(self, request: MountRequest) -> None:
+        self.request = request
+        self.settings = request.settings
+        self.mountpoint = request.mountpoint
+
+    def report(self, line: str) -> None:
+        fd = self.request.ready_fd
+        if fd is not None:
+            try:
+                os.write(fd, (line + "\n").encode())
+            finally:
+                os.close(fd)
+            self.request = MountRequest(self.mountpoint, self.settings, self.request.log_path, None)
+
+    def run(self) -> int:
+        try:
+            mirror_folder, kind = check_mountpoint(self.mountpoint, self.settings)
+            mirror = Mirror(mirror_folder)
+        except MountError as exc:
+            log.error("%s", exc)
+            self.report(f"ERROR {exc}")
+            return exc.exit_code
+        try:
+            mirror.prepare()
+        except MountError as exc:
+            mirror.close()
+            log.error("%s", exc)
+            self.report(f"ERROR {exc}")
+            return exc.exit_code
+        index = Index(mirror.state / "index.db")
+        try:
+            with client_session():
+                return self._serve(mirror, index, adopt=(kind == "assets"))
+        finally:
+            index.close()
+            mirror.close()
+
+    def _serve(self, mirror: Mirror, index: Index, adopt: bool) -> int:
+        s = self.settings
+        upstream = open_upstream(s)
+        fetcher = Fetcher(mirror, index, upstream, s.fetch_jobs, s.fetch_retries)
+        tree = Tree(mirror, index, upstream, fetcher, s.mode, s.listing_ttl, str(self.mountpoint))
+        socket_path = control.socket_path_for(self.mountpoint)
+        root_info = {"pid": str(os.getpid()), "upstream": redact(s.upstream), "mirror": str(mirror.display),
+                     "log": str(self.request.log_path or "stderr"), "control": str(socket_path)}
+        operations = AssetFS(tree, root_info)
+        commands = DaemonCommands(operations, s, self.mountpoint)
+        server = control.ControlServer(socket_path, commands.handlers())
+        try:
+            pyfuse3.init(operations, str(self.mountpoint), mount_options(s))
+        except RuntimeError as exc:
+            message = explain_mount_failure(s, self.mountpoint, exc)
+            log.error("%s", message)
+            self.report(f"ERROR {message}")
+            return 1
+        try:
+            trio.run(self._main, tree, index, adopt, server)
+        finally:
+            sdnotify.notify("STOPPING=1")
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", self.mountpoint)
+        return 0
+
+    async def _main(self, tree: Tree, index: Index, adopt: bool, server: control.ControlServer) -> None:
+        async with trio.open_nursery() as nursery:
+            downloads: trio.Nursery = await nursery.start(self._run_downloads, tree)
+            try:
+                await nursery.start(server.serve)
+            except OSError as exc:
+                log.warning("no control socket at %s (%s): status, mode and warm through the mount"
+                            " will not work", server.path, exc.strerror)
+            nursery.start_soon(self._stop_on_signals, tree, downloads)
+            nursery.start_soon(self._announce_ready, tree)
+            nursery.start_soon(self._flush_periodically, index)
+            if adopt and index.get_meta("adopted") is None:
+                nursery.start_soon(self._adopt, tree.mirror, index)
+            await pyfuse3.main(min_tasks=4, max_tasks=MAX_FUSE_TASKS)
+            self._discard_downloads(tree, downloads)
+            nursery.cancel_scope.cancel()
+
+    async def _run_downloads(self, tree: Tree, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+        """Own the downloads' nursery, so a stop can discard them before the mount goes."""
+        async with trio.open_nursery() as downloads:
+            tree.fetcher.attach(downloads)
+            task_status.started(downloads)
+            await trio.sleep_forever()
+
+    def _discard_downloads(self, tree: Tree, downloads: trio.Nursery) -> None:
+        # Cancelled downloads delete their temporary files; their readers get EINTR.
+        in_flight = tree.fetcher.in_flight
+        if in_flight:
+            log.info("discarding %d unfinished download(s)", in_flight)
+        downloads.cancel_scope.cancel()
+
+    async def _announce_ready(self, tree: Tree) -> None:
+        # The mount answers once the kernel's first request has been served by us.
+        await trio.to_thread.run_sync(os.stat, self.mountpoint)
+        info = mounts.find_mount(self.mountpoint)
+        read_ahead = ""
+        if info is not None and mounts.set_read_ahead(info, self.settings.read_ahead_kb):
+            read_ahead = f", read-ahead {self.settings.read_ahead_kb} KiB"
+        s = self.settings
+        mirror = "" if tree.mirror.display == self.mountpoint else f", mirror {tree.mirror.display}"
+        summary = f"mounted {self.mountpoint} ({s.mode} mode, upstream {redact(s.upstream)}{mirror}{read_ahead})"
+        log.info("%s", summary)
+        self.report(f"READY {summary}")
+        sdnotify.notify(f"READY=1\nSTATUS={summary}")
+
+    async def _stop_on_signals(self, tree: Tree, downloads: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("stopping on %s", signal.Signals(signum).name)
+                self._discard_downloads(tree, downloads)
+                pyfuse3.terminate()
+                return
+
+    async def _flush_periodically(self, index: Index) -> None:
+        while True:
+            await trio.sleep(INDEX_FLUSH_SECONDS)
+            data = index.snapshot()
+            if data is not None:
+                try:
+                    await trio.to_thread.run_sync(index.write_snapshot, data)
+                except OSError as exc:
+                    log.warning("could not save the mirror index: %s", exc.strerror)
+
+    async def _adopt(self, mirror: Mirror, index: Index) -> None:
+        files = await trio.to_thread.run_sync(mirror.walk_files)
+        index.record_adopted(files)
+        index.set_meta("adopted", str(len(files)))
+        total = sum(size for _path, size, _mtime in files)
+        log.info("adopted the existing asset tree in %s: %d files, %.1f MB (never deleted or rewritten)",
+                 mirror.display, len(files), total / 1e6)
+

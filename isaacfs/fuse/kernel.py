@@ -1,0 +1,85 @@
+"""What the kernel remembers of the tree, and taking it back when it becomes wrong.
+
+The kernel keeps names and attributes for ``ATTR_TIMEOUT`` and "no such name" answers
+for ``NEGATIVE_TIMEOUT``. When the tree changes beside it (a mode switch, a file put
+in the mirror or replaced by a warm or a repair), the affected entries are invalidated
+here, so the next lookup reaches the daemon again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pyfuse3
+
+from ..core.namespace import Node, Tree
+from ..core.paths import RelPath
+from ..core.types import Mode
+
+# Seconds the kernel may keep names and attributes without asking again.
+ATTR_TIMEOUT = 24 * 3600.0
+# Seconds the kernel may remember that a name does not exist.
+NEGATIVE_TIMEOUT = 10.0
+MAX_NEGATIVES = 50_000  # remembered "no such name" answers, to take back when they become wrong
+
+Key = tuple[int, bytes]  # (parent inode, name)
+
+
+def encoded(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+class KernelCache:
+    def __init__(self, tree: Tree) -> None:
+        self.tree = tree
+        # (parent inode, name) -> when the kernel was told the name does not exist (or is a ghost).
+        self._negatives: dict[Key, float] = {}
+
+    def told_missing(self, key: Key) -> None:
+        """The kernel was told ``key`` does not exist (or is a short-lived ghost folder)."""
+        if len(self._negatives) >= MAX_NEGATIVES:
+            self._take_back(lambda key: False)  # drop the expired ones
+            if len(self._negatives) >= MAX_NEGATIVES:
+                self._negatives.clear()  # a probe storm; these expire in the kernel anyway
+        self._negatives[key] = time.monotonic()
+
+    def set_mode(self, mode: Mode) -> None:
+        """Switch strict/permissive for the next lookup; open files are not touched."""
+        self.tree.mode = mode
+        if mode == "strict":
+            # Names the kernel may hold that only the upstream has: they must vanish now.
+            for node in list(self.tree.nodes.values()):
+                if not node.cached and node.parent is not None:
+                    self._forget_entry(node.parent.inode, encoded(node.name))
+        else:
+            self._take_back(lambda key: True)
+
+    def refresh(self, rel: RelPath) -> None:
+        """``rel`` was just put in the mirror (or replaced) beside the kernel's view of it."""
+        node: Node | None = self.tree.root
+        chain: set[Key] = set()
+        for part in rel.parts:
+            if node is None:
+                break
+            chain.add((node.inode, encoded(part)))
+            node = node.children.get(part) if node.children is not None else None
+        self._take_back(chain.__contains__)
+        if node is not None and node.cached:
+            try:
+                pyfuse3.invalidate_inode(node.inode, attr_only=False)  # a replaced file: drop old pages
+            except OSError:
+                pass  # the kernel never cached it
+
+    def _take_back(self, wanted: Callable[[Key], bool]) -> None:
+        horizon = time.monotonic() - NEGATIVE_TIMEOUT
+        for key, told in list(self._negatives.items()):
+            if told < horizon:
+                del self._negatives[key]
+            elif wanted(key):
+                del self._negatives[key]
+                self._forget_entry(*key)
+
+    @staticmethod
+    def _forget_entry(parent_inode: int, name: bytes) -> None:
+        pyfuse3.invalidate_entry_async(parent_inode, name, ignore_enoent=True)

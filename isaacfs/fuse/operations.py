@@ -1,0 +1,216 @@
+"""The pyfuse3 Operations: a thin, read-only FUSE face over the namespace.
+
+Attributes carry long kernel timeouts and files are opened with ``keep_cache``: an
+asset does not change under a given upstream release, so repeat lookups, stats and
+re-reads are answered by the kernel alone (``kernel.py`` takes entries back when the
+tree changes beside it).
+
+Every handler answers through :func:`answers`: a typed error becomes its errno
+through the core's one table (``errno_for``); anything unexpected is logged with its
+traceback and answered EIO. No exception ever leaves a handler, since one would end
+``pyfuse3.main`` and with it the mount.
+
+Nodes live as long as the mount (the tree is bounded by the asset root), so inode
+numbers are never reused and ``forget`` has nothing to free.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from ..core.errors import errno_for
+from ..core.namespace import Node, Tree
+from ..core.paths import name_from_bytes
+from .kernel import ATTR_TIMEOUT, NEGATIVE_TIMEOUT, KernelCache, encoded
+
+log = logging.getLogger("isaacfs.fs")
+
+# Advertised I/O size: tools that honour st_blksize read in 1 MiB steps.
+BLOCK_SIZE = 1024 * 1024
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+XATTR_STATE = b"user.isaacfs.state"
+XATTR_URL = b"user.isaacfs.url"
+
+T = TypeVar("T")
+P = ParamSpec("P")
+_logged_bugs: set[tuple[str, str]] = set()
+
+
+def answers(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Wrap a FUSE handler so that whatever it raises reaches the kernel as an errno."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await handler(*args, **kwargs)
+        except (pyfuse3.FUSEError, trio.Cancelled):
+            raise
+        except Exception as exc:
+            number = errno_for(exc)
+            if number is None:
+                where = (handler.__name__, type(exc).__name__)
+                if where not in _logged_bugs:
+                    _logged_bugs.add(where)
+                    log.exception("bug: %s failed with %r; answered EIO (logged once per kind)", *where[:1], exc)
+                number = errno.EIO
+            raise pyfuse3.FUSEError(number) from None
+
+    return wrapper
+
+
+class AssetFS(pyfuse3.Operations):
+    def __init__(self, tree: Tree, root_info: dict[str, str]) -> None:
+        super().__init__()
+        self.tree = tree
+        self.kernel = KernelCache(tree)
+        self.root_info = root_info  # values of the root's user.isaacfs.* attributes
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self._attrs: dict[int, tuple[int, pyfuse3.EntryAttributes]] = {}
+        self._dirs: dict[int, list[Node]] = {}
+        self._next_dir_handle = 1
+
+    # -- attributes -----------------------------------------------------------------
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        cached = self._attrs.get(node.inode)
+        if cached is not None and cached[0] == node.gen:
+            return cached[1]
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.inode
+        # A ghost folder (strict mode's stand-in for a missing one) is forgotten as soon
+        # as a "no such name" would be.
+        attr.entry_timeout = attr.attr_timeout = NEGATIVE_TIMEOUT if node.ghost else ATTR_TIMEOUT
+        if node.is_dir:
+            attr.st_mode = stat.S_IFDIR | 0o555
+            attr.st_nlink = 2
+            attr.st_size = 4096
+        else:
+            attr.st_mode = stat.S_IFREG | 0o444
+            attr.st_nlink = 1
+            attr.st_size = node.size
+            # Blocks only for what is on local disk, so `du` shows how much is mirrored.
+            attr.st_blocks = (node.size + 511) // 512 if node.cached else 0
+        attr.st_blksize = BLOCK_SIZE
+        attr.st_uid, attr.st_gid = self.uid, self.gid
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = node.mtime_ns
+        self._attrs[node.inode] = (node.gen, attr)
+        return attr
+
+    def _node(self, inode: int) -> Node:
+        try:
+            return self.tree.nodes[inode]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    # -- names ----------------------------------------------------------------------
+    @answers
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        if not parent.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        node = await self.tree.lookup(parent, name_from_bytes(name))  # InvalidPath: ENOENT
+        if node is None or node.ghost:
+            self.kernel.told_missing((parent_inode, name))  # to take back when it becomes wrong
+        if node is None:
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0  # a cached "no such name": repeated probes stay in the kernel
+            negative.entry_timeout = NEGATIVE_TIMEOUT
+            return negative
+        return self.attributes(node)
+
+    @answers
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self.attributes(self._node(inode))
+
+    @answers
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        return None  # nodes are kept for the life of the mount
+
+    # -- folders --------------------------------------------------------------------
+    @answers
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        node = self._node(inode)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        children = await self.tree.listdir(node)
+        handle = self._next_dir_handle
+        self._next_dir_handle += 1
+        self._dirs[handle] = children  # a snapshot, so offsets stay valid while it is read
+        return handle
+
+    @answers
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        children = self._dirs[fh]
+        reply, attributes = pyfuse3.readdir_reply, self.attributes
+        for position in range(start_id, len(children)):
+            child = children[position]
+            if not reply(token, encoded(child.name), attributes(child), position + 1):
+                break
+
+    @answers
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # -- files ----------------------------------------------------------------------
+    @answers
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        if flags & WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        node = self._node(inode)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        try:
+            fd = await self.tree.open(node)
+        except OSError as exc:
+            log.warning("cannot open %s in the mirror: %s", self.tree.rel(node), exc.strerror)
+            raise
+        return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+
+    @answers
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return os.pread(fh, size, off)
+
+    @answers
+    async def release(self, fh: int) -> None:
+        os.close(fh)
+
+    # -- the rest -------------------------------------------------------------------
+    @answers
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        st = self.tree.mirror.statvfs()
+        data = pyfuse3.StatvfsData()
+        data.f_bsize, data.f_frsize = st.f_bsize, st.f_frsize
+        data.f_blocks, data.f_bfree, data.f_bavail = st.f_blocks, st.f_bfree, st.f_bavail
+        data.f_files, data.f_ffree, data.f_favail = st.f_files, st.f_ffree, st.f_favail
+        data.f_namemax = 255
+        return data
+
+    def _xattrs(self, node: Node) -> dict[bytes, str]:
+        values = {XATTR_STATE: "cached" if node.cached else "remote",
+                  XATTR_URL: self.tree.upstream.url_for(self.tree.rel(node))}
+        if node.inode == self.tree.root.inode:
+            values[XATTR_STATE] = "root"
+            values[b"user.isaacfs.mode"] = self.tree.mode
+            for key, value in self.root_info.items():
+                values[f"user.isaacfs.{key}".encode()] = value
+        return values
+
+    @answers
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        value = self._xattrs(self._node(inode)).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value.encode("utf-8", "surrogateescape")
+
+    @answers
+    async def listxattr(self, inode: int, ctx: Any) -> Sequence[bytes]:
+        return list(self._xattrs(self._node(inode)))

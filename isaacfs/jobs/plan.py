@@ -1,0 +1,170 @@
+"""Planning a warm: which files each source (categories, manifest, misses, closure) names.
+
+Listings come through the core's ``Listings`` (trusted for the listing TTL), so a
+repeated warm asks the upstream nothing it was already told.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from ..core.categories import category_of, category_root
+from ..core.errors import InvalidPath, NotFound, UpstreamError, UserError
+from ..core.paths import RelPath
+from ..core.types import RemoteEntry, Upstream
+from ..store.mirror import TempWriter
+from . import closure as closures
+from .spec import WarmSpec, parse_manifest
+from .workspace import Workspace, ensure_present
+
+Planned = dict[str, dict[RelPath, RemoteEntry]]
+
+
+@dataclass
+class Plan:
+    groups: Planned = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (group, "path: why")
+    notes: list[str] = field(default_factory=list)
+    prefetched: set[RelPath] = field(default_factory=set)  # closure layers fetched while planning
+
+
+# -- planning -------------------------------------------------------------------------
+async def _walk(ws: Workspace, root: RelPath, limit: trio.CapacityLimiter) -> dict[RelPath, RemoteEntry]:
+    found: dict[RelPath, RemoteEntry] = {}
+    errors: list[UpstreamError] = []
+
+    async def visit(folder: RelPath, nursery: trio.Nursery) -> None:
+        try:
+            async with limit:
+                entries = await ws.listings.get(folder)
+        except UpstreamError as exc:
+            errors.append(exc)  # a walk with a hole in it is no plan: stop the whole walk
+            nursery.cancel_scope.cancel()
+            return
+        for entry in entries:
+            child = folder.child(entry.name)
+            if entry.is_dir:
+                nursery.start_soon(visit, child, nursery)
+            else:
+                found[child] = entry
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(visit, root, nursery)
+    if errors:
+        raise errors[0]
+    return found
+
+
+async def _folders(upstream: Upstream, folder: RelPath) -> list[str]:
+    try:
+        return sorted(e.name for e in await upstream.list(folder) if e.is_dir)
+    except UpstreamError:
+        return []
+
+
+async def _plan_categories(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
+    limit = trio.CapacityLimiter(max(ws.jobs, 8))
+    for category in spec.categories:
+        root = category_root(category)
+        try:
+            exists = ws.index.listing(root) is not None or (await ws.upstream.stat(root)).is_dir
+        except NotFound:
+            exists = False
+        if not exists:
+            known = await _folders(ws.upstream, root.parent)
+            raise UserError(f"unknown category {category!r}; under {root.parent or '/'}/ there are: "
+                            + (", ".join(known) or "no folders"))
+        files = await _walk(ws, root, limit)
+        if spec.subsets:
+            depth = len(root.parts)
+            files = {rel: e for rel, e in files.items() if set(rel.parts[depth:-1]) & set(spec.subsets)}
+            if not files:
+                known = await _folders(ws.upstream, root)
+                raise UserError(f"no subset {', '.join(spec.subsets)} in {category}; its folders are: "
+                                + (", ".join(known) or "none"))
+        plan.groups.setdefault(category, {}).update(files)
+
+
+async def _plan_paths(ws: Workspace, paths: list[RelPath], plan: Plan) -> None:
+    """Listed paths (manifest, misses): stat each upstream, grouped by category."""
+    limit = trio.CapacityLimiter(max(ws.jobs, 8))
+
+    async def one(rel: RelPath) -> None:
+        group = category_of(rel)[0]
+        async with limit:
+            try:
+                entry = await ws.upstream.stat(rel)
+            except NotFound:
+                plan.failures.append((group, f"{rel}: not found upstream"))
+                return
+            except UpstreamError as exc:
+                plan.failures.append((group, f"{rel}: {exc}"))
+                return
+        if entry.is_dir:
+            plan.notes.append(f"{rel} is a folder: use --categories {rel} for a whole folder")
+            return
+        plan.groups.setdefault(group, {})[rel] = entry
+
+    async with trio.open_nursery() as nursery:
+        for rel in dict.fromkeys(paths):
+            nursery.start_soon(one, rel)
+
+
+async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
+    roots = []
+    for text in spec.closure:
+        target = closures.resolve(text, RelPath(), ws.upstream.root_url) if "://" in text else None
+        try:
+            roots.append(target if isinstance(target, RelPath) else RelPath.parse(text.lstrip("/")))
+        except InvalidPath as exc:
+            raise UserError(f"--closure {text!r} is not a path under the asset root: {exc}") from None
+
+    async def fetch_layer(rel: RelPath, entry: RemoteEntry, scratch: Path) -> Path:
+        if spec.dry_run:
+            writer = TempWriter(scratch)
+            try:
+                await ws.upstream.download(rel, entry.size, writer)
+                await writer.finish()
+            except BaseException:
+                writer.discard()
+                raise
+            return scratch
+        if await ensure_present(ws, rel, entry):
+            plan.prefetched.add(rel)
+        fd = ws.mirror.open_read(rel)
+        with open(fd, "rb") as source, open(scratch, "wb") as copy:
+            while chunk := source.read(1 << 20):
+                copy.write(chunk)
+        return scratch
+
+    found = await closures.compute(roots, ws.upstream.stat, fetch_layer, ws.upstream.root_url, ws.jobs)
+    for rel, entry in found.files.items():
+        plan.groups.setdefault(category_of(rel)[0], {})[rel] = entry
+    for rel, why in found.failures:
+        plan.failures.append((category_of(rel)[0], f"{rel}: {why}"))
+    plan.notes.extend(f"not available offline: {line}" for line in found.not_offline)
+
+
+async def make_plan(ws: Workspace, spec: WarmSpec) -> Plan:
+    plan = Plan()
+    try:
+        await _plan_categories(ws, spec, plan)
+        if spec.manifest is not None:
+            paths, problems = parse_manifest(spec.manifest, spec.manifest_name or "manifest")
+            plan.notes.extend(problems)
+            await _plan_paths(ws, paths, plan)
+        if spec.from_misses:
+            misses = [RelPath.parse(path) for path, *_rest in ws.index.misses()]
+            if not misses:
+                plan.notes.append("no misses are recorded: nothing to fetch")
+            await _plan_paths(ws, misses, plan)
+        if spec.closure:
+            await _plan_closure(ws, spec, plan)
+    except UpstreamError as exc:
+        raise UserError(f"cannot list the upstream: {exc}") from None
+    return plan
+
+

@@ -1,0 +1,68 @@
+"""Asset paths a USD layer or an MDL module names, as written (run as its own process).
+
+usd-core's ``UsdUtils.ExtractExternalReferences`` reports a layer's sublayers,
+references, payloads and asset-valued attributes (textures, MDL modules). It runs in
+a short-lived child process, ``python -m isaacfs.jobs.usd_deps FILE...`` printing one JSON
+object, so that the daemon never loads usd-core (memory) and a hostile layer that
+crashes the parser costs one child, not the mount.
+
+MDL modules are not USD: their texture paths are read from ``texture_2d("...")``
+literals, and relative module imports (``import .::name::*``) from their text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+USD_SUFFIXES = (".usd", ".usda", ".usdc", ".usdz")
+MDL_SUFFIX = ".mdl"
+
+_MDL_TEXTURE = re.compile(r'texture_(?:2d|3d|cube|ptex)\s*\(\s*"([^"]+)"')
+_MDL_RELATIVE_IMPORT = re.compile(r"^\s*(?:export\s+)?(?:using\s+|import\s+)\.((?:::\w+)+)", re.MULTILINE)
+
+
+def wants_parsing(name: str) -> bool:
+    lowered = name.lower()
+    return lowered.endswith(USD_SUFFIXES) or lowered.endswith(MDL_SUFFIX)
+
+
+def mdl_dependencies(text: str) -> list[str]:
+    found = [path for path in _MDL_TEXTURE.findall(text)]
+    for module in _MDL_RELATIVE_IMPORT.findall(text):
+        names = [part for part in module.split("::") if part]
+        if names and names[-1] == "*":
+            names = names[:-1]
+        if names:
+            found.append("./" + "/".join(names) + ".mdl")
+    return found
+
+
+def usd_dependencies(path: str) -> list[str]:
+    from pxr import UsdUtils
+
+    sublayers, references, payloads = UsdUtils.ExtractExternalReferences(path)
+    return [*sublayers, *references, *payloads]
+
+
+def dependencies(path: str) -> list[str]:
+    if path.lower().endswith(MDL_SUFFIX):
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            return mdl_dependencies(stream.read())
+    return usd_dependencies(path)
+
+
+def main(paths: list[str]) -> int:
+    result: dict[str, dict[str, object]] = {}
+    for path in paths:
+        try:
+            result[path] = {"deps": dependencies(path)}
+        except Exception as exc:  # one unreadable layer must not hide the others' answers
+            result[path] = {"error": str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)}
+    json.dump(result, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

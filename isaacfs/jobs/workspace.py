@@ -1,0 +1,101 @@
+"""What a job (warm, verify) works with, and running one on a mirror no daemon serves.
+
+A daemon lends its own ``Workspace`` (its mirror, index, upstream and fetcher); a
+command on an unmounted mirror builds one here, holding the mirror's lock while it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from ..core.config import Settings
+from ..core.errors import UserError
+from ..core.listings import Listings
+from ..core.paths import RelPath
+from ..core.types import RemoteEntry, Upstream
+from ..fetch.fetcher import Fetcher
+from ..store.index import Index
+from ..store.mirror import Mirror
+
+
+@dataclass
+class Workspace:
+    """What a warm works with: the daemon passes its own, a command builds one."""
+
+    mirror: Mirror
+    index: Index
+    upstream: Upstream
+    fetcher: Fetcher
+    jobs: int
+    on_installed: Callable[[RelPath], None] = lambda rel: None
+    listing_ttl: float = 24 * 3600.0  # upstream listings younger than this are taken from the index
+    listings: Listings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.listings = Listings(self.index, self.upstream, self.listing_ttl)
+
+
+def _present(ws: Workspace, rel: RelPath, entry: RemoteEntry) -> bool:
+    local = ws.mirror.entry(rel)
+    return local is not None and not local.is_dir and local.size == entry.size
+
+
+async def ensure_present(ws: Workspace, rel: RelPath, entry: RemoteEntry) -> bool:
+    """Fetch unless present; True if a download happened."""
+    if _present(ws, rel, entry):
+        return False
+    local = ws.mirror.entry(rel)
+    await ws.fetcher.ensure(rel, entry, replace=local is not None and not local.is_dir)
+    ws.on_installed(rel)
+    return True
+
+
+T = TypeVar("T")
+
+
+def run_on_mirror(settings: Settings, mirror_dir: Path, job: Callable[[Workspace], Awaitable[T]],
+                  read_only: bool = False, upstream: Upstream | None = None) -> T:
+    """Run ``job`` on the mirror in ``mirror_dir``, against ``upstream`` (default: the
+    settings' upstream through its backend).
+
+    ``read_only`` (a dry run) neither takes the lock nor saves the index.
+    """
+    if upstream is not None:
+        return trio.run(_run, settings, mirror_dir, job, read_only, upstream)
+    from ..backends import client_session, open_upstream
+
+    with client_session():
+        return trio.run(_run, settings, mirror_dir, job, read_only, open_upstream(settings))
+
+
+async def _run(settings: Settings, mirror_dir: Path, job: Callable[[Workspace], Awaitable[T]],
+               read_only: bool, upstream: Upstream) -> T:
+    mirror = Mirror(mirror_dir)
+    try:
+        if not read_only:
+            mirror.prepare()  # takes the lock: never two writers on one mirror
+        index = Index(mirror.state / "index.db", read_only=read_only)
+        try:
+            fetcher = Fetcher(mirror, index, upstream, settings.fetch_jobs, settings.fetch_retries)
+            workspace = Workspace(mirror, index, upstream, fetcher, settings.fetch_jobs,
+                                  listing_ttl=settings.listing_ttl)
+            outcome: list[T | UserError] = []
+            async with trio.open_nursery() as nursery:
+                fetcher.attach(nursery)
+                try:
+                    outcome.append(await job(workspace))
+                except UserError as exc:
+                    outcome.append(exc)  # raised below, outside the nursery, as itself
+                nursery.cancel_scope.cancel()
+            if isinstance(outcome[0], UserError):
+                raise outcome[0]
+            return outcome[0]
+        finally:
+            index.close()
+    finally:
+        mirror.close()

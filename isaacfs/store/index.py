@@ -1,0 +1,273 @@
+"""The mirror's SQLite index in ``.isaacfs/index.db``.
+
+The files on disk are the truth about what is mirrored; the index adds what the disk
+cannot say: where a file came from and its upstream ETag, cached upstream listings
+(with the time they were fetched), the misses strict mode refused, and counters.
+
+The database lives in memory and is saved as a whole, atomically (temporary file,
+fsync, rename), every few seconds when it changed and at stop. Why not let SQLite
+write the file itself: the mirror is usually hidden under the mount, reached only
+through ``/proc/self/fd/N``, and SQLite resolves that link to its text path, which
+leads back into our own mount: the daemon would wait on itself. The file stays a
+plain SQLite database that any tool can read while the mirror is unmounted. A crash
+loses at most the last few seconds of index updates, never a mirrored file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from ..core.paths import RelPath
+from ..core.types import RemoteEntry
+
+log = logging.getLogger("isaacfs.index")
+
+# Misses kept in the index: the newest ones; a storm of made-up names must not grow it.
+MAX_MISSES = 10_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files(
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime REAL NOT NULL, etag TEXT NOT NULL,
+    source TEXT NOT NULL, fetched_at REAL NOT NULL, last_access REAL);
+CREATE TABLE IF NOT EXISTS listings(path TEXT PRIMARY KEY, fetched_at REAL NOT NULL, entries TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS misses(
+    path TEXT PRIMARY KEY, mode TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def _key(rel: RelPath) -> str | None:
+    """The index key of a path; None for names SQLite cannot store (undecodable bytes)."""
+    text = str(rel)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text
+
+
+def _serialize(db: sqlite3.Connection) -> bytes:
+    """The whole in-memory database as the bytes of a SQLite file."""
+    if sys.version_info >= (3, 11):
+        return bytes(db.serialize())
+    with tempfile.TemporaryDirectory(prefix="isaacfs-index-") as scratch:  # Python 3.10: by a backup
+        path = os.path.join(scratch, "index.db")
+        target = sqlite3.connect(path)
+        try:
+            db.backup(target)
+        finally:
+            target.close()
+        with open(path, "rb") as stream:
+            return stream.read()
+
+
+def _deserialize(db: sqlite3.Connection, data: bytes) -> None:
+    """Load the bytes of a SQLite file into the in-memory database ``db``."""
+    if sys.version_info >= (3, 11):
+        db.deserialize(data)
+        return
+    with tempfile.TemporaryDirectory(prefix="isaacfs-index-") as scratch:
+        path = os.path.join(scratch, "index.db")
+        with open(path, "wb") as stream:
+            stream.write(data)
+        source = sqlite3.connect(path)
+        try:
+            source.backup(db)
+        finally:
+            source.close()
+
+
+class Index:
+    def __init__(self, db_path: Path, read_only: bool = False) -> None:
+        self.path = db_path
+        self.read_only = read_only  # a report on a mirror someone else may own: never saved
+        self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        try:
+            data = db_path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        if data:
+            try:
+                _deserialize(self.db, data)
+                self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.DatabaseError as exc:
+                if read_only:
+                    log.warning("the mirror index %s is unreadable (%s)", db_path, exc)
+                else:
+                    aside = db_path.with_name(f"index.db.damaged-{int(time.time())}")
+                    os.replace(db_path, aside)
+                    log.warning("the mirror index was unreadable (%s); kept it as %s and started a new one",
+                                exc, aside.name)
+                self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self.db.executescript(SCHEMA)
+        self._counters: Counter[str] = Counter()
+        self.session: Counter[str] = Counter()  # counts since this process started
+        self._miss_writes = 0
+        self._access: dict[str, float] = {}
+        self._saved_changes = -1
+
+    def close(self) -> None:
+        if self.read_only:
+            self.db.close()
+            return
+        try:
+            self.save()
+        except OSError as exc:
+            log.warning("could not save the mirror index at stop: %s", exc.strerror)
+        self.db.close()
+
+    def snapshot(self) -> bytes | None:
+        """The whole database as bytes if it changed since the last save, else None."""
+        self.flush()
+        changes = self.db.total_changes
+        if changes == self._saved_changes:
+            return None
+        self._saved_changes = changes
+        return _serialize(self.db)
+
+    def write_snapshot(self, data: bytes) -> None:
+        """Replace the index file atomically with ``data`` (may run in a worker thread)."""
+        temp = self.path.with_name(f"index.db.{os.getpid()}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(temp, self.path)
+        except OSError:
+            self._saved_changes = -1  # try again at the next save
+            temp.unlink(missing_ok=True)
+            raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def save(self) -> None:
+        if self.read_only:
+            return
+        data = self.snapshot()
+        if data is not None:
+            self.write_snapshot(data)
+
+    # -- meta -----------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (key, value))
+
+    # -- files ----------------------------------------------------------------------
+    def record_file(self, rel: RelPath, size: int, mtime: float, etag: str, source: str) -> None:
+        key = _key(rel)
+        if key is None:
+            return
+        self.db.execute(
+            "INSERT OR REPLACE INTO files(path, size, mtime, etag, source, fetched_at, last_access)"
+            " VALUES(?, ?, ?, ?, ?, ?, ?)", (key, size, mtime, etag, source, time.time(), time.time()))
+        # The file and the folders above it are no longer missing.
+        prefixes = ["/".join(rel.parts[:depth]) for depth in range(1, len(rel.parts) + 1)]
+        self.db.executemany("DELETE FROM misses WHERE path=?", [(p,) for p in prefixes])
+
+    def file_record(self, rel: RelPath) -> tuple[int, str, str] | None:
+        """(size, etag, source) the index holds for a mirrored file."""
+        row = self.db.execute("SELECT size, etag, source FROM files WHERE path=?", (_key(rel),)).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
+
+    def files(self) -> list[tuple[str, int, str, float, float | None]]:
+        """Every indexed file: (path, size, etag, fetched_at, last_access)."""
+        self.flush()
+        rows = self.db.execute("SELECT path, size, etag, fetched_at, last_access FROM files ORDER BY path")
+        return [(str(p), int(s), str(e), float(f), None if a is None else float(a)) for p, s, e, f, a in rows]
+
+    def record_adopted(self, records: list[tuple[str, int, float]]) -> None:
+        now = time.time()
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "INSERT OR IGNORE INTO files(path, size, mtime, etag, source, fetched_at)"
+            " VALUES(?, ?, ?, '', 'adopted', ?)",
+            [(path, size, mtime, now) for path, size, mtime in records])
+        self.db.execute("COMMIT")
+
+    def touch(self, rel: RelPath) -> None:
+        key = _key(rel)
+        if key is not None:
+            self._access[key] = time.time()
+
+    # -- listings -------------------------------------------------------------------
+    def listing(self, rel: RelPath) -> tuple[float, list[RemoteEntry]] | None:
+        """The cached upstream listing of a folder and when it was fetched (epoch seconds)."""
+        row = self.db.execute("SELECT fetched_at, entries FROM listings WHERE path=?", (_key(rel),)).fetchone()
+        if row is None:
+            return None
+        return float(row[0]), [RemoteEntry(*item) for item in json.loads(row[1])]
+
+    def store_listing(self, rel: RelPath, entries: list[RemoteEntry]) -> None:
+        key = _key(rel)
+        if key is None:
+            return
+        payload = json.dumps([[e.name, e.is_dir, e.size, e.mtime, e.etag] for e in entries], ensure_ascii=False)
+        self.db.execute("INSERT OR REPLACE INTO listings(path, fetched_at, entries) VALUES(?, ?, ?)",
+                        (key, time.time(), payload))
+
+    # -- misses ---------------------------------------------------------------------
+    def record_miss(self, rel: RelPath, mode: str) -> None:
+        key = _key(rel)
+        if key is None:
+            return
+        now = time.time()
+        self.db.execute(
+            "INSERT INTO misses(path, mode, first_seen, last_seen, count) VALUES(?, ?, ?, ?, 1)"
+            " ON CONFLICT(path) DO UPDATE SET last_seen=excluded.last_seen, count=count+1, mode=excluded.mode",
+            (key, mode, now, now))
+        self._miss_writes += 1
+        if self._miss_writes % 1000 == 0:
+            self.db.execute("DELETE FROM misses WHERE path NOT IN"
+                            " (SELECT path FROM misses ORDER BY last_seen DESC LIMIT ?)", (MAX_MISSES,))
+
+    def misses(self) -> list[tuple[str, str, float, float, int]]:
+        """Recorded misses, newest first: (path, mode, first_seen, last_seen, count)."""
+        rows = self.db.execute("SELECT path, mode, first_seen, last_seen, count FROM misses ORDER BY last_seen DESC")
+        return [(str(p), str(m), float(f), float(last), int(c)) for p, m, f, last, c in rows]
+
+    def miss_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM misses").fetchone()[0])
+
+    def clear_misses(self) -> int:
+        return self.db.execute("DELETE FROM misses").rowcount
+
+    # -- counters -------------------------------------------------------------------
+    def count(self, name: str, amount: int = 1) -> None:
+        self._counters[name] += amount
+        self.session[name] += amount
+
+    def counters(self) -> dict[str, int]:
+        """Totals over the mirror's life."""
+        self.flush()
+        return {str(name): int(value) for name, value in self.db.execute("SELECT name, value FROM counters")}
+
+    def flush(self) -> None:
+        if not self._counters and not self._access:
+            return
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "INSERT INTO counters(name, value) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
+            list(self._counters.items()))
+        self.db.executemany("UPDATE files SET last_access=? WHERE path=?",
+                            [(t, p) for p, t in self._access.items()])
+        self.db.execute("COMMIT")
+        self._counters.clear()
+        self._access.clear()

@@ -1,0 +1,277 @@
+"""The mirror: a plain folder of assets, plus isaacfs's state in ``.isaacfs/``.
+
+The mirror is usually the mountpoint's own underlying folder, which the mount hides.
+The daemon opens it (a directory fd) before mounting and reaches it afterwards through
+``/proc/self/fd/<fd>``: that path resolves to the opened folder itself, beneath the
+mount, so ordinary path calls keep working.
+
+A file appears in the tree only whole: it is written in ``.isaacfs/tmp/``, checked,
+fsynced and renamed into place. A crash leaves at most a temporary file, which the next
+start removes.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import stat
+import threading
+import uuid
+from pathlib import Path
+
+import trio
+
+from ..core.errors import InvalidPath, MountError
+from ..core.paths import STATE_DIR_NAME, RelPath, check_name
+from ..core.types import LocalEntry
+
+log = logging.getLogger("isaacfs.mirror")
+
+ASSET_TOP_LEVEL = ("Isaac", "NVIDIA")
+
+
+class MirrorLocked(MountError):
+    pass
+
+
+def classify_folder(path: Path) -> str:
+    """'empty', 'mirror' (has .isaacfs/), 'assets' (holds Isaac/ or NVIDIA/) or 'other'."""
+    try:
+        names = set(os.listdir(path))
+    except FileNotFoundError:
+        return "missing"
+    if not names:
+        return "empty"
+    if STATE_DIR_NAME in names:
+        return "mirror"
+    if any((path / top).is_dir() for top in ASSET_TOP_LEVEL if top in names):
+        return "assets"
+    return "other"
+
+
+class Mirror:
+    """The on-disk tree, addressed only by validated ``RelPath``s."""
+
+    def __init__(self, folder: Path) -> None:
+        self.display = folder  # the path a user knows it by (hidden under the mount, maybe)
+        try:
+            self.fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise MountError(f"mirror folder {folder} cannot be opened: {exc.strerror}") from None
+        self.root = Path(f"/proc/self/fd/{self.fd}")
+        self.state = self.root / STATE_DIR_NAME
+        self.tmp = self.state / "tmp"
+        self._lock_fd: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create the state folder, take the lock, clear what a crash left behind."""
+        try:
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            probe = self.tmp / f"probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise MountError(
+                f"mirror folder {self.display} is not writable ({exc.strerror}): isaacfs keeps its files"
+                " and its state there; pick a folder you own with --mirror DIR") from None
+        self._lock()
+        leftovers = 0
+        for item in self.tmp.iterdir():
+            item.unlink(missing_ok=True)
+            leftovers += 1
+        if leftovers:
+            log.info("removed %d unfinished download(s) left by an earlier stop", leftovers)
+
+    def _lock(self) -> None:
+        path = self.state / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise MirrorLocked(
+                f"mirror {self.display} is in use by another isaacfs process (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        os.close(self.fd)
+
+    # -- reading --------------------------------------------------------------------
+    def path(self, rel: RelPath) -> Path:
+        if rel.is_state():
+            raise InvalidPath("isaacfs state is not part of the tree")
+        return self.root.joinpath(*rel.parts)
+
+    def entry(self, rel: RelPath) -> LocalEntry | None:
+        """What the mirror holds at ``rel``: a file or folder, or None."""
+        try:
+            st = os.stat(self.path(rel))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return _local(rel.name, st)
+
+    def scan(self, rel: RelPath) -> list[LocalEntry] | None:
+        """The files and folders in a mirror folder; None if the folder is not there."""
+        try:
+            # Scanning by fd makes each entry's stat an fstatat() on that fd, not a walk of
+            # the whole /proc/self/fd/N/... path again.
+            fd = os.open(self.path(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        entries = []
+        try:
+            with os.scandir(fd) as iterator:
+                for item in iterator:
+                    if rel.is_root and item.name == STATE_DIR_NAME:
+                        continue
+                    try:
+                        check_name(item.name)
+                        local = _local(item.name, item.stat())
+                    except (InvalidPath, OSError):
+                        continue
+                    if local is not None:
+                        entries.append(local)
+        finally:
+            os.close(fd)
+        return entries
+
+    def open_read(self, rel: RelPath) -> int:
+        return os.open(self.path(rel), os.O_RDONLY | os.O_CLOEXEC)
+
+    def free_and_total_bytes(self) -> tuple[int, int]:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+    def statvfs(self) -> os.statvfs_result:
+        return os.statvfs(self.root)
+
+    # -- writing --------------------------------------------------------------------
+    def new_temp(self) -> Path:
+        return self.tmp / f"{uuid.uuid4().hex}.part"
+
+    def writer(self) -> TempWriter:
+        """A new temporary file in the state folder to receive a download (a ``Sink``)."""
+        return TempWriter(self.new_temp())
+
+    def install(self, temp: Path, rel: RelPath, mtime: float) -> LocalEntry:
+        """Make a checked, fsynced temporary file the mirror's copy of ``rel``, atomically."""
+        target = self.path(rel)
+        os.chmod(temp, 0o644)  # an unmounted mirror is an asset root other users may read
+        if mtime > 0:
+            os.utime(temp, (mtime, mtime))
+        self.make_dirs(rel.parent)
+        # The file's data was fsynced before this rename, so after a crash the name holds
+        # the whole file or is absent. The folder is not fsynced: losing a rename only
+        # means the file is fetched again, and a folder fsync per file doubled the cost
+        # of small downloads.
+        os.rename(temp, target)
+        entry = self.entry(rel)
+        assert entry is not None
+        return entry
+
+    def make_dirs(self, rel: RelPath) -> None:
+        try:
+            if stat.S_ISDIR(os.stat(self.root.joinpath(*rel.parts)).st_mode):
+                return  # the common case: one stat, not a mkdir per level
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        current = self.root
+        for part in rel.parts:
+            current = current / part
+            try:
+                current.mkdir(mode=0o755)
+            except FileExistsError:
+                if not current.is_dir():
+                    raise OSError(errno.ENOTDIR, f"{current.name} is a file in the mirror") from None
+
+    def walk_files(self) -> list[tuple[str, int, float]]:
+        """Every file in the tree as (path, size, mtime), for indexing an adopted folder."""
+        found: list[tuple[str, int, float]] = []
+        stack = [RelPath()]
+        while stack:
+            rel = stack.pop()
+            for entry in self.scan(rel) or []:
+                child = rel.child(entry.name)
+                if entry.is_dir:
+                    stack.append(child)
+                else:
+                    found.append((str(child), entry.size, entry.mtime_ns / 1e9))
+        return found
+
+
+def _local(name: str, st: os.stat_result) -> LocalEntry | None:
+    if stat.S_ISDIR(st.st_mode):
+        return LocalEntry(name, True, 0, st.st_mtime_ns)
+    if stat.S_ISREG(st.st_mode):
+        return LocalEntry(name, False, st.st_size, st.st_mtime_ns)
+    return None  # sockets, fifos, devices are never assets
+
+
+PARALLEL_HASH_BYTES = 4 * 1024 * 1024
+
+
+def md5_of(path: Path) -> str:
+    """The MD5 of a file, read in 1 MiB steps."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_hashed(fd: int, view: memoryview, md5: hashlib._Hash) -> None:
+    """Append ``view`` to ``fd`` and feed it to ``md5``; a large piece is hashed in a second
+    thread while this one writes (hashlib and os.write both release the GIL)."""
+    hasher = threading.Thread(target=md5.update, args=(view,)) if len(view) >= PARALLEL_HASH_BYTES else None
+    if hasher is not None:
+        hasher.start()
+    else:
+        md5.update(view)
+    try:
+        rest = view
+        while rest:
+            rest = rest[os.write(fd, rest):]
+    finally:
+        if hasher is not None:
+            hasher.join()
+
+
+class TempWriter:
+    """A download's temporary file: written in order, MD5 computed as it is written, fsynced
+    by ``finish``. Removed by ``discard`` (always call it; it is a no-op after install)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+    async def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        await trio.to_thread.run_sync(_write_hashed, self._fd, view, self._md5)
+        self.size += len(view)
+
+    async def finish(self) -> str:
+        """fsync and close the file; its MD5."""
+        await trio.to_thread.run_sync(os.fsync, self._fd)
+        self._close()
+        return self._md5.hexdigest()
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def discard(self) -> None:
+        self._close()
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,83 @@
+"""What the kernel says about mountpoints: mounted, stale, by whom; and unmounting."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import MountError
+
+FSTYPE = "fuse.isaacfs"
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    mountpoint: str
+    device: str  # "major:minor", as /sys/class/bdi/ names it
+    fstype: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal.
+    return field.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
+
+
+def find_mount(path: Path) -> MountInfo | None:
+    """The mount whose mountpoint is exactly ``path`` (the last one, if stacked)."""
+    target = os.path.abspath(path)
+    found = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as stream:
+        for line in stream:
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) >= 5 and _unescape(fields[4]) == target:
+                found = MountInfo(target, fields[2], tail[0], tail[1] if len(tail) > 1 else "")
+    return found
+
+
+def is_stale(path: Path) -> bool:
+    """True for a FUSE mount whose daemon is gone ("transport endpoint is not connected")."""
+    # statfs always reaches the daemon; a stat may be answered from the kernel's cache.
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def unmount(path: Path, lazy: bool = False) -> None:
+    """Unmount a FUSE mount; raise MountError with the reason if the kernel refuses."""
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool is None:
+        raise MountError("fusermount3 is not installed (Debian: apt-get install fuse3)")
+    command = [tool, "-u", *(["-z"] if lazy else []), str(path)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "unknown reason"
+        if "busy" in reason.lower():
+            raise MountError(
+                f"{path} is busy: a program still has files open there (see `fuser -vm {path}`);"
+                f" close it, or run `isaacfs umount --lazy {path}`")
+        raise MountError(f"cannot unmount {path}: {reason}")
+
+
+def recover_stale(path: Path) -> bool:
+    """Detach a stale mount left by a crashed daemon; True if there was one."""
+    if not is_stale(path):
+        return False
+    unmount(path, lazy=True)
+    return True
+
+
+def set_read_ahead(info: MountInfo, kib: int) -> bool:
+    """Raise the mount's read-ahead so the kernel sends 1 MiB reads (root only)."""
+    try:
+        Path(f"/sys/class/bdi/{info.device}/read_ahead_kb").write_text(f"{kib}\n")
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,131 @@
+"""`isaacfs service install|remove`: the mount as a systemd service (user unit, or system unit as root).
+
+The unit is the template ``systemd/isaacfs@.service`` with ExecStart pointing at the
+Python that runs this command; the instance name is the escaped mountpoint, and the
+instance's settings (mode, upstream, mirror, ...) live in ``<config>/isaacfs/<instance>.env``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..core.config import Settings
+from ..core.errors import UserError
+
+TEMPLATE = "isaacfs@.service"
+
+
+@dataclass(frozen=True)
+class Layout:
+    system: bool  # root: a system unit in /etc; otherwise a user unit
+    unit_dir: Path
+    env_dir: Path
+
+    @classmethod
+    def here(cls, user: bool = False) -> Layout:
+        if os.geteuid() == 0 and not user:
+            return cls(True, Path("/etc/systemd/system"), Path("/etc/isaacfs"))
+        config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        return cls(False, config / "systemd" / "user", config / "isaacfs")
+
+    def systemctl(self, *args: str) -> list[str]:
+        return ["systemctl", *([] if self.system else ["--user"]), *args]
+
+
+def escape_path(path: Path) -> str:
+    """What `systemd-escape --path` prints."""
+    tool = shutil.which("systemd-escape")
+    if tool:
+        return subprocess.run([tool, "--path", str(path)], capture_output=True, text=True, check=True).stdout.strip()
+    text = str(path).strip("/") or "-"
+    out = []
+    for index, char in enumerate(text):
+        if char == "/":
+            out.append("-")
+        elif char.isalnum() or char in "_:" or (char == "." and index > 0):
+            out.append(char)
+        else:
+            out.extend(f"\\x{byte:02x}" for byte in char.encode())
+    return "".join(out)
+
+
+def template_text() -> str:
+    # systemd/isaacfs@.service in the repository links to this packaged copy.
+    return resources.files("isaacfs").joinpath("data").joinpath(TEMPLATE).read_text()
+
+
+def unit_text(layout: Layout) -> str:
+    text = template_text().replace("ExecStart=/usr/bin/env isaacfs ", f"ExecStart={sys.executable} -m isaacfs ")
+    if layout.system:
+        text = text.replace("WantedBy=default.target", "WantedBy=multi-user.target")
+    return text
+
+
+def env_text(settings: Settings) -> str:
+    lines = ["# isaacfs settings for this mount (see docs/configuration.md)"]
+    keys = {"mode": "ISAACFS_MODE", "upstream": "ISAACFS_UPSTREAM", "mirror": "ISAACFS_MIRROR",
+            "upstream_timeout": "ISAACFS_UPSTREAM_TIMEOUT", "listing_ttl": "ISAACFS_LISTING_TTL",
+            "fetch_jobs": "ISAACFS_FETCH_JOBS", "log_level": "ISAACFS_LOG_LEVEL"}
+    for key, var in keys.items():
+        if key in settings.sources:  # only what the user chose; the rest keeps its defaults
+            lines.append(f"{var}={getattr(settings, key)}")
+    if settings.allow_other:
+        lines.append("ISAACFS_ALLOW_OTHER=1")
+    return "\n".join(lines) + "\n"
+
+
+def _systemd_running(layout: Layout) -> bool:
+    if shutil.which("systemctl") is None:
+        return False
+    probe = subprocess.run(layout.systemctl("is-system-running"), capture_output=True, text=True)
+    return probe.stdout.strip() not in ("", "offline") and "Failed to connect" not in probe.stderr
+
+
+def install(mountpoint: Path, settings: Settings, start: bool, user: bool = False) -> list[str]:
+    layout = Layout.here(user)
+    instance = escape_path(mountpoint)
+    unit = f"isaacfs@{instance}.service"
+    layout.unit_dir.mkdir(parents=True, exist_ok=True)
+    layout.env_dir.mkdir(parents=True, exist_ok=True)
+    (layout.unit_dir / TEMPLATE).write_text(unit_text(layout))
+    (layout.env_dir / f"{instance}.env").write_text(env_text(settings))
+    said = [f"wrote {layout.unit_dir / TEMPLATE} and {layout.env_dir / f'{instance}.env'}"]
+    commands = [layout.systemctl("daemon-reload"), layout.systemctl("enable", *(["--now"] if start else []), unit)]
+    if not _systemd_running(layout):
+        said.append("systemd is not reachable here; to enable it later run: "
+                    + " && ".join(" ".join(c) for c in commands))
+        return said
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise UserError(f"`{' '.join(command)}` failed: {result.stderr.strip()}")
+    said.append(f"enabled {unit}" + (" and started it" if start else ""))
+    if not layout.system:
+        said.append(f"to keep it running while you are logged out: loginctl enable-linger {os.environ.get('USER', '')}")
+    return said
+
+
+def remove(mountpoint: Path, user: bool = False) -> list[str]:
+    layout = Layout.here(user)
+    instance = escape_path(mountpoint)
+    unit = f"isaacfs@{instance}.service"
+    env_file = layout.env_dir / f"{instance}.env"
+    said = []
+    if _systemd_running(layout):
+        subprocess.run(layout.systemctl("disable", "--now", unit), capture_output=True, text=True)
+        said.append(f"stopped and disabled {unit}")
+    if env_file.exists():
+        env_file.unlink()
+        said.append(f"removed {env_file}")
+    if not any(layout.env_dir.glob("*.env")) and (layout.unit_dir / TEMPLATE).exists():
+        (layout.unit_dir / TEMPLATE).unlink()
+        said.append(f"removed {layout.unit_dir / TEMPLATE} (no other isaacfs mounts use it)")
+    if not said:
+        raise UserError(f"no isaacfs service is installed for {mountpoint}")
+    return said

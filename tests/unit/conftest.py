@@ -1,0 +1,84 @@
+"""The unit tier: the core, store, fetcher and jobs against the in-memory upstream, on a temp
+folder. No kernel mount, no server, no network."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from isaacfs.backends.memory import MemoryUpstream
+from isaacfs.fetch.fetcher import Fetcher
+from isaacfs.jobs.workspace import Workspace
+from isaacfs.store.index import Index
+from isaacfs.store.mirror import Mirror
+
+SAMPLE = Path(__file__).resolve().parents[2] / "isaacfs" / "sample_assets"
+GO2 = "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd"
+FRANKA = "Isaac/Robots/FrankaRobotics/FrankaPanda/franka.usda"
+
+
+def sample_files() -> dict[str, bytes]:
+    """The embedded sample asset root as a path -> bytes dict."""
+    return {path.relative_to(SAMPLE).as_posix(): path.read_bytes()
+            for path in sorted(SAMPLE.rglob("*")) if path.is_file()}
+
+
+def trio_test(body: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async test body under trio (the project's event loop)."""
+
+    @functools.wraps(body)
+    def run(*args: Any, **kwargs: Any) -> None:
+        trio.run(functools.partial(body, *args, **kwargs))
+
+    return run
+
+
+@pytest.fixture
+def upstream() -> MemoryUpstream:
+    return MemoryUpstream(sample_files())
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[Mirror]:
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    made = Mirror(folder)
+    made.prepare()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def index(mirror: Mirror) -> Iterator[Index]:
+    made = Index(mirror.state / "index.db")
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+class Running:
+    """A workspace whose fetcher has a live nursery, for the length of one ``async with``."""
+
+    def __init__(self, mirror: Mirror, index: Index, upstream: MemoryUpstream, jobs: int = 4) -> None:
+        self.fetcher = Fetcher(mirror, index, upstream, jobs, retries=3)
+        self.ws = Workspace(mirror, index, upstream, self.fetcher, jobs)
+        self._nursery_cm: Any = None
+
+    async def __aenter__(self) -> Workspace:
+        self._nursery_cm = trio.open_nursery()
+        nursery = await self._nursery_cm.__aenter__()
+        self.fetcher.attach(nursery)
+        self._nursery = nursery
+        return self.ws
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        self._nursery.cancel_scope.cancel()
+        return bool(await self._nursery_cm.__aexit__(*exc))

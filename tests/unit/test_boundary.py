@@ -1,0 +1,79 @@
+"""The layer boundary: the core never imports pyfuse3, omni.client, argparse or rich; only
+the backends import omni.client; only the FUSE layer imports pyfuse3."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "isaacfs"
+FORBIDDEN_IN_CORE = ("pyfuse3", "omni", "argparse", "rich")
+
+
+def imports_of(path: Path) -> set[str]:
+    """Top-level module names a file imports, relative imports resolved within isaacfs."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                module = ".".join((*base, node.module)) if node.module else ".".join(base)
+                found.add(module)
+                if not node.module:
+                    found.update(".".join((*base, alias.name)) for alias in node.names)
+            elif node.module:
+                found.add(node.module)
+    return found
+
+
+def modules(folder: str) -> list[Path]:
+    return sorted((PACKAGE / folder).rglob("*.py")) if folder else sorted(PACKAGE.rglob("*.py"))
+
+
+def test_core_imports_no_fuse_omni_or_cli() -> None:
+    offenders = [f"{path.name}: {name}" for path in modules("core") for name in imports_of(path)
+                 if name.split(".")[0] in FORBIDDEN_IN_CORE]
+    assert not offenders, offenders
+
+
+def test_core_imports_no_outer_layer_at_run_time() -> None:
+    # The core may name the store's types for annotations only (under TYPE_CHECKING).
+    code = ("import sys, isaacfs.core.namespace, isaacfs.core.policy, isaacfs.core.listings, isaacfs.core.config;"
+            "print(sorted(m for m in sys.modules if m.startswith(('isaacfs.', 'pyfuse3', 'omni', 'argparse', 'rich'))"
+            " and not m.startswith('isaacfs.core')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_only_backends_import_omni_client() -> None:
+    offenders = [str(path.relative_to(PACKAGE)) for path in modules("") if "backends" not in path.parts
+                 and any(name == "omni" or name.startswith("omni.") for name in imports_of(path))]
+    assert not offenders, offenders
+
+
+def test_only_the_fuse_layer_imports_pyfuse3() -> None:
+    offenders = [str(path.relative_to(PACKAGE)) for path in modules("") if "fuse" not in path.parts
+                 and "pyfuse3" in imports_of(path)]
+    assert not offenders, offenders
+
+
+def test_store_fetch_and_jobs_import_no_cli_libraries() -> None:
+    offenders = [str(path.relative_to(PACKAGE)) for folder in ("store", "fetch", "jobs", "control")
+                 for path in modules(folder) if {"argparse", "rich"} & {n.split(".")[0] for n in imports_of(path)}]
+    assert not offenders, offenders
+
+
+def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
+    bad = PACKAGE / "core" / "_boundary_probe.py"
+    bad.write_text("import pyfuse3\nfrom ..backends import omni\n")
+    try:
+        names = imports_of(bad)
+    finally:
+        bad.unlink()
+    assert "pyfuse3" in names and "isaacfs.backends" in names

@@ -1,0 +1,81 @@
+"""One errno table, and a FUSE layer that answers every exception with an errno (no mount)."""
+
+from __future__ import annotations
+
+import errno
+import inspect
+from typing import Any
+
+import pyfuse3
+import pytest
+
+from isaacfs.core.errors import (
+    AccessDenied,
+    FetchFailed,
+    InvalidPath,
+    NotFound,
+    Unavailable,
+    UpstreamError,
+    errno_for,
+)
+from isaacfs.fuse.operations import AssetFS, answers
+from tests.unit.conftest import trio_test
+
+
+@pytest.mark.parametrize(("exc", "expected"), [
+    (InvalidPath("bad"), errno.ENOENT),
+    (NotFound("x"), errno.ENOENT),
+    (AccessDenied("x"), errno.EACCES),
+    (Unavailable("x"), errno.EIO),
+    (UpstreamError("x"), errno.EIO),
+    (FetchFailed(errno.ENOSPC, "full"), errno.ENOSPC),
+    (PermissionError(errno.EACCES, "denied"), errno.EACCES),
+    (OSError(errno.ELOOP, "loop"), errno.ELOOP),
+    (OSError(errno.ENAMETOOLONG, "long"), errno.ENAMETOOLONG),
+    (OSError(errno.EMFILE, "fds"), errno.EMFILE),
+    (OSError(errno.EIO, "disk"), errno.EIO),
+    (RuntimeError("a bug"), None),
+    (TypeError("a bug"), None),
+])
+def test_errno_table(exc: BaseException, expected: int | None) -> None:
+    assert errno_for(exc) == expected
+
+
+def test_every_operation_of_assetfs_answers_through_the_table() -> None:
+    handlers = [name for name, member in vars(AssetFS).items()
+                if inspect.iscoroutinefunction(member) and hasattr(pyfuse3.Operations, name)]
+    assert len(handlers) >= 12
+    unwrapped = [name for name in handlers if not hasattr(getattr(AssetFS, name), "__wrapped__")]
+    assert not unwrapped, f"handlers not wrapped by answers(): {unwrapped}"
+
+
+@trio_test
+async def test_unexpected_error_becomes_eio_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    @answers
+    async def handler(*args: Any) -> None:
+        raise UnicodeEncodeError("utf-8", "x", 0, 1, "surrogates not allowed")
+
+    for _ in range(3):
+        with pytest.raises(pyfuse3.FUSEError) as caught:
+            await handler(1)
+        assert caught.value.errno == errno.EIO
+    bugs = [r for r in caplog.records if "bug:" in r.getMessage()]
+    assert len(bugs) == 1 and bugs[0].exc_info is not None  # once, with its traceback
+
+
+@trio_test
+async def test_typed_errors_map_and_fuse_errors_pass() -> None:
+    @answers
+    async def loop(*args: Any) -> None:
+        raise OSError(errno.ELOOP, "Too many levels of symbolic links")
+
+    @answers
+    async def direct(*args: Any) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        await loop()
+    assert caught.value.errno == errno.ELOOP
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        await direct()
+    assert caught.value.errno == errno.EROFS

@@ -1,0 +1,128 @@
+"""The fetcher against the in-memory upstream: single flight, checks, errors, clean temp area."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+from pathlib import Path
+
+import pytest
+import trio
+
+from isaacfs.backends.memory import MemoryUpstream
+from isaacfs.core.errors import AccessDenied, FetchFailed
+from isaacfs.core.paths import RelPath
+from isaacfs.store.index import Index
+from isaacfs.store.mirror import Mirror
+from tests.unit.conftest import GO2, Running, trio_test
+
+
+@trio_test
+async def test_many_readers_of_one_cold_file_cause_one_download(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    upstream.delay = 0.05
+    rel = RelPath.parse(GO2)
+    entry = await upstream.stat(rel)
+    results = []
+    async with Running(mirror, index, upstream) as ws, trio.open_nursery() as nursery:
+        for _ in range(32):
+            nursery.start_soon(lambda: _append(results, ws.fetcher.ensure(rel, entry)))
+    assert upstream.requests[f"get {GO2}"] == 1
+    assert len(results) == 32 and all(r.size == entry.size for r in results)
+    assert Path(mirror.display, GO2).read_bytes() == upstream.files[GO2]
+    assert index.file_record(rel) == (entry.size, entry.etag, "upstream")
+
+
+async def _append(into: list, awaitable) -> None:  # type: ignore[type-arg,no-untyped-def]
+    into.append(await awaitable)
+
+
+@trio_test
+async def test_a_corrupted_body_is_retried_then_refused(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    rel = RelPath.parse(GO2)
+    entry = await upstream.stat(rel)
+    upstream.corrupt.add(GO2)
+    async with Running(mirror, index, upstream) as ws:
+        with pytest.raises(FetchFailed) as caught:
+            await ws.fetcher.ensure(rel, entry)
+    assert caught.value.errno == errno.EIO and "integrity" in str(caught.value)
+    assert upstream.requests[f"get {GO2}"] == 3
+    assert mirror.entry(rel) is None and list(mirror.tmp.iterdir()) == []
+
+
+@trio_test
+async def test_a_body_that_heals_is_installed(mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    rel = RelPath.parse(GO2)
+    entry = await upstream.stat(rel)
+    upstream.corrupt.add(GO2)
+
+    class Heal:
+        calls = 0
+
+    real = upstream.download
+
+    async def heal_after_first(rel: RelPath, size: int, sink) -> None:  # type: ignore[no-untyped-def]
+        Heal.calls += 1
+        if Heal.calls == 2:
+            upstream.corrupt.clear()
+        await real(rel, size, sink)
+
+    upstream.download = heal_after_first  # type: ignore[method-assign]
+    async with Running(mirror, index, upstream) as ws:
+        local = await ws.fetcher.ensure(rel, entry)
+    assert local.size == entry.size and Heal.calls == 2
+    assert hashlib.md5(Path(mirror.display, GO2).read_bytes()).hexdigest() == entry.etag
+
+
+@trio_test
+async def test_upstream_errors_map_to_reader_errnos(mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    rel = RelPath.parse(GO2)
+    entry = await upstream.stat(rel)
+    async with Running(mirror, index, upstream) as ws:
+        upstream.fail[GO2] = AccessDenied("fetch: access denied by upstream")
+        with pytest.raises(FetchFailed) as caught:
+            await ws.fetcher.ensure(rel, entry)
+        assert caught.value.errno == errno.EACCES
+        del upstream.fail[GO2]
+        upstream.remove(GO2)
+        with pytest.raises(FetchFailed) as caught:
+            await ws.fetcher.ensure(rel, entry)
+        assert caught.value.errno == errno.ENOENT
+        upstream.down = True
+        with pytest.raises(FetchFailed) as caught:
+            await ws.fetcher.ensure(RelPath.parse("Isaac/Robots/FrankaRobotics/FrankaPanda/franka.usda"), entry)
+        assert caught.value.errno == errno.EIO
+    assert list(mirror.tmp.iterdir()) == []
+
+
+@trio_test
+async def test_a_bug_in_a_download_costs_one_fetch_not_the_nursery(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    rel = RelPath.parse(GO2)
+    entry = await upstream.stat(rel)
+
+    async def broken(rel: RelPath, size: int, sink) -> None:  # type: ignore[no-untyped-def]
+        raise KeyError("a bug")
+
+    real = upstream.download
+    upstream.download = broken  # type: ignore[method-assign]
+    async with Running(mirror, index, upstream) as ws:
+        with pytest.raises(FetchFailed) as caught:
+            await ws.fetcher.ensure(rel, entry)
+        assert caught.value.errno == errno.EIO
+        upstream.download = real  # type: ignore[method-assign]
+        assert (await ws.fetcher.ensure(rel, entry)).size == entry.size  # the fetcher still works
+
+
+@trio_test
+async def test_a_full_disk_is_enospc_before_downloading(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    rel = RelPath.parse(GO2)
+    entry = await upstream.stat(rel)
+    monkeypatch.setattr(mirror, "free_and_total_bytes", lambda: (1000, 20_000))
+    async with Running(mirror, index, upstream) as ws:
+        with pytest.raises(FetchFailed) as caught:
+            await ws.fetcher.ensure(rel, entry)
+    assert caught.value.errno == errno.ENOSPC and "full" in str(caught.value)
+    assert upstream.requests[f"get {GO2}"] == 0

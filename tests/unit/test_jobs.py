@@ -1,0 +1,146 @@
+"""warm, verify and reports on an unmounted mirror, against the in-memory upstream."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from isaacfs.backends.memory import MemoryUpstream
+from isaacfs.core.categories import category_of, category_root, warm_command
+from isaacfs.core.config import Settings
+from isaacfs.core.errors import UserError
+from isaacfs.core.paths import RelPath
+from isaacfs.jobs import reports
+from isaacfs.jobs.spec import WarmResult, WarmSpec, parse_manifest
+from isaacfs.jobs.verify import VerifyResult, verify
+from isaacfs.jobs.warm import run
+from isaacfs.jobs.workspace import Workspace, run_on_mirror
+from isaacfs.store.index import Index
+from tests.unit.conftest import FRANKA, GO2
+
+SETTINGS = Settings(upstream="https://example.invalid/Assets/Isaac/5.1")
+
+
+def warm(folder: Path, upstream: MemoryUpstream, spec: WarmSpec) -> tuple[WarmResult, list[dict[str, Any]]]:
+    events: list[dict[str, Any]] = []
+
+    async def job(ws: Workspace) -> WarmResult:
+        return await run(ws, spec, events.append)
+
+    return run_on_mirror(SETTINGS, folder, job, read_only=spec.dry_run, upstream=upstream), events
+
+
+def check(folder: Path, upstream: MemoryUpstream, repair: bool = False) -> VerifyResult:
+    async def job(ws: Workspace) -> VerifyResult:
+        return await verify(ws, repair, lambda event: None)
+
+    return run_on_mirror(SETTINGS, folder, job, upstream=upstream)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    made = tmp_path / "offline_assets"
+    made.mkdir()
+    return made
+
+
+def mirrored(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and ".isaacfs" not in p.parts}
+
+
+def test_category_warm_fetches_exactly_the_category_then_nothing(folder: Path, upstream: MemoryUpstream) -> None:
+    result, events = warm(folder, upstream, WarmSpec(categories=["IsaacLab/Robots"]))
+    expected = {k: v for k, v in upstream.files.items() if k.startswith("Isaac/IsaacLab/Robots/")}
+    assert result.ok and mirrored(folder) == expected
+    assert sum(g.fetched for g in result.groups) == len(expected)
+    assert {e["event"] for e in events} >= {"phase", "plan", "start", "done"}
+    gets = sum(n for k, n in upstream.requests.items() if k.startswith("get"))
+    again, _ = warm(folder, upstream, WarmSpec(categories=["IsaacLab/Robots"]))
+    assert again.ok and sum(g.skipped for g in again.groups) == len(expected)
+    assert sum(n for k, n in upstream.requests.items() if k.startswith("get")) == gets
+    assert not any(k.startswith("list") for k, n in upstream.requests.items() if n > 1)  # listings reused
+
+
+def test_dry_run_fetches_nothing(folder: Path, upstream: MemoryUpstream) -> None:
+    result, _ = warm(folder, upstream, WarmSpec(categories=["Robots"], dry_run=True))
+    assert result.dry_run and sum(g.files for g in result.groups) > 0
+    assert mirrored(folder) == {} and not any(k.startswith("get") for k in upstream.requests)
+
+
+def test_subset_and_unknown_category(folder: Path, upstream: MemoryUpstream) -> None:
+    warm(folder, upstream, WarmSpec(categories=["Robots"], subsets=["FrankaRobotics"]))
+    assert set(mirrored(folder)) == {k for k in upstream.files if "/FrankaRobotics/" in k}
+    with pytest.raises(UserError, match=r"unknown category 'Robotz'.*Robots"):
+        warm(folder, upstream, WarmSpec(categories=["Robotz"]))
+
+
+def test_manifest_reports_bad_lines_and_missing_paths(folder: Path, upstream: MemoryUpstream) -> None:
+    lines = [f"{GO2}\n", "# a comment\n", "../../etc/passwd\n", "Isaac/NoSuch/x.usd\n", f"/{FRANKA}\n"]
+    result, _ = warm(folder, upstream, WarmSpec(manifest=lines, manifest_name="list.txt"))
+    assert set(mirrored(folder)) == {GO2, FRANKA}
+    assert any("list.txt:3" in note for note in result.notes)
+    assert result.failures == ["Isaac/NoSuch/x.usd: not found upstream"] and not result.ok
+
+
+def test_warm_from_recorded_misses(folder: Path, upstream: MemoryUpstream) -> None:
+    Path(folder, ".isaacfs").mkdir()
+    index = Index(folder / ".isaacfs" / "index.db")
+    index.record_miss(RelPath.parse(GO2), "strict")
+    index.close()
+    result, _ = warm(folder, upstream, WarmSpec(from_misses=True))
+    assert result.ok and set(mirrored(folder)) == {GO2}
+
+
+def test_a_dead_upstream_is_one_clear_error(folder: Path, upstream: MemoryUpstream) -> None:
+    upstream.down = True
+    with pytest.raises(UserError, match="cannot list the upstream"):
+        warm(folder, upstream, WarmSpec(categories=["Robots"]))
+
+
+def test_verify_finds_corruption_and_repair_fixes_it(folder: Path, upstream: MemoryUpstream) -> None:
+    warm(folder, upstream, WarmSpec(manifest=[GO2, FRANKA]))
+    assert check(folder, upstream).ok
+    target = folder / GO2
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size, one bit off
+    target.write_bytes(bytes(data))
+    found = check(folder, upstream)
+    assert not found.ok and [p.split(":")[0] for p in found.problems] == [GO2]
+    fixed = check(folder, upstream, repair=True)
+    assert fixed.repaired == [GO2] and target.read_bytes() == upstream.files[GO2]
+
+
+def test_verify_counts_files_the_index_does_not_know(folder: Path, upstream: MemoryUpstream) -> None:
+    warm(folder, upstream, WarmSpec(manifest=[GO2]))
+    os.makedirs(folder / "Isaac" / "Extra")
+    (folder / "Isaac" / "Extra" / "hand.usd").write_bytes(b"put there by hand")
+    assert check(folder, upstream).unindexed == 1
+
+
+def test_status_and_manifest_reports(folder: Path, upstream: MemoryUpstream) -> None:
+    warm(folder, upstream, WarmSpec(manifest=[GO2, FRANKA]))
+    index = Index(folder / ".isaacfs" / "index.db", read_only=True)
+    try:
+        per = reports.mirrored_by_category(index)
+        assert per["files"] == 2 and set(per["categories"]) == {"IsaacLab/Robots", "Robots"}
+        assert sorted(reports.manifest(index, 0.0)) == sorted([GO2, FRANKA])
+    finally:
+        index.close()
+
+
+def test_category_model_round_trips() -> None:
+    assert category_of(RelPath.parse(GO2)) == ("IsaacLab/Robots", "Unitree")
+    assert category_root("IsaacLab/Robots") == RelPath.parse("Isaac/IsaacLab/Robots")
+    assert category_root("NVIDIA/Materials") == RelPath.parse("NVIDIA/Materials")
+    assert warm_command(RelPath.parse(GO2)) == "isaacfs warm --categories IsaacLab/Robots --subset Unitree"
+    with pytest.raises(UserError):
+        category_root("../x")
+
+
+def test_manifest_parser_keeps_odd_names() -> None:
+    paths, problems = parse_manifest(["Isaac/Props/a b%+#é.usd", "", "Isaac/./x"], "m")
+    assert paths == [RelPath.parse("Isaac/Props/a b%+#é.usd")] and len(problems) == 1

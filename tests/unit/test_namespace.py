@@ -1,0 +1,154 @@
+"""The namespace a mount shows, per mode, driven without a kernel (Tree and AssetFS handlers)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pyfuse3
+import pytest
+
+from isaacfs.backends.memory import MemoryUpstream
+from isaacfs.core.errors import FetchFailed
+from isaacfs.core.namespace import Node, Tree
+from isaacfs.core.paths import RelPath
+from isaacfs.core.types import Mode
+from isaacfs.fuse.operations import AssetFS
+from isaacfs.store.index import Index
+from isaacfs.store.mirror import Mirror
+from tests.unit.conftest import FRANKA, GO2, Running, trio_test
+
+
+def make_tree(ws_running: Running, mode: Mode, ttl: float = 3600.0) -> Tree:
+    ws = ws_running.ws
+    return Tree(ws.mirror, ws.index, ws.upstream, ws.fetcher, mode, ttl, "/mnt/assets")
+
+
+async def walk(tree: Tree, path: str) -> Node | None:
+    node: Node | None = tree.root
+    for name in RelPath.parse(path).parts:
+        assert node is not None
+        node = await tree.lookup(node, name)
+        if node is None:
+            return None
+    return node
+
+
+@trio_test
+async def test_permissive_shows_upstream_and_fetches_on_open(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree = make_tree(running, "permissive")
+        node = await walk(tree, GO2)
+        assert node is not None and not node.cached and node.size == len(upstream.files[GO2])
+        fd = await tree.open(node)
+        try:
+            assert os.pread(fd, node.size + 10, 0) == upstream.files[GO2]
+        finally:
+            os.close(fd)
+        assert node.cached and Path(mirror.display, GO2).exists()
+
+
+@trio_test
+async def test_strict_shows_only_the_mirror_and_records_the_whole_missing_path(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree = make_tree(running, "strict")
+        assert await tree.listdir(tree.root) == []
+        assert await walk(tree, GO2) is None  # ghost folders let the walk reach the file
+    assert [m[0] for m in index.misses()] == [GO2]
+    assert sum(upstream.requests.values()) == 0  # strict mode never asks the upstream
+
+
+@trio_test
+async def test_strict_open_of_an_upstream_only_name_is_enoent(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree = make_tree(running, "permissive")
+        node = await walk(tree, GO2)
+        assert node is not None
+        tree.mode = "strict"
+        with pytest.raises(FetchFailed) as caught:
+            await tree.open(node)
+        assert caught.value.errno == errno.ENOENT
+        assert await walk(tree, GO2) is None
+
+
+@trio_test
+async def test_listings_are_reused_within_their_ttl(mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    running = Running(mirror, index, upstream)
+    async with running:
+        await walk(make_tree(running, "permissive"), GO2)
+        first = sum(n for k, n in upstream.requests.items() if k.startswith("list"))
+        await walk(make_tree(running, "permissive"), GO2)  # a new mount of the same mirror
+        assert sum(n for k, n in upstream.requests.items() if k.startswith("list")) == first > 0
+
+
+@trio_test
+async def test_a_dead_upstream_never_hides_the_mirror(mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree = make_tree(running, "permissive", ttl=0.001)
+        node = await walk(tree, GO2)
+        assert node is not None
+        os.close(await tree.open(node))
+        assert await walk(tree, FRANKA) is not None  # listed, not fetched
+        upstream.down = True
+        fresh = make_tree(running, "permissive", ttl=0.001)
+        again = await walk(fresh, GO2)
+        assert again is not None and again.cached
+        franka = await walk(fresh, FRANKA)  # known from the stored listing, not fetchable now
+        assert franka is not None
+        with pytest.raises(FetchFailed) as caught:
+            await fresh.open(franka)
+        assert caught.value.errno == errno.EIO
+
+
+@trio_test
+async def test_upstream_state_folder_is_never_shown(mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    upstream.put(".isaacfs/index.db", b"someone else's index")
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree = make_tree(running, "permissive")
+        names = {node.name for node in await tree.listdir(tree.root)}
+        assert names == {"Isaac", "NVIDIA"}
+        assert await tree.lookup(tree.root, ".isaacfs") is None
+
+
+@trio_test
+async def test_fuse_handlers_answer_odd_names_and_a_broken_mirror(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    folder = Path(mirror.display, "Isaac")
+    folder.mkdir()
+    (folder / os.fsdecode(b"bad\xff.usd")).write_bytes(b"not utf-8 name")
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree = make_tree(running, "strict")
+        fs = AssetFS(tree, {"pid": "1"})
+        isaac = await fs.lookup(pyfuse3.ROOT_INODE, b"Isaac")
+        attr = await fs.lookup(isaac.st_ino, b"bad\xff.usd")
+        assert attr.st_size == len(b"not utf-8 name")
+        values = {name: await fs.getxattr(attr.st_ino, name, None) for name in await fs.listxattr(attr.st_ino, None)}
+        assert values[b"user.isaacfs.state"] == b"cached"
+        missing = await fs.lookup(isaac.st_ino, b"nothing.usd")
+        assert missing.st_ino == 0  # a cached "no such name"
+        with pytest.raises(pyfuse3.FUSEError) as caught:
+            await fs.lookup(isaac.st_ino, b"a/b")
+        assert caught.value.errno == errno.ENOENT
+        # The mirror's folder becomes unreadable beside the daemon: an errno, not a dead mount.
+        node = tree.nodes[isaac.st_ino]
+        node.scanned_mtime_ns = -5
+        os.chmod(folder, 0)
+        try:
+            if os.geteuid() != 0:
+                with pytest.raises(pyfuse3.FUSEError) as caught:
+                    await fs.opendir(isaac.st_ino, None)
+                assert caught.value.errno == errno.EACCES
+            else:
+                await fs.opendir(isaac.st_ino, None)  # root reads it anyway; still no crash
+        finally:
+            os.chmod(folder, 0o755)

@@ -1,0 +1,87 @@
+"""The boundary types: path validation, settings precedence, miss hints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from isaacfs.core import config
+from isaacfs.core.categories import warm_command
+from isaacfs.core.errors import InvalidPath, UserError
+from isaacfs.core.paths import RelPath, check_name
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\0b", "x" * 256, "é" * 128])
+def test_unsafe_names_are_refused(name: str) -> None:
+    with pytest.raises(InvalidPath):
+        check_name(name)
+
+
+@pytest.mark.parametrize("name", ["a b.usd", "100%.usd", "a+b.usd", "#1.usd", "日本語.usda", "..hidden", "x" * 255])
+def test_odd_legal_names_round_trip(name: str) -> None:
+    assert check_name(name) == name
+    assert str(RelPath.parse(f"Isaac/{name}")) == f"Isaac/{name}"
+
+
+@pytest.mark.parametrize("text", ["/etc/passwd", "Isaac/../etc", "Isaac//x", "./Isaac", "Isaac/\0"])
+def test_unsafe_paths_are_refused(text: str) -> None:
+    with pytest.raises(InvalidPath):
+        RelPath.parse(text)
+
+
+def test_state_folder_is_not_part_of_the_tree() -> None:
+    assert RelPath.parse(".isaacfs/index.db").is_state()
+    assert not RelPath.parse("Isaac/.isaacfs").is_state()
+
+
+def test_precedence_flags_env_file_defaults(tmp_path: Path) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text('mode = "permissive"\nupstream_timeout = 3\nfetch_jobs = 2\n')
+    assert config.load({}, {}, tmp_path / "none.toml").mode == "strict"
+    from_file = config.load({}, {}, file)
+    assert (from_file.mode, from_file.upstream_timeout, from_file.fetch_jobs) == ("permissive", 3.0, 2)
+    from_env = config.load({}, {"ISAACFS_MODE": "strict", "ISAACFS_FETCH_JOBS": "5"}, file)
+    assert (from_env.mode, from_env.fetch_jobs, from_env.sources["mode"]) == ("strict", 5, "ISAACFS_MODE")
+    from_flag = config.load({"mode": "permissive"}, {"ISAACFS_MODE": "strict"}, file)
+    assert from_flag.mode == "permissive" and from_flag.sources["mode"] == "flag"
+
+
+def test_isaac_lab_offline_variables() -> None:
+    assert config.load({}, {"OFFLINE_PERMISSIVE": "1"}, Path("/none")).mode == "permissive"
+    assert config.load({}, {"OFFLINE": "1"}, Path("/none")).mode == "strict"
+
+
+def test_release_picks_the_cloud_root() -> None:
+    settings = config.load({"release": "5.1"}, {}, Path("/none"))
+    assert settings.upstream.endswith("/Assets/Isaac/5.1")
+    assert config.load({}, {}, Path("/none")).upstream.endswith("/Assets/Isaac/6.2")
+
+
+def test_bad_config_file_is_one_sentence(tmp_path: Path) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text("colour = 'blue'\n")
+    with pytest.raises(UserError, match="unknown key 'colour'"):
+        config.load({}, {}, file)
+    file.write_text("mode = [\n")
+    with pytest.raises(UserError, match="cannot be read"):
+        config.load({}, {}, file)
+
+
+def test_folder_upstream_becomes_file_url() -> None:
+    assert config.check_upstream_url("/data/assets") == "file:///data/assets"
+
+
+def test_credentials_are_redacted() -> None:
+    assert config.redact("omniverse://me:secret@nucleus/Assets") == "omniverse://***@nucleus/Assets"
+
+
+@pytest.mark.parametrize(("path", "command"), [
+    ("Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd", "isaacfs warm --categories IsaacLab/Robots --subset Unitree"),
+    ("Isaac/Robots/FrankaRobotics/FrankaPanda/franka.usd", "isaacfs warm --categories Robots --subset FrankaRobotics"),
+    ("NVIDIA/Materials/Base/Metals/x.mdl", "isaacfs warm --categories NVIDIA/Materials --subset Base"),
+    ("Isaac", "isaacfs warm --categories all"),
+    ("Isaac/Props/My Stuff/a.usd", "isaacfs warm --categories Props --subset 'My Stuff'"),
+])
+def test_miss_hint(path: str, command: str) -> None:
+    assert warm_command(RelPath.parse(path)) == command

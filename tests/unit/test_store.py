@@ -1,0 +1,122 @@
+"""The mirror (plain folder + .isaacfs/ state) and its index, on a temp folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from isaacfs.core.errors import InvalidPath
+from isaacfs.core.paths import RelPath
+from isaacfs.core.types import RemoteEntry
+from isaacfs.store.index import Index
+from isaacfs.store.mirror import Mirror, MirrorLocked, TempWriter, classify_folder
+from tests.unit.conftest import trio_test
+
+
+def test_second_mirror_on_one_folder_is_refused(mirror: Mirror) -> None:
+    other = Mirror(mirror.display)
+    try:
+        with pytest.raises(MirrorLocked, match=f"pid {os.getpid()}"):
+            other.prepare()
+    finally:
+        other.close()
+
+
+def test_prepare_removes_unfinished_downloads(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    (folder / ".isaacfs" / "tmp").mkdir(parents=True)
+    (folder / ".isaacfs" / "tmp" / "x.part").write_bytes(b"half")
+    mirror = Mirror(folder)
+    try:
+        mirror.prepare()
+        assert list((folder / ".isaacfs" / "tmp").iterdir()) == []
+    finally:
+        mirror.close()
+
+
+@trio_test
+async def test_install_is_atomic_and_hashed(mirror: Mirror) -> None:
+    body = os.urandom(5 * 1024 * 1024)  # above the parallel-hash size
+    writer = mirror.writer()
+    await writer.write(body[:1000])
+    await writer.write(memoryview(body)[1000:])
+    assert await writer.finish() == hashlib.md5(body).hexdigest()
+    rel = RelPath.parse("Isaac/Props/a b%+#é.usd")
+    assert mirror.entry(rel) is None  # nothing visible before the rename
+    entry = mirror.install(writer.path, rel, mtime=1_600_000_000.0)
+    writer.discard()  # a no-op after install: the temporary name is gone
+    assert entry.size == len(body) and not entry.is_dir
+    target = Path(mirror.display, "Isaac/Props/a b%+#é.usd")
+    assert target.read_bytes() == body and target.stat().st_mtime == 1_600_000_000.0
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
+    assert list(mirror.tmp.iterdir()) == []
+
+
+@trio_test
+async def test_discarded_download_leaves_nothing(mirror: Mirror) -> None:
+    writer = TempWriter(mirror.new_temp())
+    await writer.write(b"partial")
+    writer.discard()
+    assert list(mirror.tmp.iterdir()) == []
+
+
+def test_scan_hides_state_and_special_files(mirror: Mirror) -> None:
+    root = Path(mirror.display)
+    (root / "Isaac").mkdir()
+    (root / "Isaac" / "a.usd").write_bytes(b"x")
+    os.mkfifo(root / "Isaac" / "pipe")
+    entries = {e.name: e for e in mirror.scan(RelPath())}
+    assert set(entries) == {"Isaac"}
+    assert {e.name for e in mirror.scan(RelPath.parse("Isaac")) or []} == {"a.usd"}
+    with pytest.raises(InvalidPath):
+        mirror.path(RelPath.parse(".isaacfs/index.db"))
+
+
+def test_classify_folder(tmp_path: Path) -> None:
+    assert classify_folder(tmp_path / "none") == "missing"
+    (tmp_path / "e").mkdir()
+    assert classify_folder(tmp_path / "e") == "empty"
+    (tmp_path / "a" / "Isaac").mkdir(parents=True)
+    assert classify_folder(tmp_path / "a") == "assets"
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "notes.txt").write_text("mine")
+    assert classify_folder(tmp_path / "o") == "other"
+
+
+def test_index_survives_a_save_and_reload(mirror: Mirror) -> None:
+    index = Index(mirror.state / "index.db")
+    rel = RelPath.parse("Isaac/Robots/x.usd")
+    index.record_file(rel, 10, 1.0, "abc", "upstream")
+    index.store_listing(RelPath.parse("Isaac"), [RemoteEntry("Robots", True, 0, 0.0, "")])
+    index.record_miss(RelPath.parse("Isaac/Robots/y.usd"), "strict")
+    index.count("fetches", 3)
+    index.close()
+    again = Index(mirror.state / "index.db")
+    try:
+        assert again.file_record(rel) == (10, "abc", "upstream")
+        stored = again.listing(RelPath.parse("Isaac"))
+        assert stored is not None and stored[1][0].name == "Robots"
+        assert [m[0] for m in again.misses()] == ["Isaac/Robots/y.usd"]
+        assert again.counters()["fetches"] == 3
+    finally:
+        again.close()
+
+
+def test_recording_a_file_clears_its_misses(index: Index) -> None:
+    index.record_miss(RelPath.parse("Isaac/Robots"), "strict")
+    index.record_miss(RelPath.parse("Isaac/Robots/x.usd"), "strict")
+    index.record_file(RelPath.parse("Isaac/Robots/x.usd"), 1, 0.0, "", "upstream")
+    assert index.miss_count() == 0
+
+
+def test_damaged_index_is_set_aside_not_fatal(mirror: Mirror) -> None:
+    (mirror.state / "index.db").write_bytes(b"this is not sqlite" * 100)
+    index = Index(mirror.state / "index.db")
+    try:
+        assert index.files() == []
+        assert any(p.name.startswith("index.db.damaged-") for p in mirror.state.iterdir())
+    finally:
+        index.close()
