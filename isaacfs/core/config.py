@@ -48,7 +48,7 @@ class Settings:
     allow_other: bool = False
     read_ahead_kb: int = 1024
     log_level: str = "INFO"
-    # Where the keys came from, for `isaacfs config` style reports.
+    # Where each value came from (flag, variable, config file), for error messages and tests.
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
@@ -87,6 +90,27 @@ def explain_mount_failure(settings: Settings, mountpoint: Path, exc: BaseExcepti
     return f"the kernel refused to mount {mountpoint}: {exc}"
 
 
+async def _guarded(what: str, job: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Run a side task of the daemon; if it fails, log it: the mount goes on."""
+    try:
+        await job(*args)
+    except Exception:
+        log.exception("%s failed; the mount goes on", what)
+
+
+def raise_fd_limit() -> None:
+    """Lift the soft limit on open files to the hard limit: readers, downloads and control
+    clients all hold descriptors, and systemd's default soft limit is 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d: %s", soft, exc)
+
+
 class Daemon:
     def __init__(self, request: MountRequest) -> None:
         self.request = request
@@ -103,6 +127,7 @@ class Daemon:
             self.request = MountRequest(self.mountpoint, self.settings, self.request.log_path, None)
 
     def run(self) -> int:
+        raise_fd_limit()
         try:
             mirror_folder, kind = check_mountpoint(self.mountpoint, self.settings)
             mirror = Mirror(mirror_folder)
@@ -154,19 +179,29 @@ class Daemon:
     async def _main(self, tree: Tree, index: Index, adopt: bool, server: control.ControlServer) -> None:
         async with trio.open_nursery() as nursery:
             downloads: trio.Nursery = await nursery.start(self._run_downloads, tree)
-            try:
-                await nursery.start(server.serve)
-            except OSError as exc:
-                log.warning("no control socket at %s (%s): status, mode and warm through the mount"
-                            " will not work", server.path, exc.strerror)
+            nursery.start_soon(self._serve_control, server)
             nursery.start_soon(self._stop_on_signals, tree, downloads)
-            nursery.start_soon(self._announce_ready, tree)
+            nursery.start_soon(_guarded, "announcing the mount", self._announce_ready, tree)
             nursery.start_soon(self._flush_periodically, index)
             if adopt and index.get_meta("adopted") is None:
-                nursery.start_soon(self._adopt, tree.mirror, index)
+                nursery.start_soon(_guarded, "adopting the asset tree", self._adopt, tree.mirror, index)
             await pyfuse3.main(min_tasks=4, max_tasks=MAX_FUSE_TASKS)
             self._discard_downloads(tree, downloads)
             nursery.cancel_scope.cancel()
+
+    async def _serve_control(self, server: control.ControlServer) -> None:
+        """The control socket, apart from the FUSE loop: whatever ends it is logged and it starts
+        again; it never takes the mount down."""
+        while True:
+            try:
+                await server.serve()
+            except OSError as exc:
+                log.warning("no control socket at %s (%s): status, mode and warm through the mount"
+                            " will not work; trying again in 30 s", server.path, exc.strerror)
+                await trio.sleep(30)
+            except Exception:
+                log.exception("the control socket failed; starting it again")
+                await trio.sleep(1)
 
     async def _run_downloads(self, tree: Tree, task_status: trio.TaskStatus[trio.Nursery]) -> None:
         """Own the downloads' nursery, so a stop can discard them before the mount goes."""
@@ -207,12 +242,14 @@ class Daemon:
     async def _flush_periodically(self, index: Index) -> None:
         while True:
             await trio.sleep(INDEX_FLUSH_SECONDS)
-            data = index.snapshot()
-            if data is not None:
-                try:
+            try:
+                data = index.snapshot()
+                if data is not None:
                     await trio.to_thread.run_sync(index.write_snapshot, data)
-                except OSError as exc:
-                    log.warning("could not save the mirror index: %s", exc.strerror)
+            except OSError as exc:
+                log.warning("could not save the mirror index: %s", exc.strerror)
+            except Exception:
+                log.exception("saving the mirror index failed; trying again in %.0f s", INDEX_FLUSH_SECONDS)
 
     async def _adopt(self, mirror: Mirror, index: Index) -> None:
         files = await trio.to_thread.run_sync(mirror.walk_files)

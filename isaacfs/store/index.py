@@ -87,6 +87,14 @@ def _deserialize(db: sqlite3.Connection, data: bytes) -> None:
             source.close()
 
 
+def _storable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False  # a name that is not UTF-8: served from disk, not indexed
+    return True
+
+
 class Index:
     def __init__(self, db_path: Path, read_only: bool = False) -> None:
         self.path = db_path
@@ -199,7 +207,7 @@ class Index:
         self.db.executemany(
             "INSERT OR IGNORE INTO files(path, size, mtime, etag, source, fetched_at)"
             " VALUES(?, ?, ?, '', 'adopted', ?)",
-            [(path, size, mtime, now) for path, size, mtime in records])
+            [(path, size, mtime, now) for path, size, mtime in records if _storable(path)])
         self.db.execute("COMMIT")
 
     def touch(self, rel: RelPath) -> None:

@@ -200,7 +200,12 @@ class Mirror:
         stack = [RelPath()]
         while stack:
             rel = stack.pop()
-            for entry in self.scan(rel) or []:
+            try:
+                entries = self.scan(rel) or []
+            except OSError as exc:
+                log.warning("skipped mirror folder %s/: %s", rel, exc.strerror)
+                continue
+            for entry in entries:
                 child = rel.child(entry.name)
                 if entry.is_dir:
                     stack.append(child)

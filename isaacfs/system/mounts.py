@@ -20,6 +20,16 @@ class MountInfo:
     device: str  # "major:minor", as /sys/class/bdi/ names it
     fstype: str
     source: str
+    options: str = ""  # the superblock options: for FUSE, user_id=N,group_id=N,...
+
+    @property
+    def owner_uid(self) -> int | None:
+        """The uid that mounted a FUSE filesystem (its ``user_id=`` option)."""
+        for option in self.options.split(","):
+            key, _, value = option.partition("=")
+            if key == "user_id" and value.isdigit():
+                return int(value)
+        return None
 
 
 def _unescape(field: str) -> str:
@@ -36,7 +46,8 @@ def find_mount(path: Path) -> MountInfo | None:
             left, _, right = line.partition(" - ")
             fields, tail = left.split(), right.split()
             if len(fields) >= 5 and _unescape(fields[4]) == target:
-                found = MountInfo(target, fields[2], tail[0], tail[1] if len(tail) > 1 else "")
+                found = MountInfo(target, fields[2], tail[0], tail[1] if len(tail) > 1 else "",
+                                  tail[2] if len(tail) > 2 else "")
     return found
 
 

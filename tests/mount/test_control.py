@@ -90,13 +90,25 @@ def _raw_request(path: Path, payload: bytes, uid: int | None = None) -> str:
 def test_control_socket_refuses_other_users_and_malformed_requests(file_upstream: Upstream, mountpoint: Path,
                                                                    mounts: Mounts) -> None:
     mounts.mount(mountpoint, file_upstream)
-    refused = _raw_request(mountpoint, b'{"command": "mode", "mode": "permissive"}\n', uid=65534)
+    socket_path = Path(os.getxattr(mountpoint, "user.isaacfs.control").decode())
+    request = b'{"command": "mode", "mode": "permissive"}\n'
+    with pytest.raises(AssertionError, match="PermissionError"):
+        _raw_request(mountpoint, request, uid=65534)  # the socket's folder is the owner's alone
+    # Behind the folder, the peer-credential check refuses another uid all the same.
+    os.chmod(socket_path.parent, 0o755)
+    os.chmod(socket_path, 0o666)
+    try:
+        refused = _raw_request(mountpoint, request, uid=65534)
+    finally:
+        os.chmod(socket_path.parent, 0o700)
+        os.chmod(socket_path, 0o600)
     assert "uid 65534 may not control this mount" in refused
     for payload, expected in [(b"not json\n", "not JSON"), (b"[1, 2]\n", "malformed request: expected"),
                               (b'{"command": "format-disk"}\n', "unknown command 'format-disk'"),
                               (b'{"command": "mode", "mode": "yolo"}\n', "mode must be one of"),
                               (b'{"command": "warm", "spec": {"categories": 5}}\n', "malformed warm request"),
-                              (b"x" * 70_000 + b"\n", "longer than"), (b"", "not JSON")]:
+                              (b"x" * (16 * 1024 * 1024 + 1) + b"\n", "longer than"),
+                              (b"[" * 40_000 + b"\n", "nested too deeply"), (b"", "not JSON")]:
         answer = _raw_request(mountpoint, payload)
         assert expected in answer and '"ok": false' in answer, (payload[:40], answer)
     report = status_of(mountpoint, mounts)  # still serving, still strict

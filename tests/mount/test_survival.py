@@ -1,0 +1,129 @@
+"""The mount never goes down: hostile names, odd upstreams, a broken mirror, clients that hang
+up or flood the control socket. Each test ends by reading a mirrored file through the mount
+within 1 s, with the page cache dropped, from the same daemon."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.helpers import FRANKA, GO2, Mounts, Upstream, isaacfs, sha256
+
+BAD = os.fsdecode(b"bad\xff.usd")  # a name that is not UTF-8
+
+
+def still_serving(mountpoint: Path, pid: int, rel: str, source: Path) -> None:
+    """The same daemon answers a read of a mirrored file within 1 s."""
+    os.kill(pid, 0)  # raises if the daemon is gone
+    subprocess.run(["sh", "-c", "echo 1 > /proc/sys/vm/drop_caches"], check=False)
+    started = time.monotonic()
+    result = subprocess.run(["cat", str(mountpoint / rel)], capture_output=True, timeout=5)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0 and result.stdout == (source / rel).read_bytes()
+    assert elapsed < 1.0, f"read took {elapsed:.2f}s"
+    assert int(os.getxattr(mountpoint, "user.isaacfs.pid")) == pid
+
+
+def test_ctrl_c_on_a_warm_through_the_mount_costs_only_that_warm(
+        file_upstream: Upstream, upstream_tree: Path, mountpoint: Path, mounts: Mounts) -> None:
+    many = upstream_tree / "Isaac" / "Props" / "Many"
+    many.mkdir(parents=True)
+    for number in range(400):
+        (many / f"p{number:03}.usda").write_bytes(os.urandom(20_000))
+    pid = mounts.mount(mountpoint, file_upstream, "--mode", "permissive")
+    assert sha256(mountpoint / GO2) == sha256(upstream_tree / GO2)
+    for _attempt in range(3):
+        warm = subprocess.Popen([sys.executable, "-m", "isaacfs", "warm", "--categories", "Props/Many",
+                                 "--mirror", str(mountpoint)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**os.environ, **mounts.env})
+        time.sleep(0.8)
+        warm.send_signal(signal.SIGINT)
+        warm.wait(timeout=30)
+        time.sleep(0.3)
+        still_serving(mountpoint, pid, GO2, upstream_tree)
+    assert isaacfs("status", str(mountpoint), env=mounts.env).returncode == 0
+
+
+def test_names_that_are_not_utf8_are_served_or_skipped(
+        file_upstream: Upstream, upstream_tree: Path, tmp_path: Path, mounts: Mounts) -> None:
+    props = upstream_tree / "Isaac" / "Props"
+    (props / BAD).write_bytes(b"upstream odd name")
+    # 1. permissive over a file: upstream listing one
+    permissive = tmp_path / "permissive"
+    permissive.mkdir()
+    pid = mounts.mount(permissive, file_upstream, "--mode", "permissive")
+    names = os.listdir(permissive / "Isaac" / "Props")
+    assert "Odd Names" in names
+    still_serving(permissive, pid, FRANKA, upstream_tree)
+    # 2. the first mount of an asset folder holding one (adoption), then strict ls -l and xattrs
+    adopted = tmp_path / "adopted"
+    (adopted / "Isaac" / "Props").mkdir(parents=True)
+    (adopted / "Isaac" / "Props" / BAD).write_bytes(b"mirror odd name")
+    for rel in (FRANKA,):
+        (adopted / rel).parent.mkdir(parents=True, exist_ok=True)
+        (adopted / rel).write_bytes((upstream_tree / rel).read_bytes())
+    pid = mounts.mount(adopted, file_upstream)
+    listing = subprocess.run(["ls", "-la", str(adopted / "Isaac" / "Props")], capture_output=True, timeout=10)
+    assert listing.returncode == 0
+    assert (adopted / "Isaac" / "Props" / BAD).read_bytes() == b"mirror odd name"
+    assert os.getxattr(adopted / "Isaac" / "Props" / BAD, "user.isaacfs.state") == b"cached"
+    assert os.getxattr(adopted / "Isaac" / "Props" / BAD, "user.isaacfs.url").endswith(b"/bad%FF.usd")
+    time.sleep(2.5)  # adoption runs in the background
+    still_serving(adopted, pid, FRANKA, upstream_tree)
+    assert "adopted the existing asset tree" in mounts.log(adopted)
+
+
+def test_an_upstream_that_is_itself_a_mirror(file_upstream: Upstream, upstream_tree: Path, mountpoint: Path,
+                                             mounts: Mounts) -> None:
+    (upstream_tree / ".isaacfs" / "tmp").mkdir(parents=True)
+    (upstream_tree / ".isaacfs" / "index.db").write_bytes(b"another mirror's index")
+    pid = mounts.mount(mountpoint, file_upstream, "--mode", "permissive")
+    assert ".isaacfs" not in os.listdir(mountpoint)
+    assert sha256(mountpoint / GO2) == sha256(upstream_tree / GO2)
+    still_serving(mountpoint, pid, GO2, upstream_tree)
+
+
+def test_a_broken_mirror_gives_errnos_not_a_dead_mount(
+        file_upstream: Upstream, upstream_tree: Path, mountpoint: Path, mounts: Mounts) -> None:
+    pid = mounts.mount(mountpoint, file_upstream, "--mode", "permissive")
+    assert sha256(mountpoint / FRANKA) == sha256(upstream_tree / FRANKA)
+    assert mounts.umount(mountpoint).returncode == 0
+    folder = mountpoint / "Isaac" / "Robots"
+    os.symlink("loop", folder / "loop")  # a symlink loop in the mirror: ELOOP on stat
+    (folder / ("n" * 200)).mkdir()
+    pid = mounts.mount(mountpoint, file_upstream, "--mode", "strict")
+    listing = subprocess.run(["ls", "-la", str(folder)], capture_output=True, text=True, timeout=10)
+    assert listing.returncode in (0, 1) and "FrankaRobotics" in listing.stdout
+    still_serving(mountpoint, pid, FRANKA, upstream_tree)
+
+
+def test_hostile_control_clients(file_upstream: Upstream, upstream_tree: Path, mountpoint: Path,
+                                 mounts: Mounts) -> None:
+    pid = mounts.mount(mountpoint, file_upstream, "--mode", "permissive")
+    assert sha256(mountpoint / GO2) == sha256(upstream_tree / GO2)
+    path = os.getxattr(mountpoint, "user.isaacfs.control").decode()
+    with socket.socket(socket.AF_UNIX) as sock:  # 60 KB of nesting
+        sock.connect(path)
+        sock.sendall(b"[" * 60_000 + b"\n")
+        assert b"nested too deeply" in sock.makefile("rb").read()
+    flood = []
+    try:
+        for _ in range(2000):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(path)
+            flood.append(sock)
+        still_serving(mountpoint, pid, GO2, upstream_tree)
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        assert fds < 200, f"the daemon holds {fds} descriptors under a connection flood"
+    finally:
+        for sock in flood:
+            sock.close()
+    time.sleep(0.5)
+    assert isaacfs("status", str(mountpoint), env=mounts.env).returncode == 0
+    log = mounts.log(mountpoint)
+    assert log.count("more than 32 connections") <= 10  # refusals are rate-limited
