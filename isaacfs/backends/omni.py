@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import trio
 
@@ -94,6 +96,28 @@ def _to_entry(item: Any, name: str) -> RemoteEntry:
     return RemoteEntry(name=name, is_dir=is_dir, size=0 if is_dir else int(item.size), mtime=mtime, etag=etag)
 
 
+def _abandon(request: Any) -> None:
+    """Stop a request without waiting: ``stop()`` can block on a lock held by omni.client's IO
+    thread (stuck in a read from a hung NFS server or a FIFO), so it runs in a side thread
+    and the trio thread never waits for it."""
+    threading.Thread(target=request.stop, name="omni-abandon", daemon=True).start()
+
+
+def _special_reason(root: str, path: str) -> str | None:
+    """Why a local path of a file: upstream is not an asset (None if it is one): a link out of
+    the upstream tree, or a FIFO, socket or device. Runs in a worker thread."""
+    real = os.path.realpath(path)
+    if real != root and not real.startswith(root.rstrip("/") + "/"):
+        return "a link out of the upstream tree"
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        return exc.strerror or "unreadable"
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return "not a regular file or folder"
+    return None
+
+
 def _trio_callback() -> tuple[Callable[..., None], trio.Event, list[tuple[Any, ...]]]:
     """A callback for omni.client's own thread that hands its arguments to this trio run."""
     token = trio.lowlevel.current_trio_token()
@@ -113,6 +137,11 @@ def _trio_callback() -> tuple[Callable[..., None], trio.Event, list[tuple[Any, .
     return on_result, done, box
 
 
+def _shown(rel: RelPath) -> str:
+    """A path as logs show it: one line, control characters and odd bytes escaped."""
+    return ascii(str(rel))[1:-1] if not str(rel).isprintable() else str(rel)
+
+
 class OmniUpstream:
     """An asset root URL (https S3 root, omniverse://, file:) seen as a read-only tree."""
 
@@ -121,6 +150,9 @@ class OmniUpstream:
     def __init__(self, root_url: str, timeout: float, stall_timeout: float, retry_after: float,
                  min_rate: float) -> None:
         self.root_url = root_url.rstrip("/")
+        parts = urlsplit(self.root_url)
+        # A file: upstream is a local tree: links out of it and special files are never served.
+        self.local_root = os.path.realpath(unquote(parts.path)) if parts.scheme == "file" else None
         self.timeout = timeout
         self.stall_timeout = stall_timeout
         self.min_rate = min_rate
@@ -159,7 +191,7 @@ class OmniUpstream:
                 await done.wait()
         finally:
             if not done.is_set():
-                request.stop()
+                _abandon(request)
         if not box:
             raise Unavailable(f"{what}: upstream did not answer within {timeout:g}s")
         return box[0]
@@ -201,6 +233,13 @@ class OmniUpstream:
                 if not entry.is_dir:
                     continue
             entries[name] = entry
+        if self.local_root is not None and entries:
+            names = tuple(entries)
+            reasons = await self._local_checks(tuple(rel.child(name) for name in names), f"list {rel or '/'}")
+            for name, why in zip(names, reasons, strict=True):
+                if why is not None:
+                    log.warning("skipped upstream entry %s: %s", _shown(rel.child(name)), why)
+                    del entries[name]
         return list(entries.values())
 
     async def probe(self, rel: RelPath, timeout: float) -> None:
@@ -216,7 +255,25 @@ class OmniUpstream:
             raise
         self.health.mark(None)
 
+    async def _local_checks(self, rels: tuple[RelPath, ...], what: str) -> tuple[str | None, ...]:
+        """_special_reason for each path, in one worker thread that is abandoned if the local
+        tree (a hung NFS server) does not answer in time."""
+        root = self.local_root
+        assert root is not None
+        paths = [os.path.join(root, *rel.parts) for rel in rels]
+        with trio.move_on_after(self.timeout):
+            return await trio.to_thread.run_sync(lambda: tuple(_special_reason(root, p) for p in paths),
+                                                 abandon_on_cancel=True)
+        raise Unavailable(f"{what}: the upstream folder did not answer within {self.timeout:g}s")
+
+    async def _refuse_special(self, rel: RelPath, what: str) -> None:
+        if self.local_root is not None and not rel.is_root:
+            why = (await self._local_checks((rel,), what))[0]
+            if why is not None:
+                raise NotFound(f"{what}: {why}")
+
     async def stat(self, rel: RelPath) -> RemoteEntry:
+        await self._refuse_special(rel, f"stat {_shown(rel)}")
         url = self.url_for(rel)
         _result, item = await self._guarded(f"stat {rel}", lambda cb: oc.stat_with_callback(url, cb))
         return _to_entry(item, rel.name)
@@ -231,6 +288,7 @@ class OmniUpstream:
         """
         what = f"fetch {rel}"
         self.health.check(what)
+        await self._refuse_special(rel, what)
         url = self.url_for(rel)
         deadline = self.stall_timeout + size / self.min_rate
         on_result, done, box = _trio_callback()
@@ -240,7 +298,7 @@ class OmniUpstream:
                 await done.wait()
         finally:
             if not done.is_set():
-                request.stop()
+                _abandon(request)
         if not box:
             exc = Unavailable(f"{what}: not done after {deadline:.0f}s (slower than"
                               f" {self.min_rate / 1e6:g} MB/s), download abandoned")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 READY_TIMEOUT = 60.0
+UMOUNT_PROBE_SECONDS = 3.0  # a daemon that does not answer a statfs in this time is wedged
 
 
 def _mountpoint(text: str | None) -> Path:
@@ -336,29 +339,45 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 def cmd_umount(args: argparse.Namespace) -> int:
     mountpoint = _mountpoint(args.mountpoint)
-    if mounts.is_stale(mountpoint):
-        mounts.unmount(mountpoint, lazy=True)
-        print(f"isaacfs: detached the stale mount at {mountpoint} (its daemon had died)")
-        return 0
-    info = mounts.find_mount(mountpoint)
+    info = mounts.find_mount(mountpoint)  # from /proc: never touches the mount itself
     if info is None:
         raise UserError(f"{mountpoint} is not mounted")
     if info.fstype != mounts.FSTYPE:
         raise UserError(f"{mountpoint} is a {info.fstype} mount, not isaacfs; not touching it")
-    try:
-        pid = int(os.getxattr(mountpoint, "user.isaacfs.pid"))
-    except (OSError, ValueError):
-        pid = 0
+    state = mounts.answers(mountpoint, UMOUNT_PROBE_SECONDS)
+    pids = mounts.daemon_pids(mountpoint)
+    if state is False:
+        mounts.unmount(mountpoint, lazy=True)
+        print(f"isaacfs: detached the stale mount at {mountpoint} (its daemon had died)")
+        return 0
+    if state is None:
+        # A wedged daemon: nothing it serves answers. Stop it, fail its waiting requests, detach.
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        mounts.abort_connection(info)
+        mounts.unmount(mountpoint, lazy=True)
+        print(f"isaacfs: the daemon of {mountpoint} did not answer within {UMOUNT_PROBE_SECONDS:.0f}s;"
+              f" stopped it{' (pid ' + ', '.join(map(str, pids)) + ')' if pids else ''} and detached the mount")
+        return 0
     mounts.unmount(mountpoint, lazy=args.lazy)
+    if args.lazy:
+        print(f"isaacfs: detached {mountpoint}; its daemon exits once the last open file there is closed")
+        return 0
     deadline = time.monotonic() + 60
-    while pid and time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if _alive(pid)]
         time.sleep(0.05)
     print(f"isaacfs: unmounted {mountpoint}")
     return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,52 @@ def is_stale(path: Path) -> bool:
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
+
+
+def answers(path: Path, timeout: float) -> bool | None:
+    """Whether the filesystem at ``path`` answers a statfs within ``timeout`` seconds: True,
+    False for a stale mount (its daemon is gone), None for no answer (a wedged daemon).
+    The statfs runs in a side thread, so a wedged daemon cannot hang the caller."""
+    outcome: list[bool] = []
+
+    def ask() -> None:
+        try:
+            os.statvfs(path)
+            outcome.append(True)
+        except OSError as exc:
+            outcome.append(exc.errno != errno.ENOTCONN)
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    asker.join(timeout)
+    return outcome[0] if outcome else None
+
+
+def daemon_pids(path: Path) -> list[int]:
+    """Processes serving ``path`` as isaacfs daemons, found in /proc (never through the mount)."""
+    target = os.fsencode(os.path.abspath(path))
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as stream:
+                argv = stream.read().split(b"\0")
+        except OSError:
+            continue
+        if b"--foreground" in argv and b"mount" in argv and target in argv and any(b"isaacfs" in a for a in argv):
+            found.append(int(entry))
+    return found
+
+
+def abort_connection(info: MountInfo) -> bool:
+    """Abort the kernel's FUSE connection of a mount: every waiting request fails at once."""
+    minor = info.device.partition(":")[2]
+    try:
+        Path(f"/sys/fs/fuse/connections/{minor}/abort").write_text("1")
+    except OSError:
+        return False
+    return True
 
 
 def unmount(path: Path, lazy: bool = False) -> None:

@@ -127,3 +127,50 @@ def test_hostile_control_clients(file_upstream: Upstream, upstream_tree: Path, m
     assert isaacfs("status", str(mountpoint), env=mounts.env).returncode == 0
     log = mounts.log(mountpoint)
     assert log.count("more than 32 connections") <= 10  # refusals are rate-limited
+
+
+def test_umount_of_a_wedged_daemon_works(file_upstream: Upstream, mountpoint: Path, mounts: Mounts) -> None:
+    pid = mounts.mount(mountpoint, file_upstream)
+    os.kill(pid, signal.SIGSTOP)  # every request to it now waits forever
+    try:
+        started = time.monotonic()
+        result = isaacfs("umount", str(mountpoint), env=mounts.env, timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert result.returncode == 0 and "did not answer" in result.stdout, result.stderr
+    assert elapsed < 10
+    assert not mounts_find(mountpoint)
+    assert isaacfs("mount", str(mountpoint), "--upstream", file_upstream.url, env=mounts.env).returncode == 0
+    mounts.made.append((mountpoint, int(os.getxattr(mountpoint, "user.isaacfs.pid"))))
+
+
+def mounts_find(path: Path) -> bool:
+    from isaacfs.system import mounts as table
+
+    return table.find_mount(path) is not None
+
+
+def test_special_files_and_links_out_of_a_file_upstream_are_not_assets(
+        file_upstream: Upstream, upstream_tree: Path, mountpoint: Path, mounts: Mounts) -> None:
+    props = upstream_tree / "Isaac" / "Props"
+    os.mkfifo(props / "pipe.usd")  # reading it would block forever
+    os.symlink("/etc/shadow", props / "shadow.usd")
+    os.symlink("/etc", props / "etcdir")
+    os.symlink(f"../../{FRANKA}", props / "inside.usda")  # a link within the tree is an asset
+    pid = mounts.mount(mountpoint, file_upstream, "--mode", "permissive")
+    names = set(os.listdir(mountpoint / "Isaac" / "Props"))
+    assert "inside.usda" in names and not names & {"pipe.usd", "shadow.usd", "etcdir"}
+    for rel in ("pipe.usd", "shadow.usd", "etcdir/passwd"):
+        started = time.monotonic()
+        result = subprocess.run(["cat", str(mountpoint / "Isaac" / "Props" / rel)], capture_output=True, timeout=20)
+        assert result.returncode != 0 and time.monotonic() - started < 5, rel
+    assert (mountpoint / "Isaac" / "Props" / "inside.usda").read_bytes() == (upstream_tree / FRANKA).read_bytes()
+    mirror_files = {p.name for p in (mountpoint / "Isaac" / "Props").iterdir()}
+    assert "shadow.usd" not in mirror_files
+    still_serving(mountpoint, pid, FRANKA, upstream_tree)
+    log = mounts.log(mountpoint)
+    assert "a link out of the upstream tree" in log and "not a regular file or folder" in log
