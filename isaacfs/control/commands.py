@@ -55,6 +55,7 @@ class DaemonCommands:
                 "upstream_problem": problem, "mirror": str(self.tree.mirror.display), "disk_free": free,
                 "mirrored": status.mirrored_by_category(index), "session": status.counters(index, True),
                 "total": status.counters(index, False), "in_flight": self.tree.fetcher.in_flight,
+                "nodes": len(self.tree.nodes),
                 "recorded_misses": index.miss_count()}
 
     async def misses(self, request: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:

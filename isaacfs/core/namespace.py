@@ -1,7 +1,9 @@
 """The namespace the mount shows: the mirror, merged with the upstream in permissive mode.
 
-Nodes are created once per name and kept (inode numbers stay stable for the life of
-the mount; the tree is bounded by the asset root). A folder's children are loaded on
+A node's inode number is stable while the kernel knows it. The kernel's lookup count of
+each node is kept (``remember``/``forget``); once the kernel has forgotten a folder and
+everything below it, the folder's children are dropped and loaded again on next use, so
+memory follows what the kernel holds, not everything ever listed. A folder's children are loaded on
 first use: from the mirror folder, and in permissive mode also from the upstream's
 listing of it (``Listings``, trusted for ``listing_ttl``). An upstream failure never
 removes anything the mirror holds: it only means fewer names are known for now.
@@ -48,6 +50,7 @@ class Node:
         "inode",
         "is_dir",
         "listed_at",
+        "lookups",
         "mtime_ns",
         "name",
         "parent",
@@ -70,6 +73,7 @@ class Node:
         self.listed_at = 0.0  # when the upstream listing was merged (epoch s); 0: never
         self.ghost = False  # a folder strict mode lets a path walk through; see Tree.lookup
         self.gen = 0
+        self.lookups = 0  # how many times the kernel was handed this node and has not forgotten it
 
 
 class Tree:
@@ -239,6 +243,46 @@ class Tree:
                         "; using the listing from an earlier run" if stored else "")
             return stored
         return time.time(), entries
+
+    # -- the kernel's references ----------------------------------------------------
+    def remember(self, node: Node) -> None:
+        """The kernel was handed ``node`` (a lookup, or an entry of readdirplus)."""
+        node.lookups += 1
+
+    def forget(self, inode: int, count: int) -> list[int]:
+        """The kernel dropped ``count`` references to ``inode``; the inodes freed as a result."""
+        node = self.nodes.get(inode)
+        if node is None or node is self.root:
+            return []
+        node.lookups = max(0, node.lookups - count)
+        freed: list[int] = []
+        current: Node | None = node if node.is_dir else node.parent
+        while current is not None and current is not self.root and self._collapse(current, freed):
+            current = current.parent
+        return freed
+
+    def _collapse(self, folder: Node, freed: list[int]) -> bool:
+        """Drop a forgotten folder's children (all forgotten too); True if it was dropped."""
+        if folder.lookups > 0 or folder.inode in self._loading:
+            return False
+        if folder.children:
+            if any(child.lookups > 0 for child in folder.children.values()):
+                return False
+            for child in folder.children.values():
+                self._discard(child, freed)
+        folder.children = None
+        folder.scanned_mtime_ns = -1
+        folder.listed_at = 0.0
+        return True
+
+    def _discard(self, node: Node, freed: list[int]) -> None:
+        if node.children:
+            for child in node.children.values():
+                self._discard(child, freed)
+        if node.ghost:
+            self._ghosts -= 1
+        self.nodes.pop(node.inode, None)
+        freed.append(node.inode)
 
     # -- the operations the fs layer needs ------------------------------------------
     async def lookup(self, parent: Node, name: str) -> Node | None:

@@ -10,8 +10,8 @@ through the core's one table (``errno_for``); anything unexpected is logged with
 traceback and answered EIO. No exception ever leaves a handler, since one would end
 ``pyfuse3.main`` and with it the mount.
 
-Nodes live as long as the mount (the tree is bounded by the asset root), so inode
-numbers are never reused and ``forget`` has nothing to free.
+Every node handed to the kernel (a lookup, a readdirplus entry) is counted, and
+``forget`` gives it back: the namespace drops what the kernel no longer holds.
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ class AssetFS(pyfuse3.Operations):
             negative.st_ino = 0  # a cached "no such name": repeated probes stay in the kernel
             negative.entry_timeout = NEGATIVE_TIMEOUT
             return negative
+        self.tree.remember(node)
         return self.attributes(node)
 
     @answers
@@ -133,7 +134,9 @@ class AssetFS(pyfuse3.Operations):
 
     @answers
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        return None  # nodes are kept for the life of the mount
+        for inode, count in inode_list:
+            for freed in self.tree.forget(inode, count):
+                self._attrs.pop(freed, None)
 
     # -- folders --------------------------------------------------------------------
     @answers
@@ -155,6 +158,7 @@ class AssetFS(pyfuse3.Operations):
             child = children[position]
             if not reply(token, encoded(child.name), attributes(child), position + 1):
                 break
+            self.tree.remember(child)  # readdirplus hands the kernel the entry: a lookup
 
     @answers
     async def releasedir(self, fh: int) -> None:

@@ -96,6 +96,8 @@ def render_status(report: dict[str, Any]) -> list[str]:
                      f" errors {numbers['errors']:,}")
     if report.get("running"):
         lines.append(f"in flight  {report['in_flight']} download(s)")
+        if "nodes" in report:
+            lines.append(f"memory     {report['nodes']:,} names held for the kernel")
     lines.append(f"misses     {report['recorded_misses']:,} recorded (see: isaacfs misses)")
     return lines
 

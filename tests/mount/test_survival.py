@@ -174,3 +174,28 @@ def test_special_files_and_links_out_of_a_file_upstream_are_not_assets(
     still_serving(mountpoint, pid, FRANKA, upstream_tree)
     log = mounts.log(mountpoint)
     assert "a link out of the upstream tree" in log and "not a regular file or folder" in log
+
+
+def test_names_the_kernel_forgets_are_freed(file_upstream: Upstream, upstream_tree: Path, mountpoint: Path,
+                                            mounts: Mounts) -> None:
+    wide = upstream_tree / "Isaac" / "Props" / "Wide"
+    wide.mkdir()
+    for number in range(5000):
+        (wide / f"w{number:04}.usda").write_bytes(b"#usda 1.0\n")
+    mounts.mount(mountpoint, file_upstream, "--mode", "permissive")
+    assert len(os.listdir(mountpoint / "Isaac" / "Props" / "Wide")) == 5000
+    subprocess.run(["ls", "-l", str(mountpoint / "Isaac" / "Props" / "Wide")], capture_output=True, check=True)
+    import json
+
+    def nodes() -> int:
+        result = isaacfs("status", str(mountpoint), "--json", env=mounts.env)
+        return int(json.loads(result.stdout)["nodes"])
+
+    before = nodes()
+    assert before > 5000
+    subprocess.run(["sh", "-c", "sync; echo 2 > /proc/sys/vm/drop_caches"], check=True)  # dentries and inodes
+    deadline = time.monotonic() + 10
+    while nodes() > before - 4000 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert nodes() <= before - 4000
+    assert len(os.listdir(mountpoint / "Isaac" / "Props" / "Wide")) == 5000  # and it loads again

@@ -152,3 +152,32 @@ async def test_fuse_handlers_answer_odd_names_and_a_broken_mirror(
                 await fs.opendir(isaac.st_ino, None)  # root reads it anyway; still no crash
         finally:
             os.chmod(folder, 0o755)
+
+
+@trio_test
+async def test_forgotten_folders_free_their_nodes_and_load_again(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    for number in range(500):
+        upstream.put(f"Isaac/Props/Wide/f{number:03}.usda", b"#usda 1.0\n")
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree = make_tree(running, "permissive")
+        fs = AssetFS(tree, {})
+        inodes = []
+        parent = pyfuse3.ROOT_INODE
+        for name in (b"Isaac", b"Props", b"Wide"):
+            parent = (await fs.lookup(parent, name)).st_ino
+            inodes.append(parent)
+        files = [(await fs.lookup(parent, f"f{n:03}.usda".encode())).st_ino for n in range(0, 500, 50)]
+        grown = len(tree.nodes)
+        assert grown > 500
+        await fs.forget([(inode, 1) for inode in files[:5]])
+        assert len(tree.nodes) == grown  # the folder is still held: nothing freed yet
+        await fs.forget([(inode, 1) for inode in files[5:]] + [(inodes[2], 1)])
+        assert len(tree.nodes) <= grown - 500  # Wide's 500 entries are gone
+        with pytest.raises(pyfuse3.FUSEError):
+            await fs.getattr(files[0], None)
+        again = await fs.lookup(inodes[1], b"Wide")  # Props is still held: Wide loads again
+        assert again.st_ino == inodes[2]
+        entry = await fs.lookup(again.st_ino, b"f123.usda")
+        assert entry.st_size == len(b"#usda 1.0\n")
