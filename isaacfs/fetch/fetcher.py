@@ -9,6 +9,7 @@ ETag is one, match what the upstream listed.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import re
 import time
@@ -29,13 +30,68 @@ MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 DISK_RESERVE = 64 * 1024 * 1024
 
 
-class _Flight:
-    __slots__ = ("done", "error", "result")
+# Priority classes: a reader's demand first, then prefetch, then bulk warm.
+READER, PREFETCH, BULK = 0, 1, 2
 
-    def __init__(self) -> None:
+
+class _Ticket:
+    __slots__ = ("granted", "priority", "seq")
+
+    def __init__(self, priority: int, seq: int) -> None:
+        self.priority = priority
+        self.seq = seq
+        self.granted = trio.Event()
+
+
+class PriorityLimiter:
+    """At most ``total`` holders; a freed slot goes to the best waiting ticket (lowest
+    priority value, then oldest). A waiting ticket can be promoted. Callers keep the number
+    of waiters small (a warm feeds its files a few at a time), so picking is a scan."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.busy = 0
+        self._waiting: list[_Ticket] = []
+        self._seq = itertools.count()
+
+    def ticket(self, priority: int) -> _Ticket:
+        return _Ticket(priority, next(self._seq))
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def acquire(self, ticket: _Ticket) -> None:
+        if self.busy < self.total and not self._waiting:
+            self.busy += 1
+            return
+        self._waiting.append(ticket)
+        try:
+            await ticket.granted.wait()
+        except BaseException:
+            if ticket.granted.is_set():
+                self.release()  # handed a slot while being cancelled: pass it on
+            else:
+                self._waiting.remove(ticket)
+            raise
+
+    def release(self) -> None:
+        if self._waiting:
+            best = min(self._waiting, key=lambda t: (t.priority, t.seq))
+            self._waiting.remove(best)
+            best.granted.set()  # the slot passes to it; busy is unchanged
+        else:
+            self.busy -= 1
+
+
+class _Flight:
+    __slots__ = ("done", "error", "result", "ticket")
+
+    def __init__(self, ticket: _Ticket) -> None:
         self.done = trio.Event()
         self.result: LocalEntry | None = None
         self.error: FetchFailed | None = None
+        self.ticket = ticket
 
 
 class Fetcher:
@@ -44,7 +100,7 @@ class Fetcher:
         self.index = index
         self.upstream = upstream
         self.retries = max(1, retries)
-        self.limit = trio.CapacityLimiter(jobs)
+        self.limit = PriorityLimiter(jobs)
         self._inflight: dict[RelPath, _Flight] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -56,10 +112,13 @@ class Fetcher:
     def in_flight(self) -> int:
         return len(self._inflight)
 
-    async def ensure(self, rel: RelPath, expected: RemoteEntry, replace: bool = False) -> LocalEntry:
+    async def ensure(self, rel: RelPath, expected: RemoteEntry, replace: bool = False,
+                     priority: int = READER) -> LocalEntry:
         """The mirror's entry for ``rel``, downloading it first if it is not there.
 
         With ``replace``, the mirror's copy is known bad: download and swap it atomically.
+        ``priority`` (READER, PREFETCH, BULK) orders downloads waiting for a slot; a reader
+        that joins a queued bulk download promotes it.
         """
         local = self.mirror.entry(rel)
         if local is not None and not local.is_dir and not replace:
@@ -68,10 +127,11 @@ class Fetcher:
         if flight is None:
             if self._nursery is None:
                 raise RuntimeError("Fetcher.attach() was not called")
-            flight = self._inflight[rel] = _Flight()
+            flight = self._inflight[rel] = _Flight(self.limit.ticket(priority))
             self._nursery.start_soon(self._fly, rel, expected, flight)
         else:
             self.index.count("fetch_joined")
+            flight.ticket.priority = min(flight.ticket.priority, priority)
         await flight.done.wait()
         if flight.error is not None:
             raise flight.error
@@ -80,8 +140,11 @@ class Fetcher:
 
     async def _fly(self, rel: RelPath, expected: RemoteEntry, flight: _Flight) -> None:
         try:
-            async with self.limit:
+            await self.limit.acquire(flight.ticket)
+            try:
                 flight.result = await self._download(rel, expected)
+            finally:
+                self.limit.release()
         except FetchFailed as exc:
             flight.error = exc
             self.index.count("fetch_errors")

@@ -16,7 +16,7 @@ import trio
 
 from ..core.errors import FetchFailed, InvalidPath, UpstreamError
 from ..core.paths import RelPath
-from ..fetch.fetcher import MD5_ETAG
+from ..fetch.fetcher import BULK, MD5_ETAG
 from ..store.mirror import md5_of
 from .spec import Emit
 from .workspace import Workspace
@@ -62,7 +62,7 @@ async def _check(ws: Workspace, rel: RelPath, size: int, etag: str, limit: trio.
 async def _repair(ws: Workspace, rel: RelPath) -> str | None:
     try:
         entry = await ws.upstream.stat(rel)
-        await ws.fetcher.ensure(rel, entry, replace=True)
+        await ws.fetcher.ensure(rel, entry, replace=True, priority=BULK)
     except (UpstreamError, FetchFailed) as exc:
         return str(exc)
     ws.on_installed(rel)

@@ -21,6 +21,7 @@ import trio
 from ..core.errors import FetchFailed
 from ..core.paths import RelPath
 from ..core.types import RemoteEntry
+from ..fetch.fetcher import BULK
 from .plan import Planned, make_plan
 from .spec import Emit, GroupReport, WarmResult, WarmSpec
 from .workspace import Workspace
@@ -56,6 +57,9 @@ async def run(ws: Workspace, spec: WarmSpec, emit: Emit) -> WarmResult:
         for name, files in plan.groups.items():
             reports[name].skipped = sum(1 for rel, e in files.items() if local.get(rel) == e.size)
     else:
+        # Downloads are handed to the fetcher a few at a time (at bulk priority), so a reader's
+        # cold open never queues behind a whole category.
+        feed = trio.Semaphore(max(2 * ws.jobs, 4))
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
                 for name, files in plan.groups.items():
@@ -68,14 +72,27 @@ async def run(ws: Workspace, spec: WarmSpec, emit: Emit) -> WarmResult:
                             state = "present" if local[rel] == entry.size else "different"
                             if state == "different" and (ws.index.file_record(rel) or ("", "", ""))[2] == "adopted":
                                 state = "present"  # an adopted tree is the user's: never rewritten
-                        nursery.start_soon(_one, ws, rel, entry, reports[name], result, emit, scope, state)
+                        held = state in ("missing", "different")
+                        if held:
+                            await feed.acquire()
+                        nursery.start_soon(_one, ws, rel, entry, reports[name], result, emit, scope, state,
+                                           feed if held else None)
     result.groups = sorted(reports.values(), key=lambda r: r.name)
     result.elapsed = time.monotonic() - started
     return result
 
 
 async def _one(ws: Workspace, rel: RelPath, entry: RemoteEntry, report: GroupReport, result: WarmResult,
-               emit: Emit, scope: trio.CancelScope, state: str) -> None:
+               emit: Emit, scope: trio.CancelScope, state: str, feed: trio.Semaphore | None) -> None:
+    try:
+        await _fetch_one(ws, rel, entry, report, result, emit, scope, state)
+    finally:
+        if feed is not None:
+            feed.release()
+
+
+async def _fetch_one(ws: Workspace, rel: RelPath, entry: RemoteEntry, report: GroupReport, result: WarmResult,
+                     emit: Emit, scope: trio.CancelScope, state: str) -> None:
     outcome = "skipped"
     if state == "prefetched":
         report.fetched += 1
@@ -87,7 +104,7 @@ async def _one(ws: Workspace, rel: RelPath, entry: RemoteEntry, report: GroupRep
         emit({"event": "start", "path": str(rel), "size": entry.size})
         try:
             # A file of another size than the upstream's is a stale or broken copy: replace it.
-            await ws.fetcher.ensure(rel, entry, replace=state == "different")
+            await ws.fetcher.ensure(rel, entry, replace=state == "different", priority=BULK)
             ws.on_installed(rel)
             report.fetched += 1
             report.fetched_bytes += entry.size

@@ -18,7 +18,7 @@ from ..core.errors import UserError
 from ..core.listings import Listings
 from ..core.paths import RelPath
 from ..core.types import RemoteEntry, Upstream
-from ..fetch.fetcher import Fetcher
+from ..fetch.fetcher import PREFETCH, Fetcher
 from ..store.index import Index
 from ..store.mirror import Mirror
 
@@ -50,7 +50,7 @@ async def ensure_present(ws: Workspace, rel: RelPath, entry: RemoteEntry) -> boo
     if _present(ws, rel, entry):
         return False
     local = ws.mirror.entry(rel)
-    await ws.fetcher.ensure(rel, entry, replace=local is not None and not local.is_dir)
+    await ws.fetcher.ensure(rel, entry, replace=local is not None and not local.is_dir, priority=PREFETCH)
     ws.on_installed(rel)
     return True
 

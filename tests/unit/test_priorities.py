@@ -1,0 +1,79 @@
+"""Readers first: a reader's cold open behind a running warm waits for at most one transfer."""
+
+from __future__ import annotations
+
+import trio
+
+from isaacfs.backends.memory import MemoryUpstream
+from isaacfs.core.paths import RelPath
+from isaacfs.fetch.fetcher import BULK, READER, PriorityLimiter
+from isaacfs.jobs.spec import WarmSpec
+from isaacfs.jobs.warm import run
+from isaacfs.store.index import Index
+from isaacfs.store.mirror import Mirror
+from tests.unit.conftest import GO2, Running, trio_test
+
+
+@trio_test
+async def test_a_freed_slot_goes_to_the_best_ticket_and_promotion_counts() -> None:
+    limiter = PriorityLimiter(1)
+    order: list[str] = []
+    await limiter.acquire(limiter.ticket(BULK))  # the one slot is taken
+    tickets = {name: limiter.ticket(BULK) for name in ("b1", "b2", "b3")}
+
+    async def wait(name: str, ticket: object) -> None:
+        await limiter.acquire(ticket)  # type: ignore[arg-type]
+        order.append(name)
+        limiter.release()
+
+    async with trio.open_nursery() as nursery:
+        for name, ticket in tickets.items():
+            nursery.start_soon(wait, name, ticket)
+        await trio.sleep(0.01)
+        nursery.start_soon(wait, "reader", limiter.ticket(READER))
+        await trio.sleep(0.01)
+        tickets["b3"].priority = READER  # a reader joined b3's download
+        assert limiter.waiting == 4
+        limiter.release()
+    assert order == ["b3", "reader", "b1", "b2"]  # b3 is older than the reader's ticket
+    assert limiter.busy == 0
+
+
+@trio_test
+async def test_cancelled_waiters_give_their_place_back() -> None:
+    limiter = PriorityLimiter(1)
+    await limiter.acquire(limiter.ticket(BULK))
+    with trio.move_on_after(0.01):
+        await limiter.acquire(limiter.ticket(READER))
+    assert limiter.waiting == 0
+    limiter.release()
+    assert limiter.busy == 0
+
+
+@trio_test
+async def test_a_reader_behind_a_warm_waits_one_transfer(mirror: Mirror, index: Index,
+                                                         upstream: MemoryUpstream) -> None:
+    for number in range(100):
+        upstream.put(f"Isaac/Props/Bulk/b{number:03}.usda", b"x" * 1000)
+    transfer = 0.03
+    running = Running(mirror, index, upstream, jobs=2)
+    async with running as ws:
+        waited: list[float] = []
+
+        async def reader() -> None:
+            await trio.sleep(0.3)  # the warm is well under way
+            upstream.delay = 0.0
+            entry = await upstream.stat(RelPath.parse(GO2))
+            upstream.delay = transfer
+            started = trio.current_time()
+            await ws.fetcher.ensure(RelPath.parse(GO2), entry)
+            waited.append(trio.current_time() - started)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            upstream.delay = transfer
+            result = await run(ws, WarmSpec(categories=["Props/Bulk"]), lambda event: None)
+        assert result.ok and sum(g.fetched for g in result.groups) == 100
+    # Behind 100 queued files at 2 at a time (1.5 s of transfers), the reader waited for one
+    # slot to free up and its own transfer.
+    assert waited[0] < 3 * transfer + 0.1, waited
