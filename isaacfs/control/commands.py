@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+import trio
+
 from ..core.config import Settings, redact
 from ..core.errors import UpstreamError
-from ..core.paths import ROOT
+from ..core.paths import ROOT, RelPath
 from ..core.types import MODES, Mode
 from ..fuse.operations import AssetFS
 from ..jobs import reports as status
@@ -33,8 +35,13 @@ class DaemonCommands:
         self.mountpoint = mountpoint
         self.started = time.time()
         self.workspace = Workspace(self.tree.mirror, self.tree.index, self.tree.upstream, self.tree.fetcher,
-                                   settings.fetch_jobs, on_installed=fs.kernel.refresh,
+                                   settings.fetch_jobs, on_installed=self._installed,
                                    listing_ttl=settings.listing_ttl)
+
+    def _installed(self, rel: RelPath) -> None:
+        """A warm or a repair put ``rel`` in the mirror: the tree and the kernel see it now."""
+        self.tree.note_installed(rel)
+        self.fs.kernel.refresh(rel)
 
     def handlers(self) -> dict[str, Handler]:
         return {"status": self.status, "misses": self.misses, "mode": self.mode, "warm": self.warm,
@@ -53,7 +60,8 @@ class DaemonCommands:
                 "uptime": time.time() - self.started, "mode": self.tree.mode,
                 "upstream": redact(self.settings.upstream), "upstream_answers": not problem,
                 "upstream_problem": problem, "mirror": str(self.tree.mirror.display), "disk_free": free,
-                "mirrored": status.mirrored_by_category(index), "session": status.counters(index, True),
+                "mirrored": await trio.to_thread.run_sync(status.mirrored_by_category, index),
+                "session": status.counters(index, True),
                 "total": status.counters(index, False), "in_flight": self.tree.fetcher.in_flight,
                 "nodes": len(self.tree.nodes),
                 "recorded_misses": index.miss_count()}
@@ -96,4 +104,4 @@ class DaemonCommands:
         since = request.get("since", 0.0)
         if not isinstance(since, (int, float)):
             raise ControlError("malformed manifest request: since must be a number")
-        return status.manifest(self.tree.index, float(since))
+        return await trio.to_thread.run_sync(status.manifest, self.tree.index, float(since))

@@ -93,6 +93,8 @@ class Tree:
         self.nodes: dict[int, Node] = {ROOT_INODE: self.root}
         self._loading: dict[int, trio.Event] = {}
         self._ghosts = 0
+        self._nursery: trio.Nursery | None = None
+        self._refreshing: set[RelPath] = set()
 
     # -- helpers --------------------------------------------------------------------
     def rel(self, node: Node) -> RelPath:
@@ -189,13 +191,27 @@ class Tree:
             node.children = {}
         mtime = self._mirror_mtime(node)
         if mtime != node.scanned_mtime_ns:
-            self._merge_local(node, self.mirror.scan(rel) if node.cached else None)
+            # A folder scan stats every entry: a slow or failing disk must not stall the loop.
+            scanned = await trio.to_thread.run_sync(self.mirror.scan, rel) if node.cached else None
+            self._merge_local(node, scanned)
             node.scanned_mtime_ns = mtime
         if self.mode == "permissive" and self._wants_listing(node):
             listing = await self._remote_listing(rel)
             if listing is not None:
                 node.listed_at, entries = listing
                 self._merge_remote(node, entries)
+
+    async def _refresh_listing(self, rel: RelPath) -> None:
+        try:
+            await self.listings.fetch(rel)
+        except NotFound:
+            self.listings.index.store_listing(rel, [])
+        except UpstreamError as exc:
+            log.warning("refreshing the listing of %s/ failed: %s; the stored one stays in use", rel, exc)
+        except Exception:
+            log.exception("refreshing the listing of %s/ failed", rel)
+        finally:
+            self._refreshing.discard(rel)
 
     def _merge_local(self, node: Node, entries: list[LocalEntry] | None) -> None:
         assert node.children is not None
@@ -227,12 +243,24 @@ class Tree:
                 child.remote = None
                 self._drop_if_gone(node, child)
 
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Background work (refreshing expired listings) runs in this nursery."""
+        self._nursery = nursery
+
     async def _remote_listing(self, rel: RelPath) -> tuple[float, list[RemoteEntry]] | None:
         fresh = self.listings.fresh(rel)
         if fresh is not None:
             return fresh
+        stored = self.listings.stored(rel)
         if not self.upstream.available:
-            return self.listings.stored(rel)  # any age: better than showing nothing
+            return stored  # any age: better than showing nothing
+        if stored is not None and self._nursery is not None:
+            # An expired listing serves now; the upstream is asked in the background, so a
+            # stalled upstream never makes `ls` of a known folder wait.
+            if rel not in self._refreshing:
+                self._refreshing.add(rel)
+                self._nursery.start_soon(self._refresh_listing, rel)
+            return stored
         try:
             entries = await self.listings.fetch(rel)
         except NotFound:
@@ -325,6 +353,7 @@ class Tree:
                 self.index.count("misses_fetched")
                 self._set_local(node, await self.fetcher.ensure(rel, node.remote))
                 self._mark_ancestors_cached(node)
+                self._scanned_after_install(node.parent)
             try:
                 fd = self.mirror.open_read(rel)
             except FileNotFoundError:
@@ -339,6 +368,28 @@ class Tree:
     def _miss(self, rel: RelPath, parent: Node | None) -> None:
         upstream_down = parent is not None and parent.remote is not None and not self.upstream.available
         self.misses.miss(rel, self.mode, upstream_down)
+
+    def _scanned_after_install(self, folder: Node | None) -> None:
+        """One file was put in ``folder`` and its node updated: the folder's new mtime needs no
+        rescan (rescanning after every install made n cold files in one folder cost n² stats)."""
+        if folder is not None and folder.scanned_mtime_ns >= 0:
+            folder.scanned_mtime_ns = self._mirror_mtime(folder)
+
+    def note_installed(self, rel: RelPath) -> None:
+        """``rel`` was put in the mirror (or replaced) by a warm or a repair: update its node, if
+        the tree has one, so its attributes (size, mode visibility) are the new file's."""
+        node: Node | None = self.root
+        for part in rel.parts:
+            if node is None or node.children is None:
+                return
+            node = node.children.get(part)
+        if node is None:
+            return
+        local = self.mirror.entry(rel)
+        if local is not None:
+            self._set_local(node, local)
+            self._mark_ancestors_cached(node)
+            self._scanned_after_install(node.parent)
 
     def _mark_ancestors_cached(self, node: Node) -> None:
         parent = node.parent

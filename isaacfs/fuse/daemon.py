@@ -207,6 +207,7 @@ class Daemon:
         """Own the downloads' nursery, so a stop can discard them before the mount goes."""
         async with trio.open_nursery() as downloads:
             tree.fetcher.attach(downloads)
+            tree.attach(downloads)
             task_status.started(downloads)
             await trio.sleep_forever()
 
@@ -243,8 +244,8 @@ class Daemon:
         while True:
             await trio.sleep(INDEX_FLUSH_SECONDS)
             try:
-                data = index.snapshot()
-                if data is not None:
+                if index.pending():  # serializing 200,000 rows takes a while: off the trio thread
+                    data = await trio.to_thread.run_sync(index.serialized)
                     await trio.to_thread.run_sync(index.write_snapshot, data)
             except OSError as exc:
                 log.warning("could not save the mirror index: %s", exc.strerror)

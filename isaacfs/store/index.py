@@ -136,11 +136,19 @@ class Index:
 
     def snapshot(self) -> bytes | None:
         """The whole database as bytes if it changed since the last save, else None."""
+        return self.serialized() if self.pending() else None
+
+    def pending(self) -> bool:
+        """Whether the database changed since the last save (counting it as saved from now)."""
         self.flush()
         changes = self.db.total_changes
         if changes == self._saved_changes:
-            return None
+            return False
         self._saved_changes = changes
+        return True
+
+    def serialized(self) -> bytes:
+        """The whole database as the bytes of a SQLite file (may run in a worker thread)."""
         return _serialize(self.db)
 
     def write_snapshot(self, data: bytes) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyfuse3
 import pytest
+import trio
 
 from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.errors import FetchFailed
@@ -181,3 +182,60 @@ async def test_forgotten_folders_free_their_nodes_and_load_again(
         assert again.st_ino == inodes[2]
         entry = await fs.lookup(again.st_ino, b"f123.usda")
         assert entry.st_size == len(b"#usda 1.0\n")
+
+
+@trio_test
+async def test_an_expired_listing_serves_at_once_while_a_stalled_upstream_is_asked_in_the_background(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    running = Running(mirror, index, upstream)
+    async with running:
+        await walk(make_tree(running, "permissive", ttl=0.05), FRANKA)
+        await trio.sleep(0.1)  # every stored listing has expired
+        upstream.delay = 3.0  # a stalled upstream
+        tree = make_tree(running, "permissive", ttl=0.05)
+        tree.attach(running._nursery)
+        with trio.fail_after(0.5):
+            node = await walk(tree, FRANKA)
+        assert node is not None
+        upstream.delay = 0.0
+
+
+@trio_test
+async def test_a_warm_that_replaces_a_file_updates_its_node(mirror: Mirror, index: Index,
+                                                            upstream: MemoryUpstream) -> None:
+    running = Running(mirror, index, upstream)
+    async with running as ws:
+        tree = make_tree(running, "permissive")
+        node = await walk(tree, GO2)
+        assert node is not None
+        os.close(await tree.open(node))
+        upstream.put(GO2, upstream.files[GO2] + b"\n# grown upstream\n" * 1000)
+        entry = await upstream.stat(RelPath.parse(GO2))
+        await ws.fetcher.ensure(RelPath.parse(GO2), entry, replace=True)
+        tree.note_installed(RelPath.parse(GO2))
+        assert node.size == entry.size and node.cached
+
+
+@trio_test
+async def test_cold_files_in_one_folder_do_not_rescan_it_per_file(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    for number in range(200):
+        upstream.put(f"Isaac/Props/Many/m{number:03}.usda", b"#usda 1.0\n")
+    scans: list[str] = []
+    real_scan = mirror.scan
+
+    def counted(rel: RelPath) -> object:
+        scans.append(str(rel))
+        return real_scan(rel)
+
+    monkeypatch.setattr(mirror, "scan", counted)
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree = make_tree(running, "permissive")
+        folder = await walk(tree, "Isaac/Props/Many")
+        assert folder is not None
+        for number in range(200):
+            node = await tree.lookup(folder, f"m{number:03}.usda")
+            assert node is not None
+            os.close(await tree.open(node))
+    assert scans.count("Isaac/Props/Many") <= 3, scans.count("Isaac/Props/Many")
