@@ -50,7 +50,31 @@ FAULTS = {
     "test_fetch.py::test_32_processes_one_download": (
         "32 processes opening one cold file", "one download; server body bytes == file size"),
     "test_faults.py::test_memory_stays_flat_under_a_lookup_storm": ("a storm of missing-path lookups", ""),
+    "test_survival.py::test_ctrl_c_on_a_warm_through_the_mount_costs_only_that_warm": (
+        "Ctrl-C on `isaacfs warm` through a live mount, 3 times",
+        "each warm ended; the same daemon served a mirrored read in < 1 s (page cache dropped) after each"),
+    "test_survival.py::test_names_that_are_not_utf8_are_served_or_skipped": (
+        "file names that are not UTF-8: in a file: upstream, in an adopted mirror (ls -la, xattrs)",
+        "listed and read; xattr URL percent-encoded; adoption finished; mirrored read in < 1 s"),
+    "test_survival.py::test_an_upstream_that_is_itself_a_mirror": (
+        "an upstream whose root holds .isaacfs/", "state folder never shown; files served; read in < 1 s"),
+    "test_survival.py::test_a_broken_mirror_gives_errnos_not_a_dead_mount": (
+        "a symlink loop and a 200-byte folder name in the mirror", "ls answers; mirrored read in < 1 s"),
+    "test_survival.py::test_hostile_control_clients": (
+        "control socket: 60 KB of nested JSON; 2,000 connections held open",
+        "error line; daemon held < 200 fds during the flood, read in < 1 s, status answered after"),
+    "test_survival.py::test_umount_of_a_wedged_daemon_works": (
+        "a wedged daemon (SIGSTOP): isaacfs umount", "killed, connection aborted, detached in < 10 s; remounted"),
+    "test_survival.py::test_special_files_and_links_out_of_a_file_upstream_are_not_assets": (
+        "a FIFO, /etc/shadow and /etc symlinked into a file: upstream",
+        "never listed or fetched; opens fail in < 5 s; links within the tree served"),
+    "test_survival.py::test_names_the_kernel_forgets_are_freed": (
+        "5,000 listed names, then the kernel drops its caches",
+        "the daemon freed > 4,000 names; the folder loads again"),
+    "test_priorities.py::test_a_reader_behind_a_warm_waits_one_transfer": (
+        "a reader's cold open behind a 100-file warm (unit tier)", "waited < 3 transfers, not the whole queue"),
 }
+UNIT_TIER = {"test_priorities.py"}  # rows proven in tests/unit (no mount)
 
 
 def main() -> None:
@@ -59,7 +83,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     report = Path(tempfile.mkdtemp()) / "faults.xml"
-    ids = [f"tests/mount/{test_id}" for test_id in FAULTS]
+    ids = [f"tests/{'unit' if test_id.split('::')[0] in UNIT_TIER else 'mount'}/{test_id}" for test_id in FAULTS]
     env = {**os.environ, "ISAACFS_TEST_LOOKUPS": str(args.lookups)}
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *ids],
                    cwd=REPO, env=env, check=False)
@@ -77,7 +101,8 @@ def main() -> None:
         wrong = props.get("bytes_wrong", "not measured by this test (it asserts what the previous column says)")
         rows.append(f"| {fault} | {survived} | {seen} | {wrong} | `{test_id}` ({seconds:.0f} s) |")
     text = (f"# Fault injection\n\nMeasured by `python bench/fault_table.py --lookups {args.lookups}` on"
-            f" {date.today().isoformat()} (root, this 2-core VM). Every row is a test in `tests/mount/` that CI runs"
+            f" {date.today().isoformat()} (root, this 2-core VM). Every row is a test in `tests/mount/`"
+            " (or `tests/unit/`) that CI runs"
             " (CI's lookup storm is 200,000 lookups). A TCP fault proxy sits between omni.client and a moto S3"
             " server on loopback (`tests/support/faultproxy.py`); the server can answer 5xx or flip a byte"
             " (`tests/support/s3server.py`). After each fault, every file in the mirror is compared with the"
