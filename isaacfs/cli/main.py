@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     warm = commands.add_parser(
         "warm", help="fetch chosen assets into the mirror (through a live mount's daemon, or directly)")
+    warm.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT",
+                      help="the live mount or mirror folder to fill (put it before the options;"
+                      f" default $ISAACFS_MIRROR or {config.DEFAULT_MOUNTPOINT})")
     warm.add_argument("--categories", nargs="+", default=[], metavar="C",
                       help="folders under Isaac/ (Robots, IsaacLab/Robots), paths from the root"
                       " (NVIDIA/Materials), or all")
@@ -207,6 +210,11 @@ def cmd_warm(args: argparse.Namespace) -> int:
         raise UserError("say what to warm: --categories, --manifest FILE, --closure PATH.usd or --from-misses")
     if args.subset and not args.categories:
         raise UserError("--subset narrows --categories; give the categories too")
+    # `warm --categories Robots ~/mnt`: argparse takes the folder for a category.
+    folders = [c for c in args.categories if c.startswith(("/", "~", "./")) and Path(c).expanduser().is_dir()]
+    if folders and not args.mountpoint:
+        args.mountpoint = folders[0]
+        args.categories = [c for c in args.categories if c != folders[0]]
     settings = settings_from(args)
     spec = WarmSpec(args.categories, args.subset, closure=args.closure, from_misses=args.from_misses,
                     dry_run=args.dry_run)

@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -53,6 +56,7 @@ class WarmProgress:
         self.done_files = 0
         self.done_bytes = 0
         self.printed = time.monotonic()
+        self.interrupted = False
 
     def __enter__(self) -> WarmProgress:
         self.progress.__enter__()
@@ -126,7 +130,7 @@ def render(console: Console, result: WarmResult, mirror: Path, mounted: bool) ->
         console.print(f"failed: ... and {len(result.failures) - 20} more")
     if result.stopped:
         console.print(result.stopped, soft_wrap=True, markup=False)
-    if not result.dry_run:
+    if not result.dry_run and (result.ok or any(g.fetched or g.skipped for g in result.groups)):
         use = (f'eval "$(isaacfs env {mirror})"' if mounted
                else f'isaacfs mount {mirror} && eval "$(isaacfs env {mirror})"')
         console.print(f"use it with Isaac Lab: {use}", soft_wrap=True, markup=False)
@@ -151,8 +155,18 @@ def _daemon_of(mirror: Path, settings: Settings) -> bool:
 
 
 def run_local(settings: Settings, mirror_dir: Path, spec: WarmSpec, emit: control.Emit) -> WarmResult:
-    mirror_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        mirror_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the mirror folder {mirror_dir}: {exc.strerror}; pick a folder you can"
+                        " write with --mirror DIR") from None
     return run_on_mirror(settings, mirror_dir, lambda workspace: run(workspace, spec, emit), read_only=spec.dry_run)
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(KeyboardInterrupt) is not None
+    return isinstance(exc, KeyboardInterrupt)
 
 
 def warm_and_report(settings: Settings, mirror: Path, spec: WarmSpec) -> int:
@@ -162,10 +176,21 @@ def warm_and_report(settings: Settings, mirror: Path, spec: WarmSpec) -> int:
     console = Console(width=None if interactive else 200)
     mounted = _daemon_of(mirror, settings)
     with WarmProgress(console, interactive) as progress:
-        if mounted:
-            answer = control.call(mirror, "warm", progress.event, timeout=None, spec=spec.__dict__)
-            result = WarmResult.from_dict(answer)
-        else:
-            result = run_local(settings, mirror, spec, progress.event)
+        try:
+            if mounted:
+                answer = control.call(mirror, "warm", progress.event, timeout=None, spec=spec.__dict__)
+                result = WarmResult.from_dict(answer)
+            else:
+                result = run_local(settings, mirror, spec, progress.event)
+        except BaseException as exc:  # Ctrl-C; trio may deliver it inside a group
+            if not _is_interrupt(exc):
+                raise
+            progress.interrupted = True
+    if progress.interrupted:
+        planned = f" of {progress.total_files:,}" if progress.total_files else ""
+        print(f"isaacfs warm: interrupted after {progress.done_files:,}{planned} files"
+              f" ({progress.done_bytes / 1e6:,.1f} MB); what was fetched is kept: run the same command"
+              " again to continue", file=sys.stderr)
+        return 130
     render(console, result, mirror, mounted)
     return 0 if result.ok else 1

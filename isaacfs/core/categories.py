@@ -57,5 +57,5 @@ def category_root(category: str) -> RelPath:
     except InvalidPath as exc:
         raise UserError(f"category {category!r} is not a valid path: {exc}") from None
     if rel.is_root:
-        raise UserError("an empty category; use `all` for everything under Isaac/")
+        raise UserError("an empty category; use `all` for everything (Isaac/ and NVIDIA/)")
     return rel if rel.parts[0] in ("Isaac", "NVIDIA") else RelPath(("Isaac", *rel.parts))

@@ -54,6 +54,8 @@ def check_mountpoint(mountpoint: Path, settings: Settings) -> tuple[Path, str]:
         if existing.fstype == mounts.FSTYPE:
             raise MountError(f"{mountpoint} is already an isaacfs mount; to remount: isaacfs umount {mountpoint}")
         raise MountError(f"{mountpoint} is already a mount point ({existing.fstype}); pick an empty folder")
+    if settings.allow_other and os.getuid() != 0 and not mounts.fuse_conf_allows_other():
+        raise MountError(mounts.ALLOW_OTHER_REFUSED)
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: FUSE is not available here (load the fuse module,"
                          " or give the container --device /dev/fuse --cap-add SYS_ADMIN)")
@@ -78,13 +80,8 @@ def mount_options(settings: Settings) -> set[str]:
 
 
 def explain_mount_failure(settings: Settings, mountpoint: Path, exc: BaseException) -> str:
-    if settings.allow_other and os.getuid() != 0:
-        try:
-            allowed = "user_allow_other" in Path("/etc/fuse.conf").read_text().split()
-        except OSError:
-            allowed = False
-        if not allowed:
-            return "--allow-other needs 'user_allow_other' in /etc/fuse.conf (ask an administrator to add it)"
+    if settings.allow_other and os.getuid() != 0 and not mounts.fuse_conf_allows_other():
+        return mounts.ALLOW_OTHER_REFUSED
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         return "/dev/fuse is not usable by this user (permission denied)"
     return f"the kernel refused to mount {mountpoint}: {exc}"

@@ -67,25 +67,40 @@ async def _folders(upstream: Upstream, folder: RelPath) -> list[str]:
 
 async def _plan_categories(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
     limit = trio.CapacityLimiter(max(ws.jobs, 8))
+    without_subset: list[str] = []
     for category in spec.categories:
-        root = category_root(category)
-        try:
-            exists = ws.index.listing(root) is not None or (await ws.upstream.stat(root)).is_dir
-        except NotFound:
-            exists = False
-        if not exists:
-            known = await _folders(ws.upstream, root.parent)
-            raise UserError(f"unknown category {category!r}; under {root.parent or '/'}/ there are: "
-                            + (", ".join(known) or "no folders"))
-        files = await _walk(ws, root, limit)
-        if spec.subsets:
-            depth = len(root.parts)
-            files = {rel: e for rel, e in files.items() if set(rel.parts[depth:-1]) & set(spec.subsets)}
-            if not files:
-                known = await _folders(ws.upstream, root)
-                raise UserError(f"no subset {', '.join(spec.subsets)} in {category}; its folders are: "
-                                + (", ".join(known) or "none"))
+        files: dict[RelPath, RemoteEntry] = {}
+        roots = [RelPath(("Isaac",)), RelPath(("NVIDIA",))] if category == "all" else [category_root(category)]
+        for root in roots:
+            if not await _exists(ws, root):
+                if category == "all":
+                    continue  # a root without NVIDIA/ (or Isaac/) is still "all" of it
+                known = await _folders(ws.upstream, root.parent)
+                raise UserError(f"unknown category {category!r}; under {root.parent or '/'}/ there are: "
+                                + (", ".join(known) or "no folders"))
+            found = await _walk(ws, root, limit)
+            if spec.subsets:
+                depth = len(root.parts)
+                found = {rel: e for rel, e in found.items() if set(rel.parts[depth:-1]) & set(spec.subsets)}
+            files.update(found)
+        if spec.subsets and not files:
+            without_subset.append(category)
+            continue
         plan.groups.setdefault(category, {}).update(files)
+    if without_subset and not plan.groups:
+        known = await _folders(ws.upstream, category_root(without_subset[0]))
+        raise UserError(f"no subset {', '.join(spec.subsets)} in {', '.join(without_subset)}; the folders of"
+                        f" {without_subset[0]} are: " + (", ".join(known) or "none"))
+    plan.notes.extend(f"no subset {', '.join(spec.subsets)} in {category}" for category in without_subset)
+
+
+async def _exists(ws: Workspace, root: RelPath) -> bool:
+    if ws.index.listing(root) is not None:
+        return True
+    try:
+        return (await ws.upstream.stat(root)).is_dir
+    except NotFound:
+        return False
 
 
 async def _plan_paths(ws: Workspace, paths: list[RelPath], plan: Plan) -> None:

@@ -62,6 +62,23 @@ def is_stale(path: Path) -> bool:
     return False
 
 
+FUSE_CONF = Path("/etc/fuse.conf")
+
+
+def fuse_conf_allows_other(path: Path = FUSE_CONF) -> bool:
+    """Whether fuse.conf lets users other than root mount with allow_other: a line
+    ``user_allow_other`` that is not commented out (the stock file has it commented)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return False
+    return any(line.split("#", 1)[0].strip() == "user_allow_other" for line in text.splitlines())
+
+
+ALLOW_OTHER_REFUSED = ("--allow-other needs the line 'user_allow_other' in /etc/fuse.conf, which this machine"
+                       " does not have; ask an administrator to add it, or mount without --allow-other")
+
+
 def answers(path: Path, timeout: float) -> bool | None:
     """Whether the filesystem at ``path`` answers a statfs within ``timeout`` seconds: True,
     False for a stale mount (its daemon is gone), None for no answer (a wedged daemon).

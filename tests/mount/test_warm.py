@@ -61,7 +61,7 @@ def test_warm_dry_run_fetches_nothing(file_upstream: Upstream, tmp_path: Path) -
     result = isaacfs("warm", "--mirror", str(mirror), "--upstream", file_upstream.url, "--categories", "all",
                      "--dry-run")
     assert result.returncode == 0 and "dry run" in result.stdout
-    assert table_row(result.stdout, "all")[1] == "12"  # all of Isaac/ (NVIDIA/ holds 2 more)
+    assert table_row(result.stdout, "all")[1] == "14"  # Isaac/ (12) and NVIDIA/ (2)
     assert [p for p in mirror.rglob("*") if p.is_file()] == []
 
 

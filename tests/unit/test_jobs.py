@@ -144,3 +144,17 @@ def test_category_model_round_trips() -> None:
 def test_manifest_parser_keeps_odd_names() -> None:
     paths, problems = parse_manifest(["Isaac/Props/a b%+#é.usd", "", "Isaac/./x"], "m")
     assert paths == [RelPath.parse("Isaac/Props/a b%+#é.usd")] and len(problems) == 1
+
+
+def test_all_covers_isaac_and_nvidia(folder: Path, upstream: MemoryUpstream) -> None:
+    result, _ = warm(folder, upstream, WarmSpec(categories=["all"]))
+    assert result.ok and mirrored(folder) == upstream.files
+    assert any(path.startswith("NVIDIA/") for path in mirrored(folder))
+
+
+def test_a_subset_missing_from_one_category_is_a_note(folder: Path, upstream: MemoryUpstream) -> None:
+    result, _ = warm(folder, upstream, WarmSpec(categories=["Robots", "IsaacLab/Robots"], subsets=["Unitree"]))
+    assert set(mirrored(folder)) == {k for k in upstream.files if "/Unitree/" in k}
+    assert "no subset Unitree in Robots" in result.notes and result.ok
+    with pytest.raises(UserError, match="no subset Nope in Robots"):
+        warm(folder, upstream, WarmSpec(categories=["Robots"], subsets=["Nope"]))

@@ -85,3 +85,18 @@ def test_credentials_are_redacted() -> None:
 ])
 def test_miss_hint(path: str, command: str) -> None:
     assert warm_command(RelPath.parse(path)) == command
+
+
+def test_fuse_conf_user_allow_other_only_when_not_commented(tmp_path: Path) -> None:
+    from isaacfs.system.mounts import fuse_conf_allows_other
+
+    conf = tmp_path / "fuse.conf"
+    stock = ("# Set the maximum number of FUSE mounts allowed to non-root users.\n#mount_max = 1000\n\n"
+             "# Allow non-root users to specify the allow_other or allow_root mount options.\n#user_allow_other\n")
+    conf.write_text(stock)
+    assert not fuse_conf_allows_other(conf)
+    conf.write_text(stock.replace("#user_allow_other", "# user_allow_other"))
+    assert not fuse_conf_allows_other(conf)
+    conf.write_text(stock + "user_allow_other  # for isaacfs\n")
+    assert fuse_conf_allows_other(conf)
+    assert not fuse_conf_allows_other(tmp_path / "missing.conf")
