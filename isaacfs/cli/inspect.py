@@ -25,16 +25,7 @@ from ..system import mounts
 
 
 def _live(path: Path) -> bool:
-    """True if ``path`` is a live isaacfs mount; a stale one is reported and treated as bare."""
-    if mounts.is_stale(path):
-        print(f"isaacfs: {path} is a stale mount (its daemon died); run: isaacfs umount {path}", file=sys.stderr)
-        return False
-    info = mounts.find_mount(path)
-    if info is None:
-        return False
-    if info.fstype != mounts.FSTYPE:
-        raise UserError(f"{path} is a {info.fstype} mount, not isaacfs")
-    return True
+    return mounts.live(path)
 
 
 @contextmanager

@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="reuse upstream listings the mirror's index got within S seconds (default 86400)")
 
     verify = commands.add_parser("verify", help="check every mirrored file against the index")
+    verify.add_argument("mountpoint", nargs="?", help="a live mount or a mirror folder")
     verify.add_argument("--mirror", metavar="DIR", help="the mirror or live mount")
     verify.add_argument("--repair", action="store_true", help="fetch wrong or missing files again")
     _add_source(verify)

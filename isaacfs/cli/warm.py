@@ -138,11 +138,8 @@ def render(console: Console, result: WarmResult, mirror: Path, mounted: bool) ->
 
 def _daemon_of(mirror: Path, settings: Settings) -> bool:
     """True if ``mirror`` is a live isaacfs mount (its daemon does the work)."""
-    info = mounts.find_mount(mirror)
-    if info is None:
+    if not mounts.live(mirror):
         return False
-    if info.fstype != mounts.FSTYPE:
-        raise UserError(f"{mirror} is a {info.fstype} mount, not an isaacfs mirror")
     if settings.sources.get("upstream") in ("flag", "--release"):
         try:
             serving = os.getxattr(mirror, "user.isaacfs.upstream").decode()

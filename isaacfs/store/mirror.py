@@ -43,6 +43,11 @@ def classify_folder(path: Path) -> str:
         names = set(os.listdir(path))
     except FileNotFoundError:
         return "missing"
+    except NotADirectoryError:
+        raise MountError(f"{path} is a file, not a folder; pick a folder for the mirror") from None
+    except OSError as exc:
+        raise MountError(f"{path} cannot be read ({exc.strerror}); pick a folder you own for the mirror"
+                         " (--mirror DIR)") from None
     if not names:
         return "empty"
     if STATE_DIR_NAME in names:

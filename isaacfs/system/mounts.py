@@ -115,6 +115,22 @@ def daemon_pids(path: Path) -> list[int]:
     return found
 
 
+def live(path: Path) -> bool:
+    """True if ``path`` is a live isaacfs mount, False if nothing is mounted there. A stale or
+    wedged mount (its mirror is hidden under it, unreadable) is one clear MountError."""
+    info = find_mount(path)
+    if info is None:
+        return False
+    if info.fstype != FSTYPE:
+        raise MountError(f"{path} is a {info.fstype} mount, not isaacfs")
+    state = answers(path, 3.0)
+    if state is False:
+        raise MountError(f"{path} is a stale mount (its daemon died); run: isaacfs umount {path}")
+    if state is None:
+        raise MountError(f"the isaacfs daemon of {path} does not answer; run: isaacfs umount {path}")
+    return True
+
+
 def abort_connection(info: MountInfo) -> bool:
     """Abort the kernel's FUSE connection of a mount: every waiting request fails at once."""
     minor = info.device.partition(":")[2]

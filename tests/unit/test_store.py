@@ -120,3 +120,19 @@ def test_damaged_index_is_set_aside_not_fatal(mirror: Mirror) -> None:
         assert any(p.name.startswith("index.db.damaged-") for p in mirror.state.iterdir())
     finally:
         index.close()
+
+
+def test_an_unreadable_or_wrong_mirror_folder_is_one_sentence(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from isaacfs.core.errors import MountError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MountError, match="is a file, not a folder"):
+        classify_folder(tmp_path / "file")
+
+    def denied(path: object) -> list[str]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "listdir", denied)
+    with pytest.raises(MountError, match=r"cannot be read \(Permission denied\)"):
+        classify_folder(tmp_path)
