@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     misses.add_argument("--clear", action="store_true", help="forget the recorded misses")
 
     mode = commands.add_parser("mode", help="switch a running mount between strict and permissive")
-    mode.add_argument("mode", choices=MODES)
+    mode.add_argument("mode", choices=MODES, help="strict: only the mirror; permissive: fetch what is missing")
     mode.add_argument("mountpoint", nargs="?")
 
     env = commands.add_parser("env", help="print the export line for Isaac Lab 3.x / Isaac Sim 6.x")
@@ -145,7 +145,33 @@ def build_parser() -> argparse.ArgumentParser:
     umount = commands.add_parser("umount", help="unmount cleanly (also recovers a stale mount)")
     umount.add_argument("mountpoint", nargs="?")
     umount.add_argument("--lazy", action="store_true", help="detach now even if files are open")
+    _finish_help(parser)
     return parser
+
+
+# Help for options that many commands share, where a command gave none of its own.
+SHARED_HELP = {
+    "mountpoint": f"the mountpoint (default {config.DEFAULT_MOUNTPOINT})",
+    "mirror": "the mirror folder, or a live mount (default: the mountpoint)",
+    "json": "print JSON instead of text",
+    "upstream": "asset root URL (https S3 root, omniverse://, file:, or a folder)",
+    "release": f"the NVIDIA cloud asset root of this Isaac Sim release (default {config.DEFAULT_RELEASE})",
+    "upstream_timeout": "seconds one upstream lookup may take (default 10)",
+    "log_level": "how much the daemon logs (default INFO)",
+    "allow_other": "let other users (containers) read the mount; needs user_allow_other in /etc/fuse.conf",
+}
+
+
+def _finish_help(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand's --help opens with its one-line purpose; every option has a help line."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                sub = action.choices[choice.dest]
+                sub.description = sub.description or choice.help
+                _finish_help(sub)
+        elif action.help is None and action.dest in SHARED_HELP:
+            action.help = SHARED_HELP[action.dest]
 
 
 def settings_from(args: argparse.Namespace) -> config.Settings:

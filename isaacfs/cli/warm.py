@@ -33,6 +33,7 @@ from rich.table import Table
 from ..control import server as control
 from ..core.config import Settings, redact
 from ..core.errors import UserError
+from ..core.units import size
 from ..jobs.spec import WarmResult, WarmSpec
 from ..jobs.warm import run
 from ..jobs.workspace import run_on_mirror
@@ -97,10 +98,6 @@ class WarmProgress:
         return f"warming {self.done_files:,}/{self.total_files:,} files"
 
 
-def _size(count: int) -> str:
-    return f"{count / 1e6:,.1f} MB"
-
-
 def render(console: Console, result: WarmResult, mirror: Path, mounted: bool) -> None:
     title = ("would fetch (dry run)" if result.dry_run else "isaacfs warm") + f" into {mirror}"
     table = Table(title=title)
@@ -108,17 +105,17 @@ def render(console: Console, result: WarmResult, mirror: Path, mounted: bool) ->
     for column in columns:
         table.add_column(column, justify="left" if column == "category" else "right")
     for group in result.groups:
-        table.add_row(group.name, f"{group.files:,}", _size(group.size), f"{group.skipped:,}",
+        table.add_row(group.name, f"{group.files:,}", size(group.size), f"{group.skipped:,}",
                       "-" if result.dry_run else f"{group.fetched:,}", f"{group.failed:,}")
     if len(result.groups) > 1:
-        table.add_row("total", f"{sum(g.files for g in result.groups):,}", _size(sum(g.size for g in result.groups)),
+        table.add_row("total", f"{sum(g.files for g in result.groups):,}", size(sum(g.size for g in result.groups)),
                       f"{sum(g.skipped for g in result.groups):,}",
                       "-" if result.dry_run else f"{sum(g.fetched for g in result.groups):,}",
                       f"{sum(g.failed for g in result.groups):,}", style="bold")
     console.print(table)
     fetched = sum(g.fetched_bytes for g in result.groups)
     rate = fetched / max(result.elapsed, 1e-6)
-    console.print(f"elapsed {result.elapsed:.1f}s, fetched {_size(fetched)} at {rate / 1e6:,.1f} MB/s;"
+    console.print(f"elapsed {result.elapsed:.1f}s, fetched {size(fetched)} at {rate / 1e6:,.1f} MB/s;"
                   f" mirror {mirror}", soft_wrap=True)
     for note in result.notes[:50]:
         console.print(f"note: {note}", soft_wrap=True, markup=False)

@@ -76,7 +76,7 @@ class AssetFS(pyfuse3.Operations):
         self.root_info = root_info  # values of the root's user.isaacfs.* attributes
         self.uid, self.gid = os.getuid(), os.getgid()
         self._attrs: dict[int, tuple[int, pyfuse3.EntryAttributes]] = {}
-        self._dirs: dict[int, list[Node]] = {}
+        self._dirs: dict[int, tuple[Node, list[Node]]] = {}
         self._next_dir_handle = 1
 
     # -- attributes -----------------------------------------------------------------
@@ -147,15 +147,22 @@ class AssetFS(pyfuse3.Operations):
         children = await self.tree.listdir(node)
         handle = self._next_dir_handle
         self._next_dir_handle += 1
-        self._dirs[handle] = children  # a snapshot, so offsets stay valid while it is read
+        # A snapshot, so offsets stay valid while it is read; "." and ".." come first.
+        self._dirs[handle] = (node, children)
         return handle
 
     @answers
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        children = self._dirs[fh]
+        folder, children = self._dirs[fh]
         reply, attributes = pyfuse3.readdir_reply, self.attributes
-        for position in range(start_id, len(children)):
-            child = children[position]
+        dots = ((b".", folder), (b"..", folder.parent or folder))
+        for position in range(start_id, len(children) + 2):
+            if position < 2:
+                name, node = dots[position]  # the kernel takes no reference for these
+                if not reply(token, name, attributes(node), position + 1):
+                    break
+                continue
+            child = children[position - 2]
             if not reply(token, encoded(child.name), attributes(child), position + 1):
                 break
             self.tree.remember(child)  # readdirplus hands the kernel the entry: a lookup

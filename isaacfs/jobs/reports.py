@@ -9,6 +9,7 @@ from typing import Any
 from ..core.categories import category_of, warm_command
 from ..core.errors import InvalidPath
 from ..core.paths import RelPath
+from ..core.units import plural, size
 from ..store.index import Index
 
 
@@ -16,15 +17,15 @@ def mirrored_by_category(index: Index) -> dict[str, Any]:
     """Files and bytes the index knows, in total and per top-level category."""
     per: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     files = total = 0
-    for path, size, _etag, _fetched, _access in index.files():
+    for path, length, _etag, _fetched, _access in index.files():
         try:
             category = category_of(RelPath.parse(path))[0]
         except InvalidPath:
             category = "(other)"
         per[category][0] += 1
-        per[category][1] += size
+        per[category][1] += length
         files += 1
-        total += size
+        total += length
     return {"files": files, "bytes": total,
             "categories": {name: {"files": n, "bytes": b} for name, (n, b) in sorted(per.items())}}
 
@@ -58,10 +59,6 @@ def manifest(index: Index, since: float) -> list[str]:
     return sorted(served | asked)
 
 
-def _size(count: int) -> str:
-    return f"{count / 1e6:,.1f} MB"
-
-
 def _ago(seconds: float) -> str:
     seconds = max(0, int(seconds))
     if seconds < 120:
@@ -84,18 +81,20 @@ def render_status(report: dict[str, Any]) -> list[str]:
         lines += [f"mount      none running ({report['why_bare']}); reporting on the mirror folder alone"]
     lines.append(f"mirror     {report['mirror']} ({report['disk_free'] / 1e9:,.1f} GB free on its disk)")
     mirrored = report["mirrored"]
-    lines.append(f"mirrored   {mirrored['files']:,} files, {_size(mirrored['bytes'])}")
+    lines.append(f"mirrored   {plural(mirrored['files'], 'file')}, {size(mirrored['bytes'])}")
+    if mirrored["categories"]:
+        lines.append(f"  {'category':<28} {'files':>8} {'size':>14}")
     for name, numbers in mirrored["categories"].items():
-        lines.append(f"  {name:<28} {numbers['files']:>8,} files {_size(numbers['bytes']):>14}")
+        lines.append(f"  {name:<28} {numbers['files']:>8,} {size(numbers['bytes']):>14}")
     for label, key in (("this mount", "session"), ("all time", "total")):
         numbers = report.get(key)
         if numbers is None:
             continue
         lines.append(f"{label:<10} hits {numbers['hits']:,}, misses {numbers['misses']:,},"
-                     f" fetches {numbers['fetches']:,} ({_size(numbers['bytes_fetched'])}),"
+                     f" fetches {numbers['fetches']:,} ({size(numbers['bytes_fetched'])}),"
                      f" errors {numbers['errors']:,}")
     if report.get("running"):
-        lines.append(f"in flight  {report['in_flight']} download(s)")
+        lines.append(f"in flight  {plural(report['in_flight'], 'download')}")
         if "nodes" in report:
             lines.append(f"memory     {report['nodes']:,} names held for the kernel")
     lines.append(f"misses     {report['recorded_misses']:,} recorded (see: isaacfs misses)")
@@ -106,7 +105,7 @@ def render_misses(found: list[dict[str, Any]], now: float | None = None) -> list
     if not found:
         return ["no misses recorded"]
     now = time.time() if now is None else now
-    lines = []
+    lines = [f"{'last':>4}      {'count':<5} {'mode':<10} path"]
     commands: dict[str, None] = {}
     for miss in found:
         lines.append(f"{_ago(now - miss['last_seen']):>4} ago  x{miss['count']:<4} {miss['mode']:<10} {miss['path']}")

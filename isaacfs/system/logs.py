@@ -15,8 +15,9 @@ def state_dir(env: dict[str, str] | None = None) -> Path:
 
 
 def log_path_for(mountpoint: Path, env: dict[str, str] | None = None) -> Path:
-    """~/.local/state/isaacfs/<mountpoint with / as ->.log, like systemd-escape --path."""
-    name = str(mountpoint).strip("/").replace("-", "\\x2d").replace("/", "-") or "-"
+    """~/.local/state/isaacfs/<mountpoint, / as ->.log: /home/ada/IsaacLab/offline_assets logs to
+    home-ada-IsaacLab-offline_assets.log."""
+    name = str(mountpoint).strip("/").replace("/", "-") or "root"
     return state_dir(env) / f"{name}.log"
 
 

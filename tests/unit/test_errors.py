@@ -79,3 +79,16 @@ async def test_typed_errors_map_and_fuse_errors_pass() -> None:
     with pytest.raises(pyfuse3.FUSEError) as caught:
         await direct()
     assert caught.value.errno == errno.EROFS
+
+
+def test_a_resting_upstream_names_its_cause_once() -> None:
+    from isaacfs.core.health import Health
+
+    health = Health("memory://x", retry_after=30)
+    health.mark(Unavailable("list Isaac: upstream unavailable (ERROR_CONNECTION)"))
+    with pytest.raises(Unavailable) as caught:
+        health.check("stat Isaac/x.usd")
+    message = str(caught.value)
+    assert message.count("upstream unavailable") == 1 and "ERROR_CONNECTION" in message, message
+    health.mark(None)
+    health.check("stat Isaac/x.usd")  # a good answer ends the rest
