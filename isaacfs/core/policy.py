@@ -43,9 +43,20 @@ class NodeState(Protocol):
     def remote(self) -> object | None: ...
 
 
+# Names that tools look for in any folder they pass (version control, Python's import
+# system when a process runs inside the mount, desktops): never assets.
+NOT_ASSET_NAMES = frozenset({".git", ".svn", ".hg", ".bzr", "HEAD", "__pycache__", ".DS_Store", "Thumbs.db",
+                             "pyvenv.cfg", "sitecustomize.py", "usercustomize.py", ".gitignore", ".gitmodules"})
+NOT_ASSET_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".so", ".pth", ".egg-link", ".egg-info", ".dist-info")
+
+
 def is_probe(rel: RelPath) -> bool:
-    """A name probed by desktops and shells, or isaacfs's own state: never an asset miss."""
-    return rel.name in PROBE_NAMES or rel.name.startswith(".Trash-") or rel.is_state()
+    """A name probed by desktops, shells, version control or Python's import system, or
+    isaacfs's own state: answered "no such name" but never recorded or offered as a miss."""
+    name = rel.name
+    return (name in PROBE_NAMES or name in NOT_ASSET_NAMES or name.startswith(".Trash-")
+            or name.endswith(NOT_ASSET_SUFFIXES) or any(part in NOT_ASSET_NAMES for part in rel.parts[:-1])
+            or rel.is_state())
 
 
 def visible(node: NodeState, mode: Mode) -> bool:

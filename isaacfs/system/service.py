@@ -94,7 +94,12 @@ def install(mountpoint: Path, settings: Settings, start: bool, user: bool = Fals
     layout.unit_dir.mkdir(parents=True, exist_ok=True)
     layout.env_dir.mkdir(parents=True, exist_ok=True)
     (layout.unit_dir / TEMPLATE).write_text(unit_text(layout))
-    (layout.env_dir / f"{instance}.env").write_text(env_text(settings))
+    # The settings may hold an upstream URL with credentials: readable by the owner only.
+    env_file = layout.env_dir / f"{instance}.env"
+    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with open(fd, "w") as stream:
+        stream.write(env_text(settings))
     said = [f"wrote {layout.unit_dir / TEMPLATE} and {layout.env_dir / f'{instance}.env'}"]
     commands = [layout.systemctl("daemon-reload"), layout.systemctl("enable", *(["--now"] if start else []), unit)]
     if not _systemd_running(layout):

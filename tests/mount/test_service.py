@@ -48,6 +48,8 @@ def test_service_install_writes_a_unit_whose_execstart_serves(tmp_path: Path, fi
     unit = config / "systemd" / "user" / "isaacfs@.service"
     env_file = config / "isaacfs" / f"{instance}.env"
     assert unit.exists() and env_file.exists()
+    assert env_file.stat().st_mode & 0o777 == 0o600  # it may carry the upstream's credentials
+    assert "WorkingDirectory=/" in unit.read_text() and "LimitNOFILE=" in unit.read_text()
     verify(unit, instance, tmp_path)
 
     # Run ExecStart the way systemd would: %f expanded, the EnvironmentFile's variables, a NOTIFY_SOCKET.

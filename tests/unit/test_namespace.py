@@ -239,3 +239,15 @@ async def test_cold_files_in_one_folder_do_not_rescan_it_per_file(
             assert node is not None
             os.close(await tree.open(node))
     assert scans.count("Isaac/Props/Many") <= 3, scans.count("Isaac/Props/Many")
+
+
+@trio_test
+async def test_tool_probes_are_not_recorded_as_misses(mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree = make_tree(running, "strict")
+        for probe in (".git", "HEAD", "Isaac/__pycache__", "Isaac/numpy.py", "Isaac/.git/HEAD", "pyvenv.cfg",
+                      "Isaac/_ext.cpython-311-x86_64-linux-gnu.so"):
+            assert await walk(tree, probe) is None
+        assert await walk(tree, GO2) is None
+    assert [m[0] for m in index.misses()] == [GO2]
