@@ -26,7 +26,7 @@ import trio
 from ..core.config import Settings, redact
 from ..core.errors import AccessDenied, InvalidPath, NotFound, Unavailable, UpstreamError
 from ..core.health import Health
-from ..core.paths import RelPath, check_name
+from ..core.paths import RelPath, check_name, shown
 from ..core.types import RemoteEntry, Sink
 
 log = logging.getLogger("isaacfs.upstream")
@@ -137,11 +137,6 @@ def _trio_callback() -> tuple[Callable[..., None], trio.Event, list[tuple[Any, .
     return on_result, done, box
 
 
-def _shown(rel: RelPath) -> str:
-    """A path as logs show it: one line, control characters and odd bytes escaped."""
-    return ascii(str(rel))[1:-1] if not str(rel).isprintable() else str(rel)
-
-
 class OmniUpstream:
     """An asset root URL (https S3 root, omniverse://, file:) seen as a read-only tree."""
 
@@ -238,13 +233,15 @@ class OmniUpstream:
             reasons = await self._local_checks(tuple(rel.child(name) for name in names), f"list {rel or '/'}")
             for name, why in zip(names, reasons, strict=True):
                 if why is not None:
-                    log.warning("skipped upstream entry %s: %s", _shown(rel.child(name)), why)
+                    log.warning("skipped upstream entry %s: %s", shown(rel.child(name)), why)
                     del entries[name]
         return list(entries.values())
 
     async def probe(self, rel: RelPath, timeout: float) -> None:
         """Ask the upstream now, even while it is resting; raise if it does not answer."""
         url, what = self.url_for(rel), "probe"
+        if self.local_root is not None and rel.is_root and not os.path.isdir(self.local_root):
+            raise Unavailable(f"{what}: the upstream folder {self.local_root} does not exist")
         try:
             answer = await self._call(lambda cb: oc.stat_with_callback(url, cb), timeout, what)
             _raise_for(answer[0], what)
@@ -273,7 +270,7 @@ class OmniUpstream:
                 raise NotFound(f"{what}: {why}")
 
     async def stat(self, rel: RelPath) -> RemoteEntry:
-        await self._refuse_special(rel, f"stat {_shown(rel)}")
+        await self._refuse_special(rel, f"stat {shown(rel)}")
         url = self.url_for(rel)
         _result, item = await self._guarded(f"stat {rel}", lambda cb: oc.stat_with_callback(url, cb))
         return _to_entry(item, rel.name)

@@ -16,7 +16,7 @@ from typing import Any
 from ..control import server as control
 from ..core.config import Settings
 from ..core.errors import UserError
-from ..core.paths import STATE_DIR_NAME
+from ..core.paths import STATE_DIR_NAME, escape_line
 from ..jobs import reports
 from ..jobs.verify import VerifyResult
 from ..jobs.verify import verify as run_verify
@@ -121,7 +121,7 @@ def manifest(path: Path, since_text: str | None, output: str | None) -> int:
             paths = reports.manifest(index, since)
     when = "the beginning" if not since else datetime.fromtimestamp(since).isoformat(timespec="seconds")
     text = f"# isaacfs manifest of {path}: {len(paths)} paths served or asked for since {when}\n"
-    text += "".join(f"{line}\n" for line in paths)
+    text += "".join(f"{escape_line(line)}\n" for line in paths)  # one path per line, whatever its name
     if output:
         try:
             Path(output).write_text(text, encoding="utf-8", errors="surrogateescape")

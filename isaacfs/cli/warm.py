@@ -33,6 +33,7 @@ from rich.table import Table
 from ..control import server as control
 from ..core.config import Settings, redact
 from ..core.errors import UserError
+from ..core.paths import shown
 from ..core.units import size
 from ..jobs.spec import WarmResult, WarmSpec
 from ..jobs.warm import run
@@ -118,11 +119,11 @@ def render(console: Console, result: WarmResult, mirror: Path, mounted: bool) ->
     console.print(f"elapsed {result.elapsed:.1f}s, fetched {size(fetched)} at {rate / 1e6:,.1f} MB/s;"
                   f" mirror {mirror}", soft_wrap=True)
     for note in result.notes[:50]:
-        console.print(f"note: {note}", soft_wrap=True, markup=False)
+        console.print(f"note: {shown(note)}", soft_wrap=True, markup=False)
     if len(result.notes) > 50:
         console.print(f"note: ... and {len(result.notes) - 50} more")
     for failure in result.failures[:20]:
-        console.print(f"failed: {failure}", soft_wrap=True, markup=False)
+        console.print(f"failed: {shown(failure)}", soft_wrap=True, markup=False)
     if len(result.failures) > 20:
         console.print(f"failed: ... and {len(result.failures) - 20} more")
     if result.stopped:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -20,10 +21,14 @@ else:  # Python 3.10 (Ubuntu 22.04): the same parser, from PyPI
 CLOUD_ROOT = "https://omniverse-content-production.s3-us-west-2.amazonaws.com/Assets/Isaac"
 DEFAULT_RELEASE = "6.2"  # Isaac Sim 6.x / Isaac Lab 3.0; Isaac Lab 2.3 uses 5.1.
 DEFAULT_MOUNTPOINT = Path("~/IsaacLab/offline_assets")
-UPSTREAM_SCHEMES = ("https", "http", "omniverse", "omni", "file")
+UPSTREAM_SCHEMES = ("https", "omniverse", "omni", "file")
+RELEASE = re.compile(r"^\d+\.\d+$")
 
 
 def release_root(release: str) -> str:
+    if not RELEASE.match(release):
+        raise UserError(f"--release {release!r} is not a release number; write it as 6.2 (Isaac Lab 3.0)"
+                        " or 5.1 (Isaac Lab 2.3)")
     return f"{CLOUD_ROOT}/{release}"
 
 
@@ -113,6 +118,9 @@ def check_upstream_url(url: str) -> str:
     if text.startswith("/"):
         return Path(text).as_uri()
     parts = urlsplit(text)
+    if parts.scheme == "http":
+        raise UserError(f"upstream URL {url!r} is not usable: omni.client lists folders only over https://"
+                        " (S3) or omniverse:// (Nucleus); write https://")
     if parts.scheme not in UPSTREAM_SCHEMES:
         raise UserError(
             f"upstream URL {url!r} is not usable: expected https://, omniverse:// or file:"

@@ -83,3 +83,67 @@ class RelPath:
 
 
 ROOT = RelPath(())
+
+
+def shown(text: object) -> str:
+    """``text`` as a log line or a terminal may show it: printable characters as they are
+    (unicode included), a byte that is not UTF-8 as ``\\xNN``, control characters (newline,
+    escape sequences) as Python escapes. One line, nothing a terminal would act on."""
+    value = str(text)
+    if value.isprintable():
+        return value
+    out = []
+    for char in value:
+        if char.isprintable():
+            out.append(char)
+        elif "\udc80" <= char <= "\udcff":
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        else:
+            out.append(char.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+_LINE_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_line(path: str) -> str:
+    """A path as one manifest line: backslash, newline, CR and tab escaped, other control
+    characters and undecodable bytes as ``\\xNN``. ``unescape_line`` gives the path back exactly."""
+    out = []
+    for char in path:
+        if char in _LINE_ESCAPES:
+            out.append(_LINE_ESCAPES[char])
+        elif "\udc80" <= char <= "\udcff":
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\x{ord(char):02x}")  # escape sequences never reach a terminal raw
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def unescape_line(line: str) -> str:
+    """The inverse of ``escape_line``; a line without backslashes is returned as it is."""
+    if "\\" not in line:
+        return line
+    out, chars, index = [], line, 0
+    simple = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
+    while index < len(chars):
+        char = chars[index]
+        if char == "\\" and index + 1 < len(chars):
+            follow = chars[index + 1]
+            if follow in simple:
+                out.append(simple[follow])
+                index += 2
+                continue
+            if follow == "x" and _hex(chars[index + 2:index + 4]):
+                out.append(bytes([int(chars[index + 2:index + 4], 16)]).decode("utf-8", "surrogateescape"))
+                index += 4
+                continue
+        out.append(char)
+        index += 1
+    return "".join(out)
+
+
+def _hex(text: str) -> bool:
+    return len(text) == 2 and all(c in "0123456789abcdefABCDEF" for c in text)

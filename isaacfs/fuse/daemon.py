@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pyfuse3
 import trio
@@ -59,6 +60,10 @@ def check_mountpoint(mountpoint: Path, settings: Settings) -> tuple[Path, str]:
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: FUSE is not available here (load the fuse module,"
                          " or give the container --device /dev/fuse --cap-add SYS_ADMIN)")
+    if settings.upstream.startswith("file:"):
+        local = Path(unquote(urlsplit(settings.upstream).path))
+        if not local.is_dir():  # offline on purpose, or a typo: the mirror serves either way
+            log.warning("the upstream folder %s does not exist; serving the mirror only (check --upstream)", local)
     mirror = settings.mirror or mountpoint
     kind = classify_folder(mirror)
     if kind == "missing":

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..core.categories import category_of, warm_command
 from ..core.errors import InvalidPath
-from ..core.paths import RelPath
+from ..core.paths import RelPath, shown
 from ..core.units import plural, size
 from ..store.index import Index
 
@@ -108,7 +108,8 @@ def render_misses(found: list[dict[str, Any]], now: float | None = None) -> list
     lines = [f"{'last':>4}      {'count':<5} {'mode':<10} path"]
     commands: dict[str, None] = {}
     for miss in found:
-        lines.append(f"{_ago(now - miss['last_seen']):>4} ago  x{miss['count']:<4} {miss['mode']:<10} {miss['path']}")
+        ago = _ago(now - miss["last_seen"])
+        lines.append(f"{ago:>4} ago  x{miss['count']:<4} {miss['mode']:<10} {shown(miss['path'])}")
         if miss["fetch"]:
             commands[miss["fetch"]] = None
     lines.append("")

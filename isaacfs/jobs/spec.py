@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..core.errors import InvalidPath, UserError
-from ..core.paths import RelPath
+from ..core.paths import RelPath, unescape_line
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -94,6 +94,7 @@ def parse_manifest(lines: list[str], name: str) -> tuple[list[RelPath], list[str
         text = raw.strip()
         if not text or text.startswith("#"):
             continue
+        text = unescape_line(text)
         try:
             rel = RelPath.parse(text.lstrip("/") if text.startswith("/") else text)
             if rel.is_root or rel.is_state():

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..core.paths import shown
+
 
 def state_dir(env: dict[str, str] | None = None) -> Path:
     """$XDG_STATE_HOME/isaacfs (default ~/.local/state/isaacfs), from ``env`` or this process's."""
@@ -21,12 +23,23 @@ def log_path_for(mountpoint: Path, env: dict[str, str] | None = None) -> Path:
     return state_dir(env) / f"{name}.log"
 
 
+class EscapeNames(logging.Filter):
+    """Every argument of a log line (a path, an upstream answer, an exception) is shown escaped:
+    a name holding a newline or a terminal escape sequence stays on one harmless line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(arg if isinstance(arg, (int, float)) else shown(arg) for arg in record.args)
+        return True
+
+
 def setup(level: str = "INFO") -> None:
     # Under systemd the journal adds its own timestamps.
     fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else \
         "%(asctime)s %(levelname)s %(message)s"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
+    handler.addFilter(EscapeNames())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -100,3 +100,36 @@ def test_fuse_conf_user_allow_other_only_when_not_commented(tmp_path: Path) -> N
     conf.write_text(stock + "user_allow_other  # for isaacfs\n")
     assert fuse_conf_allows_other(conf)
     assert not fuse_conf_allows_other(tmp_path / "missing.conf")
+
+
+def test_release_and_scheme_are_checked() -> None:
+    with pytest.raises(UserError, match="not a release number"):
+        config.load({"release": "abc"}, env={}, config_file=Path("/nonexistent"))
+    assert config.load({"release": "5.1"}, env={}, config_file=Path("/nonexistent")).upstream.endswith("/5.1")
+    with pytest.raises(UserError, match="only over https://"):
+        config.load({"upstream": "http://example.com/Assets"}, env={}, config_file=Path("/nonexistent"))
+
+
+@pytest.mark.parametrize("name", ["a b%+#é.usd", "new\nline.usd", "esc\x1b[31mred.usd", "bad\udcff.usd",
+                                  "back\\slash.usd", "tab\there.usd", "trailing\\"])
+def test_manifest_lines_round_trip_and_display_is_one_harmless_line(name: str) -> None:
+    from isaacfs.core.paths import escape_line, shown, unescape_line
+    from isaacfs.jobs.spec import parse_manifest
+
+    line = escape_line(f"Isaac/Props/{name}")
+    assert "\n" not in line and "\x1b" not in line and unescape_line(line) == f"Isaac/Props/{name}"
+    paths, problems = parse_manifest([line], "m")
+    assert paths == [RelPath(("Isaac", "Props", name))] and not problems
+    display = shown(name)
+    assert display.isprintable() and "\x1b" not in display
+
+
+def test_log_lines_escape_their_arguments() -> None:
+    import logging
+
+    from isaacfs.system.logs import EscapeNames
+
+    record = logging.LogRecord("isaacfs", logging.WARNING, __file__, 1, "could not fetch %s: %s (%d)",
+                               ("Isaac/evil\n2026 INFO fake line", ValueError("x\x1b[2J"), 3), None)
+    assert EscapeNames().filter(record)
+    assert record.getMessage() == "could not fetch Isaac/evil\\n2026 INFO fake line: x\\x1b[2J (3)"
