@@ -48,12 +48,16 @@ def _add_mount_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listing-ttl", type=float, metavar="S", help="seconds an upstream listing is trusted")
     parser.add_argument("--jobs", dest="fetch_jobs", type=int, metavar="N", help="parallel downloads")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--new-upstream", action="store_true", default=None,
+                        help="use a mirror filled from another upstream: keep its files, list the new one afresh")
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--upstream", metavar="URL")
     source.add_argument("--release", metavar="X.Y")
+    parser.add_argument("--new-upstream", action="store_true", default=None,
+                        help="use a mirror filled from another upstream: keep its files, list the new one afresh")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,7 +180,7 @@ def _finish_help(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace) -> config.Settings:
     keys = ("upstream", "release", "mode", "mirror", "upstream_timeout", "listing_ttl", "fetch_jobs",
-            "log_level", "allow_other")
+            "log_level", "allow_other", "new_upstream")
     flags: dict[str, Any] = {key: getattr(args, key, None) for key in keys}
     return config.load(flags)
 

@@ -51,6 +51,8 @@ class Settings:
     fetch_jobs: int = 8
     fetch_retries: int = 3
     allow_other: bool = False
+    # Mount (or warm) a mirror filled from another upstream: keep its files, drop its listings.
+    new_upstream: bool = False
     read_ahead_kb: int = 1024
     log_level: str = "INFO"
     # Where each value came from (flag, variable, config file), for error messages and tests.

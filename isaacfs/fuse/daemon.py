@@ -19,9 +19,10 @@ from ..backends import client_session, open_upstream
 from ..control import server as control
 from ..control.commands import DaemonCommands
 from ..core.config import Settings, redact
-from ..core.errors import MountError
+from ..core.errors import MountError, UserError
 from ..core.namespace import Tree
 from ..fetch.fetcher import Fetcher
+from ..jobs.workspace import reconcile_upstream
 from ..store.index import Index
 from ..store.mirror import Mirror, classify_folder
 from ..system import mounts, sdnotify
@@ -146,6 +147,12 @@ class Daemon:
             return exc.exit_code
         index = Index(mirror.state / "index.db")
         try:
+            try:
+                self.settings = reconcile_upstream(index, self.settings)
+            except UserError as exc:
+                log.error("%s", exc)
+                self.report(f"ERROR {exc}")
+                return exc.exit_code
             with client_session():
                 return self._serve(mirror, index, adopt=(kind == "assets"))
         finally:

@@ -6,14 +6,15 @@ command on an unmounted mirror builds one here, holding the mirror's lock while 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 import trio
 
-from ..core.config import Settings
+from ..core.config import Settings, redact
 from ..core.errors import UserError
 from ..core.listings import Listings
 from ..core.paths import RelPath
@@ -56,31 +57,62 @@ async def ensure_present(ws: Workspace, rel: RelPath, entry: RemoteEntry) -> boo
 
 
 T = TypeVar("T")
+log = logging.getLogger("isaacfs")
+
+
+def reconcile_upstream(index: Index, settings: Settings) -> Settings:
+    """The settings to use with the mirror whose index is ``index``.
+
+    A mirror records the upstream it is filled from. Used again without an upstream given
+    (flag, variable, config file), it keeps its own (a `verify --repair` of a mirror of an
+    on-prem bucket never goes to the NVIDIA cloud); given another one, it refuses to mix the
+    two, unless ``new_upstream``: then its files stay and its stored listings are dropped.
+    """
+    wanted = settings.upstream.rstrip("/")
+    recorded = index.get_meta("upstream")
+    if recorded is None or recorded.rstrip("/") == redact(wanted):
+        if recorded is None and not index.read_only:
+            index.set_meta("upstream", redact(wanted))
+        return settings
+    if settings.new_upstream:
+        dropped = index.clear_listings()
+        index.set_meta("upstream", redact(wanted))
+        log.warning("the mirror now follows %s (was %s): kept its files, dropped %d stored listings",
+                    redact(wanted), recorded, dropped)
+        return settings
+    if "upstream" not in settings.sources and "***" not in recorded:
+        return replace(settings, upstream=recorded)
+    raise UserError(f"this mirror was filled from {recorded}, not {redact(wanted)}; using it with another upstream"
+                    f" would mix the two: leave out --upstream (or give {recorded}), or add --new-upstream to"
+                    " keep its files and list the new upstream afresh")
 
 
 def run_on_mirror(settings: Settings, mirror_dir: Path, job: Callable[[Workspace], Awaitable[T]],
                   read_only: bool = False, upstream: Upstream | None = None) -> T:
     """Run ``job`` on the mirror in ``mirror_dir``, against ``upstream`` (default: the
-    settings' upstream through its backend).
+    settings' upstream, reconciled with the one the mirror records, through its backend).
 
     ``read_only`` (a dry run) neither takes the lock nor saves the index.
     """
     if upstream is not None:
-        return trio.run(_run, settings, mirror_dir, job, read_only, upstream)
+        given = upstream
+        return trio.run(_run, settings, mirror_dir, job, read_only, lambda _settings: given)
     from ..backends import client_session, open_upstream
 
     with client_session():
-        return trio.run(_run, settings, mirror_dir, job, read_only, open_upstream(settings))
+        return trio.run(_run, settings, mirror_dir, job, read_only, open_upstream)
 
 
 async def _run(settings: Settings, mirror_dir: Path, job: Callable[[Workspace], Awaitable[T]],
-               read_only: bool, upstream: Upstream) -> T:
+               read_only: bool, make_upstream: Callable[[Settings], Upstream]) -> T:
     mirror = Mirror(mirror_dir)
     try:
         if not read_only:
             mirror.prepare()  # takes the lock: never two writers on one mirror
         index = Index(mirror.state / "index.db", read_only=read_only)
         try:
+            settings = reconcile_upstream(index, settings)
+            upstream = make_upstream(settings)
             fetcher = Fetcher(mirror, index, upstream, settings.fetch_jobs, settings.fetch_retries)
             workspace = Workspace(mirror, index, upstream, fetcher, settings.fetch_jobs,
                                   listing_ttl=settings.listing_ttl)

@@ -262,6 +262,9 @@ class Index:
     def miss_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM misses").fetchone()[0])
 
+    def clear_listings(self) -> int:
+        return self.db.execute("DELETE FROM listings").rowcount
+
     def clear_misses(self) -> int:
         return self.db.execute("DELETE FROM misses").rowcount
 

@@ -21,7 +21,7 @@ from isaacfs.jobs.workspace import Workspace, run_on_mirror
 from isaacfs.store.index import Index
 from tests.unit.conftest import FRANKA, GO2
 
-SETTINGS = Settings(upstream="https://example.invalid/Assets/Isaac/5.1")
+SETTINGS = Settings(upstream="memory://assets")
 
 
 def warm(folder: Path, upstream: MemoryUpstream, spec: WarmSpec) -> tuple[WarmResult, list[dict[str, Any]]]:
@@ -158,3 +158,28 @@ def test_a_subset_missing_from_one_category_is_a_note(folder: Path, upstream: Me
     assert "no subset Unitree in Robots" in result.notes and result.ok
     with pytest.raises(UserError, match="no subset Nope in Robots"):
         warm(folder, upstream, WarmSpec(categories=["Robots"], subsets=["Nope"]))
+
+
+def test_a_mirror_keeps_its_upstream(folder: Path, upstream: MemoryUpstream) -> None:
+    from dataclasses import replace
+
+    from isaacfs.jobs.workspace import reconcile_upstream
+
+    warm(folder, upstream, WarmSpec(categories=["IsaacLab/Robots"]))
+    index = Index(folder / ".isaacfs" / "index.db")
+    try:
+        assert index.get_meta("upstream") == "memory://assets"
+        assert index.listing(RelPath.parse("Isaac/IsaacLab/Robots")) is not None
+        # No upstream given (a bare `verify --repair`): the mirror's own, not the NVIDIA cloud.
+        default = Settings()
+        assert reconcile_upstream(index, default).upstream == "memory://assets"
+        other = replace(Settings(upstream="https://other.example/Assets"), sources={"upstream": "flag"})
+        with pytest.raises(UserError, match=r"filled from memory://assets.*--new-upstream"):
+            reconcile_upstream(index, other)
+        moved = reconcile_upstream(index, replace(other, new_upstream=True))
+        assert moved.upstream == "https://other.example/Assets"
+        assert index.get_meta("upstream") == "https://other.example/Assets"
+        assert index.listing(RelPath.parse("Isaac/IsaacLab/Robots")) is None  # the old upstream's listings
+        assert index.file_record(RelPath.parse(GO2)) is not None  # its files kept
+    finally:
+        index.close()
