@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import trio
 
-from ..core.errors import NotFound, Unavailable, UpstreamError
+from ..core.errors import ConnectionLost, NotFound, UpstreamError
 from ..core.health import Health
 from ..core.paths import RelPath
 from ..core.types import RemoteEntry, Sink
@@ -60,7 +60,7 @@ class MemoryUpstream:
             await trio.sleep(self.delay)
         problem: UpstreamError | None = None
         if self.down:
-            problem = Unavailable(f"{what}: upstream unavailable (ERROR_CONNECTION)")
+            problem = ConnectionLost(f"{what}: upstream unavailable (ERROR_CONNECTION)")
         elif str(rel) in self.fail:
             problem = self.fail[str(rel)]
         self.health.mark(problem)

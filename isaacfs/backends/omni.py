@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote, urlsplit
 import trio
 
 from ..core.config import Settings, redact
-from ..core.errors import AccessDenied, InvalidPath, NotFound, Unavailable, UpstreamError
+from ..core.errors import AccessDenied, ConnectionLost, InvalidPath, NotFound, Unavailable, UpstreamError
 from ..core.health import Health
 from ..core.paths import RelPath, check_name, shown
 from ..core.types import RemoteEntry, Sink
@@ -79,8 +79,10 @@ def _raise_for(result: Any, what: str) -> None:
         raise NotFound(f"{what}: not found upstream")
     if result == oc.Result.ERROR_ACCESS_DENIED:
         raise AccessDenied(f"{what}: access denied by upstream")
-    if result in (oc.Result.ERROR_CONNECTION, oc.Result.ERROR):
-        raise Unavailable(f"{what}: upstream unavailable ({result.name})")
+    if result == oc.Result.ERROR_CONNECTION:
+        raise ConnectionLost(f"{what}: upstream unavailable ({result.name})")
+    if result == oc.Result.ERROR:
+        raise Unavailable(f"{what}: upstream failed ({result.name})")
     raise UpstreamError(f"{what}: upstream answered {result.name}")
 
 
@@ -188,7 +190,7 @@ class OmniUpstream:
             if not done.is_set():
                 _abandon(request)
         if not box:
-            raise Unavailable(f"{what}: upstream did not answer within {timeout:g}s")
+            raise ConnectionLost(f"{what}: upstream did not answer within {timeout:g}s")
         return box[0]
 
     async def _guarded(self, what: str, start: Callable[[Callable[..., None]], Any],

@@ -40,7 +40,12 @@ class AccessDenied(UpstreamError):
 
 
 class Unavailable(UpstreamError):
-    """Connection refused or lost, a timeout, a stall, or the upstream is resting after one."""
+    """No usable answer: a server error, a transfer too slow, or the upstream is resting."""
+
+
+class ConnectionLost(Unavailable):
+    """Evidence that the upstream cannot be reached at all: refused, reset, or no answer to a
+    small request in time. Only this makes the upstream rest (``core.health``)."""
 
 
 class FetchFailed(Exception):
@@ -56,7 +61,7 @@ ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidPath, errno.ENOENT),  # a name that cannot exist in the tree
     (NotFound, errno.ENOENT),
     (AccessDenied, errno.EACCES),
-    (Unavailable, errno.EIO),
+    (Unavailable, errno.EIO),  # ConnectionLost included
     (UpstreamError, errno.EIO),
     (FileNotFoundError, errno.ENOENT),
     (NotADirectoryError, errno.ENOTDIR),

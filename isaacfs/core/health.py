@@ -1,8 +1,9 @@
 """Whether the upstream is worth asking right now: a breaker every backend shares.
 
-After an ``Unavailable`` answer (refused, reset, no answer in time) the upstream rests
-for ``retry_after`` seconds: lookups and listings skip it and the mirror serves alone,
-instead of every request waiting for a dead host. Any good answer ends the rest.
+After connection-level evidence (``ConnectionLost``: refused, reset, no answer to a small
+request in time) the upstream rests for ``retry_after`` seconds: lookups and listings
+skip it and the mirror serves alone, instead of every request waiting for a dead host.
+One slow object or one failing key is not such evidence. Any answer ends the rest.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from .errors import Unavailable
+from .errors import ConnectionLost, Unavailable
 
 log = logging.getLogger("isaacfs.upstream")
 
@@ -37,8 +38,11 @@ class Health:
             raise Unavailable(f"{what}: upstream unavailable ({self._down_reason}); next try in {left:.0f}s")
 
     def mark(self, exc: BaseException | None) -> None:
-        """Record the outcome of one request: an Unavailable error starts a rest, anything else ends it."""
-        if isinstance(exc, Unavailable):
+        """Record the outcome of one request: ConnectionLost starts a rest; an answer (a result,
+        or an error the upstream itself gave) ends it; a slow transfer says nothing either way."""
+        if isinstance(exc, Unavailable) and not isinstance(exc, ConnectionLost):
+            return
+        if isinstance(exc, ConnectionLost):
             if self.available:
                 log.warning("upstream %s is unavailable: %s; serving the mirror only for %.0fs",
                             self.name, exc, self.retry_after)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import policy
-from .errors import FetchFailed, NotFound, UpstreamError
+from .errors import FetchFailed, NotFound, Unavailable, UpstreamError
 from .listings import Listings
 from .paths import RelPath
 from .types import LocalEntry, Mode, RemoteEntry, Upstream
@@ -57,6 +57,7 @@ class Node:
         "remote",
         "scanned_mtime_ns",
         "size",
+        "unknown",
     )
 
     def __init__(self, inode: int, parent: Node | None, name: str, is_dir: bool) -> None:
@@ -74,6 +75,7 @@ class Node:
         self.ghost = False  # a folder strict mode lets a path walk through; see Tree.lookup
         self.gen = 0
         self.lookups = 0  # how many times the kernel was handed this node and has not forgotten it
+        self.unknown = False  # permissive: the upstream's listing of this folder could not be had
 
 
 class Tree:
@@ -197,6 +199,7 @@ class Tree:
             node.scanned_mtime_ns = mtime
         if self.mode == "permissive" and self._wants_listing(node):
             listing = await self._remote_listing(rel)
+            node.unknown = listing is None
             if listing is not None:
                 node.listed_at, entries = listing
                 self._merge_remote(node, entries)
@@ -322,6 +325,10 @@ class Tree:
         if self._may_ghost(rel, node):
             return self._ghost(parent, name)
         self._miss(rel, parent)
+        if self.mode == "permissive" and parent.unknown and not policy.is_probe(rel):
+            # Neither the mirror nor a listing knows: "no such file" would be a guess, and the
+            # kernel would remember it. EIO is not remembered; the next lookup asks again.
+            raise Unavailable(f"{rel}: not in the mirror, and the upstream's listing of its folder could not be had")
         return None
 
     def _may_ghost(self, rel: RelPath, node: Node | None) -> bool:

@@ -11,6 +11,7 @@ import pytest
 
 from isaacfs.core.errors import (
     AccessDenied,
+    ConnectionLost,
     FetchFailed,
     InvalidPath,
     NotFound,
@@ -85,10 +86,24 @@ def test_a_resting_upstream_names_its_cause_once() -> None:
     from isaacfs.core.health import Health
 
     health = Health("memory://x", retry_after=30)
-    health.mark(Unavailable("list Isaac: upstream unavailable (ERROR_CONNECTION)"))
+    health.mark(ConnectionLost("list Isaac: upstream unavailable (ERROR_CONNECTION)"))
     with pytest.raises(Unavailable) as caught:
         health.check("stat Isaac/x.usd")
     message = str(caught.value)
     assert message.count("upstream unavailable") == 1 and "ERROR_CONNECTION" in message, message
     health.mark(None)
     health.check("stat Isaac/x.usd")  # a good answer ends the rest
+
+
+def test_only_connection_level_evidence_makes_the_upstream_rest() -> None:
+    from isaacfs.core.health import Health
+
+    health = Health("memory://x", retry_after=30)
+    health.mark(Unavailable("fetch big.exr: not done after 300s, download abandoned"))  # one slow object
+    health.mark(Unavailable("stat a.usd: upstream failed (ERROR)"))  # one failing key
+    health.mark(NotFound("stat b.usd: not found upstream"))
+    assert health.available
+    health.mark(ConnectionLost("list Isaac: upstream did not answer within 10s"))
+    assert not health.available
+    health.mark(NotFound("stat c.usd: not found upstream"))  # an answer: it is back
+    assert health.available

@@ -251,3 +251,18 @@ async def test_tool_probes_are_not_recorded_as_misses(mirror: Mirror, index: Ind
             assert await walk(tree, probe) is None
         assert await walk(tree, GO2) is None
     assert [m[0] for m in index.misses()] == [GO2]
+
+
+@trio_test
+async def test_what_cannot_be_known_is_eio_not_a_cached_no(mirror: Mirror, index: Index,
+                                                           upstream: MemoryUpstream) -> None:
+    upstream.down = True  # no network, nothing listed before
+    running = Running(mirror, index, upstream)
+    async with running:
+        fs = AssetFS(make_tree(running, "permissive"), {})
+        with pytest.raises(pyfuse3.FUSEError) as caught:
+            await fs.lookup(pyfuse3.ROOT_INODE, b"Isaac")
+        assert caught.value.errno == errno.EIO
+        upstream.down = False
+        upstream.health.mark(None)  # the network is back: the next lookup asks again
+        assert (await fs.lookup(pyfuse3.ROOT_INODE, b"Isaac")).st_ino != 0
