@@ -40,8 +40,8 @@ class DaemonCommands:
 
     def _installed(self, rel: RelPath) -> None:
         """A warm or a repair put ``rel`` in the mirror: the tree and the kernel see it now."""
-        self.tree.note_installed(rel)
-        self.fs.kernel.refresh(rel)
+        replaced = self.tree.note_installed(rel)
+        self.fs.kernel.refresh(rel, replaced)
 
     def handlers(self) -> dict[str, Handler]:
         return {"status": self.status, "misses": self.misses, "mode": self.mode, "warm": self.warm,

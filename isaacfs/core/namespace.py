@@ -287,6 +287,11 @@ class Tree:
             return []
         node.lookups = max(0, node.lookups - count)
         freed: list[int] = []
+        parent = node.parent
+        if (node.lookups == 0 and parent is not None and not node.is_dir
+                and (parent.children is None or parent.children.get(node.name) is not node)):
+            self.nodes.pop(node.inode, None)  # a replaced file's old node: nobody holds it now
+            freed.append(node.inode)
         current: Node | None = node if node.is_dir else node.parent
         while current is not None and current is not self.root and self._collapse(current, freed):
             current = current.parent
@@ -382,21 +387,30 @@ class Tree:
         if folder is not None and folder.scanned_mtime_ns >= 0:
             folder.scanned_mtime_ns = self._mirror_mtime(folder)
 
-    def note_installed(self, rel: RelPath) -> None:
-        """``rel`` was put in the mirror (or replaced) by a warm or a repair: update its node, if
-        the tree has one, so its attributes (size, mode visibility) are the new file's."""
+    def note_installed(self, rel: RelPath) -> bool:
+        """``rel`` was put in the mirror by a warm or a repair: update its node, if the tree has
+        one. A file that replaced another gets a new node (a new inode), so a reader holding the
+        old one keeps reading the old file to its end, never pages of both. True if replaced."""
         node: Node | None = self.root
         for part in rel.parts:
             if node is None or node.children is None:
-                return
+                return False
             node = node.children.get(part)
-        if node is None:
-            return
         local = self.mirror.entry(rel)
-        if local is not None:
-            self._set_local(node, local)
-            self._mark_ancestors_cached(node)
-            self._scanned_after_install(node.parent)
+        if node is None or local is None or node.parent is None:
+            return False
+        parent = node.parent
+        replaced = node.cached and not node.is_dir and (node.size, node.mtime_ns) != (local.size, local.mtime_ns)
+        if replaced:
+            assert parent.children is not None
+            del parent.children[node.name]  # the old node lives on for its open handles until forgotten
+            fresh = self._child(parent, node.name, False)
+            fresh.remote = node.remote
+            node = fresh
+        self._set_local(node, local)
+        self._mark_ancestors_cached(node)
+        self._scanned_after_install(parent)
+        return replaced
 
     def _mark_ancestors_cached(self, node: Node) -> None:
         parent = node.parent

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import pyfuse3
+import trio
 
 from ..core.namespace import Node, Tree
 from ..core.paths import RelPath
@@ -55,21 +56,29 @@ class KernelCache:
         else:
             self._take_back(lambda key: True)
 
-    def refresh(self, rel: RelPath) -> None:
-        """``rel`` was just put in the mirror (or replaced) beside the kernel's view of it."""
+    def refresh(self, rel: RelPath, replaced: bool = False) -> None:
+        """``rel`` was just put in the mirror beside the kernel's view of it. ``replaced``: the
+        name now has a new node (a new inode): the kernel must look the name up again, while
+        open handles keep the old inode, its pages and its file."""
         node: Node | None = self.tree.root
+        parent: Node | None = None
         chain: set[Key] = set()
         for part in rel.parts:
             if node is None:
                 break
             chain.add((node.inode, encoded(part)))
+            parent = node
             node = node.children.get(part) if node.children is not None else None
         self._take_back(chain.__contains__)
-        if node is not None and node.cached:
-            try:
-                pyfuse3.invalidate_inode(node.inode, attr_only=False)  # a replaced file: drop old pages
-            except OSError:
-                pass  # the kernel never cached it
+        if replaced and parent is not None:
+            self._forget_entry(parent.inode, encoded(rel.name))
+        elif node is not None and node.cached:
+            self.invalidate(node.inode)
+
+    def invalidate(self, inode: int) -> None:
+        """Make the kernel drop an inode's attributes and pages, from a side thread: the call
+        can wait on the kernel, which must never stall the loop that answers it."""
+        trio.lowlevel.spawn_system_task(_invalidate_inode, inode)
 
     def _take_back(self, wanted: Callable[[Key], bool]) -> None:
         horizon = time.monotonic() - NEGATIVE_TIMEOUT
@@ -83,3 +92,10 @@ class KernelCache:
     @staticmethod
     def _forget_entry(parent_inode: int, name: bytes) -> None:
         pyfuse3.invalidate_entry_async(parent_inode, name, ignore_enoent=True)
+
+
+async def _invalidate_inode(inode: int) -> None:
+    try:
+        await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, False, abandon_on_cancel=True)
+    except OSError:
+        pass  # the kernel never cached it, or has forgotten it

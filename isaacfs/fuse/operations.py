@@ -179,11 +179,18 @@ class AssetFS(pyfuse3.Operations):
         node = self._node(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        told = self._attrs.get(node.inode)  # what the kernel holds of this inode
         try:
             fd = await self.tree.open(node)
         except OSError as exc:
             log.warning("cannot open %s in the mirror: %s", self.tree.rel(node), exc.strerror)
             raise
+        if told is not None and told[1].st_size != node.size:
+            # The file fetched has another size than the listing the kernel was given (it
+            # changed upstream). The kernel would cut reads at the old size: this handle reads
+            # past its caches, and the kernel is told the new attributes for the next one.
+            self.kernel.invalidate(node.inode)
+            return pyfuse3.FileInfo(fh=fd, direct_io=True)
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
     @answers

@@ -212,8 +212,13 @@ async def test_a_warm_that_replaces_a_file_updates_its_node(mirror: Mirror, inde
         upstream.put(GO2, upstream.files[GO2] + b"\n# grown upstream\n" * 1000)
         entry = await upstream.stat(RelPath.parse(GO2))
         await ws.fetcher.ensure(RelPath.parse(GO2), entry, replace=True)
-        tree.note_installed(RelPath.parse(GO2))
-        assert node.size == entry.size and node.cached
+        old_size = node.size
+        assert tree.note_installed(RelPath.parse(GO2))  # replaced: a new node, a new inode
+        fresh = await walk(tree, GO2)
+        assert fresh is not None and fresh.inode != node.inode and fresh.size == entry.size and fresh.cached
+        assert node.size == old_size and tree.nodes[node.inode] is node  # the old one serves its readers
+        node.lookups = 1
+        assert node.inode in tree.forget(node.inode, 1) and node.inode not in tree.nodes
 
 
 @trio_test
