@@ -16,7 +16,8 @@ from typing import Any
 from ..control import server as control
 from ..core.config import Settings
 from ..core.errors import UserError
-from ..core.paths import STATE_DIR_NAME, escape_line
+from ..core.paths import STATE_DIR_NAME, escape_line, shown
+from ..core.units import plural, size
 from ..jobs import reports
 from ..jobs.verify import VerifyResult
 from ..jobs.verify import verify as run_verify
@@ -134,33 +135,46 @@ def manifest(path: Path, since_text: str | None, output: str | None) -> int:
     return 0
 
 
-def verify(settings: Settings, path: Path, repair: bool) -> int:
+def verify(settings: Settings, path: Path, repair: bool, against_upstream: bool = False) -> int:
     def progress(event: dict[str, Any]) -> None:
         if event.get("event") == "done" and event.get("outcome") == "failed":
             print(f"wrong: {event['path']}", flush=True)
 
     if _live(path):
-        answer = control.call(path, "verify", progress, timeout=None, repair=repair)
+        answer = control.call(path, "verify", progress, timeout=None, repair=repair, upstream=against_upstream)
         result = VerifyResult(**answer)
     else:
-        result = _verify_local(settings, path, repair, progress)
-    print(f"isaacfs verify: {result.checked:,} files ({result.bytes / 1e6:,.1f} MB) checked against the index,"
-          f" {result.hashed:,} by MD5, in {result.elapsed:.1f}s; {result.unindexed:,} files on disk not indexed")
+        result = _verify_local(settings, path, repair, progress, against_upstream)
+    print(f"isaacfs verify: {plural(result.checked, 'file')} ({size(result.bytes)}) checked in {result.elapsed:.1f}s:"
+          f" {result.by_hash:,} by the MD5 recorded at install, {result.by_etag:,} by the upstream's MD5 ETag,"
+          f" {result.size_only:,} by size only (no hash known: adopted files)")
+    if result.unindexed:
+        print(f"isaacfs verify: {plural(result.unindexed, 'file')} on disk the index did not know;"
+              f" {result.indexed_now:,} hashed and indexed now (not compared with the upstream)")
+    if against_upstream:
+        print(f"isaacfs verify: {plural(result.upstream_checked, 'file')} compared with a fresh upstream listing:"
+              f" {len(result.changed_upstream):,} changed there, {len(result.gone_upstream):,} gone from it")
     for line in result.problems[:100]:
-        print(f"  wrong: {line}")
+        print(f"  wrong: {shown(line)}")
+    for line in result.changed_upstream[:100]:
+        print(f"  changed upstream: {shown(line)}")
+    for line in result.gone_upstream[:20]:
+        print(f"  gone upstream (kept): {shown(line)}")
     for line in result.repaired[:100]:
-        print(f"  repaired: {line}")
-    if not result.problems:
-        print("isaacfs verify: all files match")
+        print(f"  repaired: {shown(line)}")
+    if not result.problems and not result.changed_upstream and not result.unrepaired:
+        print("isaacfs verify: all files checked match" + ("" if result.size_only == 0 else
+              " (those checked by size only: as far as size can tell)"))
     elif result.unrepaired:
         print(f"isaacfs verify: {len(result.unrepaired)} wrong and not repaired"
               + ("" if repair else "; run again with --repair to fetch them again"))
     return 0 if result.ok else 1
 
 
-def _verify_local(settings: Settings, path: Path, repair: bool, progress: control.Emit) -> VerifyResult:
+def _verify_local(settings: Settings, path: Path, repair: bool, progress: control.Emit,
+                  against_upstream: bool) -> VerifyResult:
     from ..jobs.workspace import run_on_mirror
 
     if not (path / STATE_DIR_NAME / "index.db").exists():
         raise UserError(f"{path} holds no isaacfs mirror index: nothing to verify against")
-    return run_on_mirror(settings, path, lambda workspace: run_verify(workspace, repair, progress))
+    return run_on_mirror(settings, path, lambda workspace: run_verify(workspace, repair, progress, against_upstream))

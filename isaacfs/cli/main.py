@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("mountpoint", nargs="?", help="a live mount or a mirror folder")
     verify.add_argument("--mirror", metavar="DIR", help="the mirror or live mount")
     verify.add_argument("--repair", action="store_true", help="fetch wrong or missing files again")
+    verify.add_argument("--against-upstream", dest="upstream_check", action="store_true",
+                        help="also list the upstream afresh and report (with --repair: refetch) what changed there")
     _add_source(verify)
 
     manifest = commands.add_parser("manifest", help="list the paths the mirror served or was asked for")
@@ -277,7 +279,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from . import inspect as inspect_cli
 
     settings = settings_from(args)
-    return inspect_cli.verify(settings, _mirror_arg(args, settings), args.repair)
+    return inspect_cli.verify(settings, _mirror_arg(args, settings), args.repair, args.upstream_check)
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from ..core.types import MODES, Mode
 from ..fuse.operations import AssetFS
 from ..jobs import reports as status
 from ..jobs.spec import WarmSpec
-from ..jobs.verify import verify
+from ..jobs.verify import VerifyResult, index_unknown, verify
 from ..jobs.warm import run
 from ..jobs.workspace import Workspace
 from .server import ControlError, Emit, Handler
@@ -42,6 +42,13 @@ class DaemonCommands:
         """A warm or a repair put ``rel`` in the mirror: the tree and the kernel see it now."""
         replaced = self.tree.note_installed(rel)
         self.fs.kernel.refresh(rel, replaced)
+
+    async def reindex(self) -> None:
+        """After a damaged index was set aside: index (and hash) what the mirror holds."""
+        result = VerifyResult()
+        known = {record.path for record in self.tree.index.records()}
+        await index_unknown(self.workspace, known, result, trio.CapacityLimiter(1))
+        log.info("indexed %d files found in the mirror after its index was damaged", result.indexed_now)
 
     def handlers(self) -> dict[str, Handler]:
         return {"status": self.status, "misses": self.misses, "mode": self.mode, "warm": self.warm,
@@ -95,9 +102,9 @@ class DaemonCommands:
         return result.to_dict()
 
     async def verify(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
-        result = await verify(self.workspace, bool(request.get("repair")), emit)
-        log.info("verify: %d files checked, %d wrong, %d repaired", result.checked, len(result.problems),
-                 len(result.repaired))
+        result = await verify(self.workspace, bool(request.get("repair")), emit, bool(request.get("upstream")))
+        log.info("verify: %d files checked, %d wrong, %d changed upstream, %d repaired", result.checked,
+                 len(result.problems), len(result.changed_upstream), len(result.repaired))
         return result.to_dict()
 
     async def manifest(self, request: dict[str, Any], emit: Emit) -> list[str]:

@@ -179,7 +179,7 @@ class Fetcher:
                 if isinstance(outcome, LocalEntry):
                     entry = outcome
                     elapsed = time.monotonic() - started
-                    self.index.record_file(rel, entry.size, expected.mtime, expected.etag, "upstream")
+                    self.index.record_file(rel, entry.size, expected.mtime, expected.etag, "upstream", digest)
                     self.index.count("fetches")
                     self.index.count("bytes_fetched", entry.size)
                     log.info("fetched %s (%d bytes in %.2fs)", rel, entry.size, elapsed)

@@ -168,7 +168,7 @@ class Daemon:
         root_info = {"pid": str(os.getpid()), "upstream": redact(s.upstream), "mirror": str(mirror.display),
                      "log": str(self.request.log_path or "stderr"), "control": str(socket_path)}
         operations = AssetFS(tree, root_info)
-        commands = DaemonCommands(operations, s, self.mountpoint)
+        commands = self.commands = DaemonCommands(operations, s, self.mountpoint)
         server = control.ControlServer(socket_path, commands.handlers())
         try:
             pyfuse3.init(operations, str(self.mountpoint), mount_options(s))
@@ -192,6 +192,8 @@ class Daemon:
             nursery.start_soon(self._stop_on_signals, tree, downloads)
             nursery.start_soon(_guarded, "announcing the mount", self._announce_ready, tree)
             nursery.start_soon(self._flush_periodically, index)
+            if index.damaged:
+                nursery.start_soon(_guarded, "indexing the mirror again", self.commands.reindex)
             if adopt and index.get_meta("adopted") is None:
                 nursery.start_soon(_guarded, "adopting the asset tree", self._adopt, tree.mirror, index)
             await pyfuse3.main(min_tasks=4, max_tasks=MAX_FUSE_TASKS)
@@ -253,6 +255,7 @@ class Daemon:
         while True:
             await trio.sleep(INDEX_FLUSH_SECONDS)
             try:
+                await trio.to_thread.run_sync(index.sync_journal)
                 if index.pending():  # serializing 200,000 rows takes a while: off the trio thread
                     data = await trio.to_thread.run_sync(index.serialized)
                     await trio.to_thread.run_sync(index.write_snapshot, data)

@@ -78,7 +78,7 @@ class KernelCache:
     def invalidate(self, inode: int) -> None:
         """Make the kernel drop an inode's attributes and pages, from a side thread: the call
         can wait on the kernel, which must never stall the loop that answers it."""
-        trio.lowlevel.spawn_system_task(_invalidate_inode, inode)
+        trio.lowlevel.spawn_system_task(invalidate_inode, inode)
 
     def _take_back(self, wanted: Callable[[Key], bool]) -> None:
         horizon = time.monotonic() - NEGATIVE_TIMEOUT
@@ -94,7 +94,8 @@ class KernelCache:
         pyfuse3.invalidate_entry_async(parent_inode, name, ignore_enoent=True)
 
 
-async def _invalidate_inode(inode: int) -> None:
+async def invalidate_inode(inode: int) -> None:
+    """Drop the kernel's attributes and pages of ``inode``, waiting in a worker thread."""
     try:
         await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, False, abandon_on_cancel=True)
     except OSError:

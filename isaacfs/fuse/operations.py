@@ -30,7 +30,7 @@ import trio
 from ..core.errors import errno_for
 from ..core.namespace import Node, Tree
 from ..core.paths import name_from_bytes
-from .kernel import ATTR_TIMEOUT, NEGATIVE_TIMEOUT, KernelCache, encoded
+from .kernel import ATTR_TIMEOUT, NEGATIVE_TIMEOUT, KernelCache, encoded, invalidate_inode
 
 log = logging.getLogger("isaacfs.fs")
 
@@ -189,7 +189,8 @@ class AssetFS(pyfuse3.Operations):
             # The file fetched has another size than the listing the kernel was given (it
             # changed upstream). The kernel would cut reads at the old size: this handle reads
             # past its caches, and the kernel is told the new attributes for the next one.
-            self.kernel.invalidate(node.inode)
+            with trio.move_on_after(1.0):  # the next stat is answered afresh
+                await invalidate_inode(node.inode)
             return pyfuse3.FileInfo(fh=fd, direct_io=True)
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 

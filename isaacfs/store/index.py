@@ -5,12 +5,15 @@ cannot say: where a file came from and its upstream ETag, cached upstream listin
 (with the time they were fetched), the misses strict mode refused, and counters.
 
 The database lives in memory and is saved as a whole, atomically (temporary file,
-fsync, rename), every few seconds when it changed and at stop. Why not let SQLite
+fsync, rename), every few seconds when it changed and at stop. Every install is also
+appended, as it happens, to ``.isaacfs/journal`` (one JSON line each), which the next
+start replays: a kill -9 between two saves loses no record of a file it installed. Why not let SQLite
 write the file itself: the mirror is usually hidden under the mount, reached only
 through ``/proc/self/fd/N``, and SQLite resolves that link to its text path, which
 leads back into our own mount: the daemon would wait on itself. The file stays a
 plain SQLite database that any tool can read while the mirror is unmounted. A crash
-loses at most the last few seconds of index updates, never a mirrored file.
+loses at most the last few seconds of counters and listings, never a mirrored file or
+the record of one.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.paths import RelPath
@@ -37,7 +41,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files(
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime REAL NOT NULL, etag TEXT NOT NULL,
-    source TEXT NOT NULL, fetched_at REAL NOT NULL, last_access REAL);
+    source TEXT NOT NULL, fetched_at REAL NOT NULL, last_access REAL, md5 TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS listings(path TEXT PRIMARY KEY, fetched_at REAL NOT NULL, entries TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS misses(
     path TEXT PRIMARY KEY, mode TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
@@ -87,6 +91,16 @@ def _deserialize(db: sqlite3.Connection, data: bytes) -> None:
             source.close()
 
 
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    path: str
+    size: int
+    mtime: float
+    etag: str  # the upstream's ETag when fetched ("" for file: upstreams and adopted files)
+    md5: str  # computed while installed ("" for adopted files and older indexes)
+    source: str  # upstream, adopted, found
+
+
 def _storable(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -100,6 +114,7 @@ class Index:
         self.path = db_path
         self.read_only = read_only  # a report on a mirror someone else may own: never saved
         self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self.damaged = False  # the saved index could not be read: what is on disk must be indexed again
         try:
             data = db_path.read_bytes()
         except FileNotFoundError:
@@ -117,7 +132,14 @@ class Index:
                     log.warning("the mirror index was unreadable (%s); kept it as %s and started a new one",
                                 exc, aside.name)
                 self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+                self.damaged = True
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(files)")}
+        if "md5" not in columns:  # an index written before content hashes were kept
+            self.db.execute("ALTER TABLE files ADD COLUMN md5 TEXT NOT NULL DEFAULT ''")
+        self.journal = db_path.with_name("journal")
+        self._journal_fd = -1
+        self.replayed = self._replay()
         self._counters: Counter[str] = Counter()
         self.session: Counter[str] = Counter()  # counts since this process started
         self._miss_writes = 0
@@ -132,7 +154,65 @@ class Index:
             self.save()
         except OSError as exc:
             log.warning("could not save the mirror index at stop: %s", exc.strerror)
+        if self._journal_fd >= 0:
+            os.close(self._journal_fd)
+            self._journal_fd = -1
         self.db.close()
+
+    # -- the journal of installs ----------------------------------------------------
+    def _replay(self) -> int:
+        """Apply the installs journalled since the last save (``journal.old``, then ``journal``)."""
+        count = 0
+        for path in (self.journal.with_name("journal.old"), self.journal):
+            try:
+                lines = path.read_bytes().splitlines()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("could not read the install journal %s: %s", path.name, exc.strerror)
+                continue
+            for line in lines:
+                try:
+                    item = json.loads(line)
+                    self._insert_file(str(item["path"]), int(item["size"]), float(item["mtime"]),
+                                      str(item["etag"]), str(item["source"]), str(item.get("md5", "")),
+                                      float(item["at"]))
+                    count += 1
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash
+        return count
+
+    def _journal_line(self, record: dict[str, object]) -> None:
+        if self.read_only:
+            return
+        try:
+            if self._journal_fd < 0:
+                self._journal_fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.write(self._journal_fd, json.dumps(record, ensure_ascii=True).encode() + b"\n")
+        except OSError as exc:
+            log.warning("could not journal an install: %s", exc.strerror)
+
+    def sync_journal(self) -> None:
+        """fsync the journal (may run in a worker thread): installs survive a power loss too."""
+        fd = self._journal_fd
+        if fd >= 0:
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+
+    def _rotate_journal(self) -> None:
+        """The snapshot about to be taken holds every journalled install: start a new journal,
+        keeping the old one until that snapshot is safely on disk."""
+        old = self.journal.with_name("journal.old")
+        if self._journal_fd < 0 or old.exists():
+            return
+        try:
+            os.replace(self.journal, old)
+        except OSError:
+            return
+        os.close(self._journal_fd)
+        self._journal_fd = -1
 
     def snapshot(self) -> bytes | None:
         """The whole database as bytes if it changed since the last save, else None."""
@@ -145,6 +225,7 @@ class Index:
         if changes == self._saved_changes:
             return False
         self._saved_changes = changes
+        self._rotate_journal()
         return True
 
     def serialized(self) -> bytes:
@@ -163,6 +244,7 @@ class Index:
             os.close(fd)
             fd = -1
             os.replace(temp, self.path)
+            self.journal.with_name("journal.old").unlink(missing_ok=True)  # all of it is in the snapshot
         except OSError:
             self._saved_changes = -1  # try again at the next save
             temp.unlink(missing_ok=True)
@@ -187,21 +269,40 @@ class Index:
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)", (key, value))
 
     # -- files ----------------------------------------------------------------------
-    def record_file(self, rel: RelPath, size: int, mtime: float, etag: str, source: str) -> None:
+    def record_file(self, rel: RelPath, size: int, mtime: float, etag: str, source: str, md5: str = "") -> None:
+        """An install: in the database, and at once in the journal. ``md5``: the content hash
+        computed while the file was written, the one ``verify`` checks it against."""
         key = _key(rel)
         if key is None:
             return
-        self.db.execute(
-            "INSERT OR REPLACE INTO files(path, size, mtime, etag, source, fetched_at, last_access)"
-            " VALUES(?, ?, ?, ?, ?, ?, ?)", (key, size, mtime, etag, source, time.time(), time.time()))
+        now = time.time()
+        self._insert_file(key, size, mtime, etag, source, md5, now)
+        self._journal_line({"path": key, "size": size, "mtime": mtime, "etag": etag, "source": source,
+                            "md5": md5, "at": now})
         # The file and the folders above it are no longer missing.
         prefixes = ["/".join(rel.parts[:depth]) for depth in range(1, len(rel.parts) + 1)]
         self.db.executemany("DELETE FROM misses WHERE path=?", [(p,) for p in prefixes])
+
+    def _insert_file(self, key: str, size: int, mtime: float, etag: str, source: str, md5: str, at: float) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO files(path, size, mtime, etag, source, fetched_at, last_access, md5)"
+            " VALUES(?, ?, ?, ?, ?, ?, ?, ?)", (key, size, mtime, etag, source, at, at, md5))
+
+    def file_md5(self, rel: RelPath) -> str:
+        """The content hash recorded when the file was installed ("" if none was)."""
+        row = self.db.execute("SELECT md5 FROM files WHERE path=?", (_key(rel),)).fetchone()
+        return "" if row is None else str(row[0])
 
     def file_record(self, rel: RelPath) -> tuple[int, str, str] | None:
         """(size, etag, source) the index holds for a mirrored file."""
         row = self.db.execute("SELECT size, etag, source FROM files WHERE path=?", (_key(rel),)).fetchone()
         return None if row is None else (int(row[0]), str(row[1]), str(row[2]))
+
+    def records(self) -> list[FileRecord]:
+        """Every indexed file, with what verify needs."""
+        self.flush()
+        rows = self.db.execute("SELECT path, size, mtime, etag, md5, source FROM files ORDER BY path")
+        return [FileRecord(str(p), int(s), float(m), str(e), str(h), str(o)) for p, s, m, e, h, o in rows]
 
     def files(self) -> list[tuple[str, int, str, float, float | None]]:
         """Every indexed file: (path, size, etag, fetched_at, last_access)."""

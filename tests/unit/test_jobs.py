@@ -183,3 +183,61 @@ def test_a_mirror_keeps_its_upstream(folder: Path, upstream: MemoryUpstream) -> 
         assert index.file_record(RelPath.parse(GO2)) is not None  # its files kept
     finally:
         index.close()
+
+
+def check_upstream(folder: Path, upstream: MemoryUpstream, repair: bool = False) -> VerifyResult:
+    async def job(ws: Workspace) -> VerifyResult:
+        return await verify(ws, repair, lambda event: None, upstream=True)
+
+    return run_on_mirror(SETTINGS, folder, job, upstream=upstream)
+
+
+def test_verify_finds_a_flipped_byte_without_etags(folder: Path) -> None:
+    from tests.unit.conftest import sample_files
+
+    upstream = MemoryUpstream(sample_files(), md5_etags=False)  # like a file: upstream
+    warm(folder, upstream, WarmSpec(manifest=[GO2, FRANKA]))
+    clean = check(folder, upstream)
+    assert clean.ok and clean.by_hash == 2 and clean.size_only == 0
+    data = bytearray((folder / FRANKA).read_bytes())
+    data[-1] ^= 0x01
+    (folder / FRANKA).write_bytes(bytes(data))
+    found = check(folder, upstream)
+    assert not found.ok and [p.split(":")[0] for p in found.problems] == [FRANKA]
+
+
+def test_installs_survive_a_crash_before_the_index_is_saved(folder: Path, upstream: MemoryUpstream) -> None:
+    warm(folder, upstream, WarmSpec(manifest=[GO2]))
+    state = folder / ".isaacfs"
+    index = Index(state / "index.db")
+    index.record_file(RelPath.parse(FRANKA), 5, 0.0, "", "upstream", "abc")  # journalled at once
+    os.close(index._journal_fd)  # the process dies here: no save, no close
+    again = Index(state / "index.db", read_only=True)
+    try:
+        assert again.file_md5(RelPath.parse(FRANKA)) == "abc" and again.replayed >= 1
+    finally:
+        again.close()
+
+
+def test_verify_indexes_files_it_did_not_know_and_checks_them_next_time(folder: Path,
+                                                                         upstream: MemoryUpstream) -> None:
+    warm(folder, upstream, WarmSpec(manifest=[GO2]))
+    (folder / FRANKA).parent.mkdir(parents=True, exist_ok=True)
+    (folder / FRANKA).write_bytes(upstream.files[FRANKA])  # on disk, not in the index
+    first = check(folder, upstream)
+    assert first.unindexed == 1 and first.indexed_now == 1
+    (folder / FRANKA).write_bytes(b"X" + upstream.files[FRANKA][1:])
+    second = check(folder, upstream)
+    assert second.unindexed == 0 and [p.split(":")[0] for p in second.problems] == [FRANKA]
+
+
+def test_verify_against_the_upstream_finds_a_same_size_change(folder: Path, upstream: MemoryUpstream) -> None:
+    warm(folder, upstream, WarmSpec(categories=["IsaacLab/Robots"]))
+    changed = bytearray(upstream.files[GO2])
+    changed[10] ^= 0x01  # same size, new content, new ETag
+    upstream.put(GO2, bytes(changed))
+    assert check(folder, upstream).ok  # the mirror is intact: only the upstream knows
+    found = check_upstream(folder, upstream)
+    assert [line.split(":")[0] for line in found.changed_upstream] == [GO2] and not found.ok
+    fixed = check_upstream(folder, upstream, repair=True)
+    assert fixed.repaired == [GO2] and (folder / GO2).read_bytes() == bytes(changed)
