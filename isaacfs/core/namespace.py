@@ -328,6 +328,7 @@ class Tree:
             return node
         rel = self.rel(parent).child(name)
         if self._may_ghost(rel, node):
+            self.misses.ghost(rel, self.mode)
             return self._ghost(parent, name)
         self._miss(rel, parent)
         if self.mode == "permissive" and parent.unknown and not policy.is_probe(rel):
@@ -337,7 +338,12 @@ class Tree:
         return None
 
     def _may_ghost(self, rel: RelPath, node: Node | None) -> bool:
-        return policy.may_ghost(rel, node, self.mode, self._ghosts)
+        listed: bool | None = None
+        if self.mode == "strict" and (node is None or node.remote is None):
+            stored = self.listings.stored(rel.parent)
+            if stored is not None:
+                listed = any(entry.name == rel.name and entry.is_dir for entry in stored[1])
+        return policy.may_ghost(rel, node, self.mode, self._ghosts, listed)
 
     def _ghost(self, parent: Node, name: str) -> Node:
         if parent.children is None or name not in parent.children:

@@ -65,15 +65,25 @@ def visible(node: NodeState, mode: Mode) -> bool:
     return node.cached or node.remote is not None or not node.ghost
 
 
-def may_ghost(rel: RelPath, node: NodeState | None, mode: Mode, ghosts: int) -> bool:
+def may_ghost(rel: RelPath, node: NodeState | None, mode: Mode, ghosts: int, listed: bool | None) -> bool:
     """Whether a missing name is answered as an empty, unlisted folder the kernel forgets soon.
 
     The kernel walks a path one name at a time: without this, a strict miss of
     Isaac/Robots/X/x.usd in an empty mirror would be reported as a miss of "Isaac".
+    ``listed``: whether a stored upstream listing of the parent names it as a folder (None:
+    no listing of the parent is known). A name the upstream is known to hold as a file, or
+    known not to hold, is never a ghost; with no listing known, a name without a file
+    suffix may be one (the ghost itself is recorded as a miss until a deeper one replaces it).
     """
-    return (mode == "strict" and (node is None or not node.cached) and len(rel.parts) <= MAX_GHOST_DEPTH
-            and (node is not None or ghosts < MAX_GHOSTS)
-            and not looks_like_file(rel.name) and not is_probe(rel))
+    if not (mode == "strict" and (node is None or not node.cached) and len(rel.parts) <= MAX_GHOST_DEPTH
+            and (node is not None or ghosts < MAX_GHOSTS) and not is_probe(rel)):
+        return False
+    remote = getattr(node, "remote", None)
+    if remote is not None:
+        return bool(getattr(remote, "is_dir", False))
+    if listed is not None:
+        return listed
+    return not looks_like_file(rel.name)
 
 
 class MissReporter:
@@ -84,6 +94,10 @@ class MissReporter:
         self.mount_display = mount_display
         self._reported: set[RelPath] = set()
         self._window, self._logged, self._suppressed = 0.0, 0, 0
+
+    def ghost(self, rel: RelPath, mode: Mode) -> None:
+        """A missing folder answered as a ghost: recorded (not logged) until a deeper miss replaces it."""
+        self.index.record_miss(rel, mode)
 
     def miss(self, rel: RelPath, mode: Mode, upstream_down: bool) -> None:
         if is_probe(rel):

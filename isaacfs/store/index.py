@@ -346,6 +346,9 @@ class Index:
         if key is None:
             return
         now = time.time()
+        # A deeper miss replaces those of the folders on its way (strict mode's ghosts).
+        self.db.executemany("DELETE FROM misses WHERE path=?",
+                            [("/".join(rel.parts[:depth]),) for depth in range(1, len(rel.parts))])
         self.db.execute(
             "INSERT INTO misses(path, mode, first_seen, last_seen, count) VALUES(?, ?, ?, ?, 1)"
             " ON CONFLICT(path) DO UPDATE SET last_seen=excluded.last_seen, count=count+1, mode=excluded.mode",

@@ -271,3 +271,34 @@ async def test_what_cannot_be_known_is_eio_not_a_cached_no(mirror: Mirror, index
         upstream.down = False
         upstream.health.mark(None)  # the network is back: the next lookup asks again
         assert (await fs.lookup(pyfuse3.ROOT_INODE, b"Isaac")).st_ino != 0
+
+
+@trio_test
+async def test_strict_ghosts_only_folders_the_listings_allow(mirror: Mirror, index: Index,
+                                                            upstream: MemoryUpstream) -> None:
+    upstream.put("Isaac/LICENSE", b"a file without a suffix")
+    running = Running(mirror, index, upstream)
+    async with running:
+        await walk(make_tree(running, "permissive"), "Isaac/Robots")  # stores the listings of / and Isaac/
+        tree = make_tree(running, "strict")
+        assert await walk(tree, "Isaac/NoSuchFolder/Deeper") is None
+        assert await walk(tree, "Isaac/LICENSE") is None  # a remote file never turns into a folder
+        robots = await walk(tree, "Isaac/Robots")  # listed as a folder upstream: a ghost
+        assert robots is not None and robots.ghost
+        assert await walk(tree, "Makefile") is None  # the root's listing does not name it
+    recorded = {path for path, *_ in index.misses()}
+    assert {"Isaac/NoSuchFolder", "Isaac/LICENSE", "Makefile"} <= recorded
+    assert "Isaac/NoSuchFolder/Deeper" not in recorded
+
+
+@trio_test
+async def test_without_listings_a_ghost_is_recorded_until_a_deeper_miss_replaces_it(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree = make_tree(running, "strict")
+        readme = await walk(tree, "README")
+        assert readme is not None and readme.ghost
+        assert [m[0] for m in index.misses()] == ["README"]
+        assert await walk(tree, "Isaac/Robots/Foo/foo.usd") is None
+    assert {m[0] for m in index.misses()} == {"README", "Isaac/Robots/Foo/foo.usd"}
