@@ -77,14 +77,14 @@ class MemoryUpstream:
             return RemoteEntry(name, True, 0, 0.0, "")
         return None
 
-    async def list(self, rel: RelPath) -> list[RemoteEntry]:
+    async def list(self, rel: RelPath, fresh: bool = False) -> list[RemoteEntry]:
         await self._answer(f"list {rel}", rel)
         prefix = f"{rel}/" if rel.parts else ""
         names = {key[len(prefix):].split("/", 1)[0] for key in self.files if key.startswith(prefix)}
         found = [self._entry(f"{prefix}{name}", name) for name in sorted(names)]
         return [entry for entry in found if entry is not None]
 
-    async def stat(self, rel: RelPath) -> RemoteEntry:
+    async def stat(self, rel: RelPath, fresh: bool = False) -> RemoteEntry:
         await self._answer(f"stat {rel}", rel)
         entry = self._entry(str(rel), rel.name)
         if entry is None:

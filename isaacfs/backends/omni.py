@@ -206,9 +206,17 @@ class OmniUpstream:
         return answer
 
     # -- operations ---------------------------------------------------------------
-    async def list(self, rel: RelPath) -> list[RemoteEntry]:
+    async def _forget_cached(self, url: str) -> None:
+        """omni.client keeps list and stat answers of HTTP/S3 providers: drop them, so the next
+        answer is the upstream's own (an object changed during the mount)."""
+        with trio.move_on_after(self.timeout):
+            await trio.to_thread.run_sync(oc.clear_list_cache, url, abandon_on_cancel=True)
+
+    async def list(self, rel: RelPath, fresh: bool = False) -> list[RemoteEntry]:
         """List a folder. Entries whose names are unsafe are skipped with a log line."""
         url = self.url_for(rel)
+        if fresh:
+            await self._forget_cached(url)
         _result, items = await self._guarded(
             f"list {rel or '/'}", lambda cb: oc.list_with_callback(url, cb))
         entries: dict[str, RemoteEntry] = {}
@@ -271,9 +279,11 @@ class OmniUpstream:
             if why is not None:
                 raise NotFound(f"{what}: {why}")
 
-    async def stat(self, rel: RelPath) -> RemoteEntry:
+    async def stat(self, rel: RelPath, fresh: bool = False) -> RemoteEntry:
         await self._refuse_special(rel, f"stat {shown(rel)}")
         url = self.url_for(rel)
+        if fresh:
+            await self._forget_cached(url)
         _result, item = await self._guarded(f"stat {rel}", lambda cb: oc.stat_with_callback(url, cb))
         return _to_entry(item, rel.name)
 

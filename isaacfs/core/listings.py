@@ -36,7 +36,7 @@ class Listings:
 
     async def fetch(self, rel: RelPath) -> list[RemoteEntry]:
         """Ask the upstream now and store the answer. Raises UpstreamError kinds."""
-        entries = await self.upstream.list(rel)
+        entries = await self.upstream.list(rel, fresh=True)  # a listing is asked for when the stored one is old
         if rel.is_root:
             entries = [entry for entry in entries if entry.name != STATE_DIR_NAME]
         self.index.store_listing(rel, entries)

@@ -218,6 +218,6 @@ class Fetcher:
 
     async def _refresh(self, rel: RelPath, expected: RemoteEntry) -> RemoteEntry:
         try:
-            return await self.upstream.stat(rel)
+            return await self.upstream.stat(rel, fresh=True)  # the listing was wrong: ask the upstream itself
         except UpstreamError:
             return expected

@@ -90,7 +90,7 @@ async def _check(ws: Workspace, record: FileRecord, rel: RelPath, limit: trio.Ca
 
 async def _repair(ws: Workspace, rel: RelPath) -> str | None:
     try:
-        entry = await ws.upstream.stat(rel)
+        entry = await ws.upstream.stat(rel, fresh=True)
         await ws.fetcher.ensure(rel, entry, replace=True, priority=BULK)
     except (UpstreamError, FetchFailed) as exc:
         return str(exc)

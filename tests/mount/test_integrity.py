@@ -79,3 +79,25 @@ def test_verify_finds_a_corrupted_mirror_file_and_repair_serves_the_right_bytes(
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert (mirror / PROPS / "mesh.usd").read_bytes() == good
     assert (mountpoint / PROPS / "mesh.usd").read_bytes() == good
+
+
+def test_an_s3_object_changed_during_the_mount_is_fetched_as_it_is_now(tmp_path: Path, mounts: Mounts) -> None:
+    from tests.support.helpers import copy_sample, start_s3
+
+    source = copy_sample(tmp_path / "source")
+    (source / PROPS).mkdir(parents=True)
+    (source / PROPS / "same.usd").write_bytes(body(6, 50_000))
+    (source / PROPS / "other.usd").write_bytes(body(7, 50_000))
+    server = start_s3(source, tmp_path / "s3")
+    try:
+        mountpoint = tmp_path / "mnt"
+        mountpoint.mkdir()
+        mounts.mount(mountpoint, server, "--mode", "permissive")
+        assert (mountpoint / PROPS / "same.usd").stat().st_size == 50_000  # listed (and cached by omni.client)
+        same_size, bigger = body(8, 50_000), body(9, 60_000)
+        server.put(f"{PROPS}/same.usd", same_size)  # same size, new content: a new ETag
+        server.put(f"{PROPS}/other.usd", bigger)
+        assert (mountpoint / PROPS / "same.usd").read_bytes() == same_size
+        assert (mountpoint / PROPS / "other.usd").read_bytes() == bigger
+    finally:
+        server.stop()

@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,15 @@ class Upstream:
 
     def bytes_sent(self, key: str) -> int:
         return self.stats()["bytes"].get(key, 0)
+
+    def put(self, rel: str, data: bytes) -> None:
+        """Replace (or add) the object of ``rel`` under the asset root: the upstream changes."""
+        context = ssl.create_default_context(cafile=self.cert)
+        key = urllib.parse.quote(f"{S3_PREFIX}/{rel}", safe="")
+        request = urllib.request.Request(f"https://127.0.0.1:{self.port}/__isaacfs_put?key={key}", data=data,
+                                         method="POST")
+        with urllib.request.urlopen(request, context=context) as reply:
+            assert reply.read() == b"ok"
 
     def via(self, port: int) -> Upstream:
         """The same S3 upstream, reached through another port on loopback (a fault proxy)."""

@@ -103,6 +103,18 @@ def make_app(bucket: str, gets: Counter[str], sent: Counter[str], lock: threadin
                 faults["corrupt"] = int(query.get("corrupt", faults["corrupt"]))
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok"]
+        if path == "/__isaacfs_put":
+            # ?key=K with the object's new body as the request body: the upstream changes.
+            query = dict(part.split("=", 1) for part in environ.get("QUERY_STRING", "").split("&") if "=" in part)
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            data = environ["wsgi.input"].read(length)
+            from moto.core import DEFAULT_ACCOUNT_ID
+            from moto.s3.models import get_canned_acl, s3_backends
+
+            key_object = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].put_object(bucket, unquote(query["key"]), data)
+            key_object.acl = get_canned_acl("public-read")
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok"]
         if path == "/__isaacfs_stats":
             with lock:
                 body = json.dumps({"gets": dict(gets), "bytes": dict(sent)}).encode()
