@@ -102,6 +102,8 @@ class Fetcher:
         self.retries = max(1, retries)
         self.limit = PriorityLimiter(jobs)
         self._inflight: dict[RelPath, _Flight] = {}
+        self._claimed = 0  # bytes the downloads in flight will write
+        self._disk_freed = trio.Event()
         self._nursery: trio.Nursery | None = None
 
     def attach(self, nursery: trio.Nursery) -> None:
@@ -160,13 +162,30 @@ class Fetcher:
             del self._inflight[rel]
             flight.done.set()
 
-    async def _download(self, rel: RelPath, expected: RemoteEntry) -> LocalEntry:
-        for attempt in range(1, self.retries + 1):
+    async def _claim_disk(self, size: int) -> None:
+        """Room on the mirror's disk for ``size`` more bytes, counting what the downloads in
+        flight will still write. If it is there only once they are done, wait for them; if it
+        is not there even with none in flight, the disk is full (ENOSPC)."""
+        while True:
             free, total = self.mirror.free_and_total_bytes()
             reserve = min(DISK_RESERVE, total // 20)
-            if expected.size + reserve > free:
-                raise FetchFailed(errno.ENOSPC, f"mirror disk is full: {expected.size} bytes needed,"
+            if size + reserve + self._claimed <= free:
+                self._claimed += size
+                return
+            if not self._claimed:
+                raise FetchFailed(errno.ENOSPC, f"mirror disk is full: {size} bytes needed,"
                                   f" {max(0, free - reserve)} usable in {self.mirror.display}")
+            await self._disk_freed.wait()
+
+    def _release_disk(self, size: int) -> None:
+        self._claimed -= size
+        self._disk_freed.set()
+        self._disk_freed = trio.Event()
+
+    async def _download(self, rel: RelPath, expected: RemoteEntry) -> LocalEntry:
+        for attempt in range(1, self.retries + 1):
+            claimed = expected.size
+            await self._claim_disk(claimed)
             started = time.monotonic()
             writer = None
             try:
@@ -204,6 +223,7 @@ class Fetcher:
             finally:
                 if writer is not None:
                     writer.discard()
+                self._release_disk(claimed)
             await trio.sleep(min(4.0, 0.25 * 2**attempt))
         raise FetchFailed(errno.EIO, f"{rel} failed its integrity check {self.retries} times")
 

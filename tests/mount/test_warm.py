@@ -196,6 +196,26 @@ def test_warm_stops_on_a_full_disk_without_partial_files(tmp_path: Path, upstrea
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+def test_parallel_downloads_that_fit_one_after_another_all_land(tmp_path: Path, upstream_tree: Path) -> None:
+    folder = upstream_tree / "Isaac/Props/Domes"
+    folder.mkdir(parents=True)
+    for number in range(8):  # 8 x 5 MiB on a 50 MiB disk: they fit, but not all in flight at once plus copies
+        (folder / f"dome{number}.hdr").write_bytes(os.urandom(5 * 1024 * 1024))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=50m", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "mirror").mkdir()
+        (disk / "filler").write_bytes(b"\0" * (4 * 1024 * 1024))  # the disk is not empty either
+        result = isaacfs("warm", "--mirror", str(disk / "mirror"), "--upstream", upstream_tree.as_uri(),
+                         "--categories", "Props/Domes", "--jobs", "8")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert len(list((disk / "mirror" / "Isaac/Props/Domes").iterdir())) == 8
+        assert bytes_wrong(disk / "mirror", upstream_tree) == 0
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 def test_warm_with_an_unreachable_upstream_ends_quickly(tmp_path: Path) -> None:
     started = time.monotonic()
     result = isaacfs("warm", "--mirror", str(tmp_path / "m"), "--upstream", "https://127.0.0.1:9/Assets/Isaac/5.1",
