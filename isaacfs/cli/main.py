@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--jobs", dest="fetch_jobs", type=int, metavar="N", help="parallel downloads (default 8)")
     warm.add_argument("--upstream-timeout", type=float, metavar="S")
     warm.add_argument("--listing-ttl", type=float, metavar="S",
-                      help="reuse upstream listings the mirror's index got within S seconds (default 86400)")
+                      help="reuse upstream listings the mirror's index got within S seconds (default 86400;"
+                      " 0 lists afresh: new upstream files become visible, on a live mount too)")
 
     verify = commands.add_parser("verify", help="check every mirrored file against the index")
     verify.add_argument("mountpoint", nargs="?", help="a live mount or a mirror folder")
@@ -250,7 +251,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
         args.categories = [c for c in args.categories if c != folders[0]]
     settings = settings_from(args)
     spec = WarmSpec(args.categories, args.subset, closure=args.closure, from_misses=args.from_misses,
-                    dry_run=args.dry_run)
+                    dry_run=args.dry_run, listing_ttl=args.listing_ttl)
     if args.manifest:
         spec.manifest, spec.manifest_name = _read_lines(args.manifest), args.manifest
     return warm_cli.warm_and_report(settings, _mirror_arg(args, settings), spec)

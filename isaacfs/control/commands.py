@@ -36,7 +36,7 @@ class DaemonCommands:
         self.started = time.time()
         self.workspace = Workspace(self.tree.mirror, self.tree.index, self.tree.upstream, self.tree.fetcher,
                                    settings.fetch_jobs, on_installed=self._installed,
-                                   listing_ttl=settings.listing_ttl)
+                                   listing_ttl=settings.listing_ttl, listings=self.tree.listings)
 
     def _installed(self, rel: RelPath) -> None:
         """A warm or a repair put ``rel`` in the mirror: the tree and the kernel see it now."""

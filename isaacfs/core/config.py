@@ -95,7 +95,7 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
             return check_upstream_url(str(value))
         if "float" in kind:
             number = float(value)
-            if number <= 0:
+            if number < 0 or (number == 0 and key != "listing_ttl"):  # a TTL of 0: always list afresh
                 raise ValueError("must be positive")
             return number
         if "int" in kind:

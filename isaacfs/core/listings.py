@@ -8,6 +8,7 @@ folder is never taken from an upstream listing (an upstream may itself be a mirr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .paths import STATE_DIR_NAME, RelPath
@@ -22,15 +23,17 @@ class Listings:
         self.index = index
         self.upstream = upstream
         self.ttl = ttl
+        # Told of every listing stored afresh (the mount's tree merges it on next use).
+        self.observers: list[Callable[[RelPath], None]] = []
 
     def stored(self, rel: RelPath) -> tuple[float, list[RemoteEntry]] | None:
         """The listing stored by any earlier run, and when it was fetched (epoch seconds)."""
         return self.index.listing(rel)
 
-    def fresh(self, rel: RelPath) -> tuple[float, list[RemoteEntry]] | None:
-        """The stored listing if it is younger than the TTL."""
+    def fresh(self, rel: RelPath, ttl: float | None = None) -> tuple[float, list[RemoteEntry]] | None:
+        """The stored listing if it is younger than the TTL (``ttl`` for this ask, else the default)."""
         stored = self.index.listing(rel)
-        if stored is not None and time.time() - stored[0] < self.ttl:
+        if stored is not None and time.time() - stored[0] < (self.ttl if ttl is None else ttl):
             return stored
         return None
 
@@ -41,9 +44,11 @@ class Listings:
             entries = [entry for entry in entries if entry.name != STATE_DIR_NAME]
         self.index.store_listing(rel, entries)
         self.index.count("listings")
+        for observer in self.observers:
+            observer(rel)
         return entries
 
-    async def get(self, rel: RelPath) -> list[RemoteEntry]:
+    async def get(self, rel: RelPath, ttl: float | None = None) -> list[RemoteEntry]:
         """The fresh stored listing, else the upstream's (raises UpstreamError kinds)."""
-        fresh = self.fresh(rel)
+        fresh = self.fresh(rel, ttl)
         return fresh[1] if fresh is not None else await self.fetch(rel)

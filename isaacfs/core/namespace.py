@@ -87,6 +87,7 @@ class Tree:
         self.fetcher = fetcher
         self.mode: Mode = mode
         self.listings = Listings(index, upstream, listing_ttl)
+        self.listings.observers.append(self._relisted)
         self.misses = policy.MissReporter(index, mount_display)
         self._inodes = itertools.count(ROOT_INODE + 1)
         self.root = Node(ROOT_INODE, None, "", True)
@@ -203,6 +204,16 @@ class Tree:
             if listing is not None:
                 node.listed_at, entries = listing
                 self._merge_remote(node, entries)
+
+    def _relisted(self, rel: RelPath) -> None:
+        """A listing of ``rel`` was stored afresh (a warm, a verify, a refresh): merge it on next use."""
+        node: Node | None = self.root
+        for part in rel.parts:
+            if node is None or node.children is None:
+                return
+            node = node.children.get(part)
+        if node is not None:
+            node.listed_at = 0.0
 
     async def _refresh_listing(self, rel: RelPath) -> None:
         try:

@@ -31,7 +31,9 @@ from .operations import AssetFS
 log = logging.getLogger("isaacfs")
 
 INDEX_FLUSH_SECONDS = 10.0
-MAX_FUSE_TASKS = 512  # requests served at once; waiting on downloads must not starve others
+# Requests served at once. Opens waiting on downloads each hold one; trio tasks are cheap,
+# so thousands of blocked readers never keep a mirrored read from being answered.
+MAX_FUSE_TASKS = 10_000
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 XATTR_STATE = b"user.isaacfs.state"
 XATTR_URL = b"user.isaacfs.url"
 
+NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 T = TypeVar("T")
 P = ParamSpec("P")
 _logged_bugs: set[tuple[str, str]] = set()
@@ -196,7 +197,17 @@ class AssetFS(pyfuse3.Operations):
 
     @answers
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return os.pread(fh, size, off)
+        # From the page cache without blocking (RWF_NOWAIT); whatever must come from the disk
+        # is read in a worker thread, so a slow or failing disk never stalls the loop.
+        buffer = bytearray(size)
+        try:
+            got = os.preadv(fh, [buffer], off, NOWAIT)
+        except (BlockingIOError, OSError):
+            got = 0
+        if got == size:
+            return bytes(buffer)
+        rest = await trio.to_thread.run_sync(os.pread, fh, size - got, off + got)
+        return bytes(buffer[:got]) + rest
 
     @answers
     async def release(self, fh: int) -> None:

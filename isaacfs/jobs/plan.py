@@ -32,14 +32,15 @@ class Plan:
 
 
 # -- planning -------------------------------------------------------------------------
-async def _walk(ws: Workspace, root: RelPath, limit: trio.CapacityLimiter) -> dict[RelPath, RemoteEntry]:
+async def _walk(ws: Workspace, root: RelPath, limit: trio.CapacityLimiter,
+                ttl: float | None) -> dict[RelPath, RemoteEntry]:
     found: dict[RelPath, RemoteEntry] = {}
     errors: list[UpstreamError] = []
 
     async def visit(folder: RelPath, nursery: trio.Nursery) -> None:
         try:
             async with limit:
-                entries = await ws.listings.get(folder)
+                entries = await ws.listings.get(folder, ttl)
         except UpstreamError as exc:
             errors.append(exc)  # a walk with a hole in it is no plan: stop the whole walk
             nursery.cancel_scope.cancel()
@@ -78,7 +79,7 @@ async def _plan_categories(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
                 known = await _folders(ws.upstream, root.parent)
                 raise UserError(f"unknown category {category!r}; under {root.parent or '/'}/ there are: "
                                 + (", ".join(known) or "no folders"))
-            found = await _walk(ws, root, limit)
+            found = await _walk(ws, root, limit, spec.listing_ttl)
             if spec.subsets:
                 depth = len(root.parts)
                 found = {rel: e for rel, e in found.items() if set(rel.parts[depth:-1]) & set(spec.subsets)}

@@ -23,6 +23,7 @@ class WarmSpec:
     closure: list[str] = field(default_factory=list)
     from_misses: bool = False
     dry_run: bool = False
+    listing_ttl: float | None = None  # trust stored listings this long (None: the mount's own TTL)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WarmSpec:
@@ -33,6 +34,8 @@ class WarmSpec:
         lists = (spec.categories, spec.subsets, spec.closure, spec.manifest or [])
         if not all(isinstance(items, list) and all(isinstance(i, str) for i in items) for items in lists):
             raise UserError("malformed warm request: lists of strings expected")
+        if spec.listing_ttl is not None and not (isinstance(spec.listing_ttl, (int, float)) and spec.listing_ttl >= 0):
+            raise UserError("malformed warm request: listing_ttl must be a number of seconds")
         return spec
 
     def describe(self) -> str:

@@ -35,10 +35,11 @@ class Workspace:
     jobs: int
     on_installed: Callable[[RelPath], None] = lambda rel: None
     listing_ttl: float = 24 * 3600.0  # upstream listings younger than this are taken from the index
-    listings: Listings = field(init=False)
+    listings: Listings = field(default=None)  # type: ignore[assignment]  # a daemon lends its tree's
 
     def __post_init__(self) -> None:
-        self.listings = Listings(self.index, self.upstream, self.listing_ttl)
+        if self.listings is None:
+            self.listings = Listings(self.index, self.upstream, self.listing_ttl)
 
 
 def _present(ws: Workspace, rel: RelPath, entry: RemoteEntry) -> bool:

@@ -34,6 +34,12 @@ def test_a_file_that_grew_upstream_after_its_folder_was_listed_is_read_whole(
     assert (mountpoint / PROPS / "grows.usd").read_bytes() == grown
     assert (mountpoint / PROPS / "grows.usd").stat().st_size == 150_000  # and is told so afterwards
     assert (mountpoint / PROPS / "grows.usd").read_bytes() == grown
+    (folder / "shrinks.usd").write_bytes(body(10, 90_000))
+    assert (mountpoint / PROPS / "shrinks.usd").stat().st_size == 90_000
+    shrunk = body(11, 30_000)
+    (folder / "shrinks.usd").write_bytes(shrunk)  # truncated upstream after it was listed
+    assert (mountpoint / PROPS / "shrinks.usd").read_bytes() == shrunk
+    assert (mountpoint / PROPS / "shrinks.usd").stat().st_size == 30_000
 
 
 def test_a_reader_keeps_reading_the_file_it_opened_while_a_warm_replaces_it(

@@ -241,3 +241,13 @@ def test_verify_against_the_upstream_finds_a_same_size_change(folder: Path, upst
     assert [line.split(":")[0] for line in found.changed_upstream] == [GO2] and not found.ok
     fixed = check_upstream(folder, upstream, repair=True)
     assert fixed.repaired == [GO2] and (folder / GO2).read_bytes() == bytes(changed)
+
+
+def test_a_warm_with_listing_ttl_0_sees_new_upstream_files(folder: Path, upstream: MemoryUpstream) -> None:
+    warm(folder, upstream, WarmSpec(categories=["IsaacLab/Robots"]))
+    upstream.put("Isaac/IsaacLab/Robots/Unitree/Go2/new_part.usda", b"#usda 1.0\n")
+    stale, _ = warm(folder, upstream, WarmSpec(categories=["IsaacLab/Robots"]))
+    assert sum(g.fetched for g in stale.groups) == 0  # the stored listing is trusted for its TTL
+    fresh, _ = warm(folder, upstream, WarmSpec(categories=["IsaacLab/Robots"], listing_ttl=0))
+    assert sum(g.fetched for g in fresh.groups) == 1
+    assert (folder / "Isaac/IsaacLab/Robots/Unitree/Go2/new_part.usda").exists()
