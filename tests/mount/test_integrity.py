@@ -27,6 +27,7 @@ def test_a_file_that_grew_upstream_after_its_folder_was_listed_is_read_whole(
     folder = upstream_tree / PROPS
     folder.mkdir(parents=True)
     (folder / "grows.usd").write_bytes(body(1, 100_000))
+    (folder / "shrinks.usd").write_bytes(body(10, 90_000))
     mounts.mount(mountpoint, file_upstream, "--mode", "permissive")
     assert (mountpoint / PROPS / "grows.usd").stat().st_size == 100_000  # the kernel holds this size
     grown = body(2, 150_000)
@@ -34,7 +35,6 @@ def test_a_file_that_grew_upstream_after_its_folder_was_listed_is_read_whole(
     assert (mountpoint / PROPS / "grows.usd").read_bytes() == grown
     assert (mountpoint / PROPS / "grows.usd").stat().st_size == 150_000  # and is told so afterwards
     assert (mountpoint / PROPS / "grows.usd").read_bytes() == grown
-    (folder / "shrinks.usd").write_bytes(body(10, 90_000))
     assert (mountpoint / PROPS / "shrinks.usd").stat().st_size == 90_000
     shrunk = body(11, 30_000)
     (folder / "shrinks.usd").write_bytes(shrunk)  # truncated upstream after it was listed
