@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 import trio
@@ -25,7 +26,8 @@ class MemoryUpstream:
     kind = "memory"
 
     def __init__(self, files: dict[str, bytes] | None = None, root_url: str = "memory://assets",
-                 retry_after: float = 30.0, mtime: float = 1_700_000_000.0, md5_etags: bool = True) -> None:
+                 retry_after: float = 30.0, mtime: float = 1_700_000_000.0, md5_etags: bool = True,
+                 ranged: bool = False) -> None:
         self.root_url = root_url
         self.files: dict[str, bytes] = dict(files or {})
         self.mtime = mtime
@@ -35,7 +37,15 @@ class MemoryUpstream:
         self.fail: dict[str, UpstreamError] = {}
         self.corrupt: set[str] = set()
         self.delay = 0.0
-        self.requests: Counter[str] = Counter()  # "list a/b", "stat a/b", "get a/b"
+        self.requests: Counter[str] = Counter()  # "list a/b", "stat a/b", "get a/b", "range a/b"
+        # Ranged reads (as S3 serves them): files stream through fetch/stream.py.
+        self.ranged = ranged
+        self.etags: dict[str, str] = {}  # ETags other than the body's MD5 (a multipart upload's)
+        self.chunk = 64 * 1024  # bytes per chunk of a ranged body
+        self.chunk_delay = 0.0  # seconds between chunks: a slow link
+        self.stall_after: dict[str, int] = {}  # path -> offset where ranged bodies stop arriving
+        self.cut_after: dict[str, int] = {}  # path -> offset where ranged bodies end early, once each
+        self.ranges: list[tuple[str, int, int]] = []  # (path, start, end) of every ranged read
 
     # -- test controls --------------------------------------------------------------
     def put(self, path: str, body: bytes) -> None:
@@ -70,7 +80,8 @@ class MemoryUpstream:
     def _entry(self, path: str, name: str) -> RemoteEntry | None:
         body = self.files.get(path)
         if body is not None:
-            etag = hashlib.md5(body, usedforsecurity=False).hexdigest() if self.md5_etags else ""
+            etag = self.etags.get(path) or (hashlib.md5(body, usedforsecurity=False).hexdigest()
+                                            if self.md5_etags else "")
             return RemoteEntry(name, False, len(body), self.mtime, etag)
         prefix = f"{path}/" if path else ""
         if any(key.startswith(prefix) for key in self.files):
@@ -93,6 +104,32 @@ class MemoryUpstream:
 
     async def probe(self, rel: RelPath, timeout: float) -> None:
         await self._answer("probe", rel, resting_ok=True)
+
+    async def read_range(self, rel: RelPath, start: int, end: int,
+                         on_data: Callable[[bytes], Awaitable[None]]) -> None:
+        await self._answer(f"range {rel}", rel)
+        body = self.files.get(str(rel))
+        if body is None:
+            raise NotFound(f"fetch {rel}: not found upstream")
+        if str(rel) in self.corrupt and body:
+            body = bytes([body[0] ^ 0xFF]) + body[1:]
+        self.ranges.append((str(rel), start, end))
+        stall = self.stall_after.get(str(rel))
+        cut = self.cut_after.pop(str(rel), None)
+        position = start
+        while position < min(end, len(body)):
+            if stall is not None and position >= stall:
+                await trio.sleep_forever()
+            if cut is not None and position >= cut:
+                return  # the connection closed early
+            piece = body[position:min(end, position + self.chunk)]
+            if self.chunk_delay:
+                await trio.sleep(self.chunk_delay)
+            await on_data(piece)
+            position += len(piece)
+
+    async def aclose(self) -> None:
+        return None
 
     async def download(self, rel: RelPath, size: int, sink: Sink) -> None:
         await self._answer(f"get {rel}", rel)

@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +28,7 @@ from ..core.errors import AccessDenied, ConnectionLost, InvalidPath, NotFound, U
 from ..core.health import Health
 from ..core.paths import RelPath, check_name, shown
 from ..core.types import RemoteEntry, Sink
+from .http import HttpRanges
 
 log = logging.getLogger("isaacfs.upstream")
 
@@ -145,7 +146,7 @@ class OmniUpstream:
     kind = "omni.client"
 
     def __init__(self, root_url: str, timeout: float, stall_timeout: float, retry_after: float,
-                 min_rate: float) -> None:
+                 min_rate: float, http_ranges: bool = True) -> None:
         self.root_url = root_url.rstrip("/")
         parts = urlsplit(self.root_url)
         # A file: upstream is a local tree: links out of it and special files are never served.
@@ -154,11 +155,28 @@ class OmniUpstream:
         self.stall_timeout = stall_timeout
         self.min_rate = min_rate
         self.health = Health(redact(self.root_url), retry_after)
+        # S3 (the cloud root, on-prem buckets) serves byte ranges: files stream in parts over
+        # HTTP; every other upstream (Nucleus, file:) gets whole bodies through omni.client.
+        self.ranges = (HttpRanges(self.health, timeout, stall_timeout)
+                       if parts.scheme == "https" and http_ranges else None)
+        self.ranged = self.ranges is not None
+        self.download_path = "HTTP ranged GETs (httpx), parallel parts" if self.ranged else "omni.client whole bodies"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OmniUpstream:
         return cls(settings.upstream, settings.upstream_timeout, settings.stall_timeout,
-                   settings.upstream_retry_after, settings.min_download_rate)
+                   settings.upstream_retry_after, settings.min_download_rate, settings.http_ranges)
+
+    async def read_range(self, rel: RelPath, start: int, end: int,
+                         on_data: Callable[[bytes], Awaitable[None]]) -> None:
+        """Bytes [start, end) of ``rel`` over HTTP (S3 upstreams only: see ``ranged``)."""
+        assert self.ranges is not None
+        await self._refuse_special(rel, f"fetch {rel}")
+        await self.ranges.read(self.url_for(rel), start, end, f"fetch {shown(rel)}", on_data)
+
+    async def aclose(self) -> None:
+        if self.ranges is not None:
+            await self.ranges.aclose()
 
     # -- URLs ---------------------------------------------------------------------
     def url_for(self, rel: RelPath) -> str:

@@ -37,6 +37,11 @@ class DaemonCommands:
         self.workspace = Workspace(self.tree.mirror, self.tree.index, self.tree.upstream, self.tree.fetcher,
                                    settings.fetch_jobs, on_installed=self._installed,
                                    listing_ttl=settings.listing_ttl, listings=self.tree.listings)
+        self.tree.fetcher.on_discarded = self._discarded
+
+    def _discarded(self, rel: RelPath) -> None:
+        """Bytes of ``rel`` that readers may have been served failed the final check."""
+        self.fs.kernel.drop_pages(rel)
 
     def _installed(self, rel: RelPath) -> None:
         """A warm or a repair put ``rel`` in the mirror: the tree and the kernel see it now."""
@@ -71,6 +76,7 @@ class DaemonCommands:
                 "session": status.counters(index, True),
                 "total": status.counters(index, False), "in_flight": self.tree.fetcher.in_flight,
                 "nodes": len(self.tree.nodes),
+                "download_path": getattr(upstream, "download_path", type(upstream).__name__),
                 "recorded_misses": index.miss_count()}
 
     async def misses(self, request: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:

@@ -53,6 +53,8 @@ class Settings:
     allow_other: bool = False
     # Mount (or warm) a mirror filled from another upstream: keep its files, drop its listings.
     new_upstream: bool = False
+    # Stream files from S3 upstreams in ranged parts over HTTP (false: omni.client whole bodies).
+    http_ranges: bool = True
     read_ahead_kb: int = 1024
     log_level: str = "INFO"
     # Where each value came from (flag, variable, config file), for error messages and tests.
@@ -71,6 +73,7 @@ ENV_KEYS: dict[str, str] = {
     "ISAACFS_FETCH_JOBS": "fetch_jobs",
     "ISAACFS_LOG_LEVEL": "log_level",
     "ISAACFS_ALLOW_OTHER": "allow_other",
+    "ISAACFS_HTTP_RANGES": "http_ranges",
 }
 
 

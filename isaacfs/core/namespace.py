@@ -31,6 +31,7 @@ from .types import LocalEntry, Mode, RemoteEntry, Upstream
 
 if TYPE_CHECKING:
     from ..fetch.fetcher import Fetcher
+    from ..fetch.stream import Transfer
     from ..store.index import Index
     from ..store.mirror import Mirror
 
@@ -371,8 +372,10 @@ class Tree:
         strict = self.mode == "strict"
         return [child for child in children.values() if self.visible(child) and not (strict and child.ghost)]
 
-    async def open(self, node: Node) -> int:
-        """An fd for reading the mirror's copy of a file, fetching it first if allowed."""
+    async def open(self, node: Node) -> tuple[int, Transfer | None]:
+        """An fd for reading the mirror's copy of a file, fetching it first if allowed. Where
+        files stream (a ranged upstream), the fd may be the transfer's temporary file, with the
+        transfer to wait on before each read."""
         rel = self.rel(node)
         for _attempt in range(2):
             if not node.cached:
@@ -380,7 +383,17 @@ class Tree:
                     self._miss(rel, node.parent)
                     raise FetchFailed(errno.ENOENT, f"{rel} is not in the mirror")
                 self.index.count("misses_fetched")
-                self._set_local(node, await self.fetcher.ensure(rel, node.remote))
+                if self.fetcher.ranged:
+                    got = await self.fetcher.stream(rel, node.remote)
+                    if not isinstance(got, LocalEntry):
+                        fd = os.open(got.path, os.O_RDONLY | os.O_CLOEXEC)
+                        got.readers += 1
+                        self.index.count("opens")
+                        return fd, got
+                    local = got
+                else:
+                    local = await self.fetcher.ensure(rel, node.remote)
+                self._set_local(node, local)
                 self._mark_ancestors_cached(node)
                 self._scanned_after_install(node.parent)
             try:
@@ -391,7 +404,7 @@ class Tree:
                 continue
             self.index.touch(rel)
             self.index.count("opens")
-            return fd
+            return fd, None
         raise FetchFailed(errno.ENOENT, f"{rel} vanished from the mirror")
 
     def _miss(self, rel: RelPath, parent: Node | None) -> None:

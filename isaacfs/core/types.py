@@ -70,3 +70,7 @@ class Upstream(Protocol):
     async def download(self, rel: RelPath, size: int, sink: Sink) -> None:
         """Write the body of ``rel`` (``size`` bytes expected) into ``sink``, in order."""
         ...
+
+    async def aclose(self) -> None:
+        """Release connections (at the end of the trio run that used them)."""
+        ...

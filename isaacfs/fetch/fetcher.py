@@ -11,8 +11,11 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import os
 import re
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import trio
 
@@ -21,6 +24,7 @@ from ..core.paths import RelPath
 from ..core.types import LocalEntry, RemoteEntry, Upstream
 from ..store.index import Index
 from ..store.mirror import Mirror
+from .stream import PART_SIZE, Transfer
 
 log = logging.getLogger("isaacfs.fetch")
 
@@ -85,17 +89,21 @@ class PriorityLimiter:
 
 
 class _Flight:
-    __slots__ = ("done", "error", "result", "ticket")
+    __slots__ = ("done", "error", "result", "streaming", "ticket", "transfer")
 
     def __init__(self, ticket: _Ticket) -> None:
         self.done = trio.Event()
+        self.streaming = trio.Event()  # set when a transfer readers can follow starts, or at the end
         self.result: LocalEntry | None = None
         self.error: FetchFailed | None = None
         self.ticket = ticket
+        self.transfer: Transfer | None = None
 
 
 class Fetcher:
-    def __init__(self, mirror: Mirror, index: Index, upstream: Upstream, jobs: int, retries: int) -> None:
+    def __init__(self, mirror: Mirror, index: Index, upstream: Upstream, jobs: int, retries: int,
+                 stall_timeout: float = 30.0) -> None:
+        self.stall_timeout = stall_timeout
         self.mirror = mirror
         self.index = index
         self.upstream = upstream
@@ -104,6 +112,10 @@ class Fetcher:
         self._inflight: dict[RelPath, _Flight] = {}
         self._claimed = 0  # bytes the downloads in flight will write
         self._disk_freed = trio.Event()
+        # Where the upstream speaks ranged reads (S3/HTTPS), files stream: see stream.py.
+        self.ranged = bool(getattr(upstream, "ranged", False))
+        # Told when bytes a reader may have seen turned out wrong (the kernel drops its pages).
+        self.on_discarded: Callable[[RelPath], None] = lambda rel: None
         self._nursery: trio.Nursery | None = None
 
     def attach(self, nursery: trio.Nursery) -> None:
@@ -113,6 +125,33 @@ class Fetcher:
     @property
     def in_flight(self) -> int:
         return len(self._inflight)
+
+    def _flight(self, rel: RelPath, expected: RemoteEntry, priority: int) -> _Flight:
+        flight = self._inflight.get(rel)
+        if flight is None:
+            if self._nursery is None:
+                raise RuntimeError("Fetcher.attach() was not called")
+            flight = self._inflight[rel] = _Flight(self.limit.ticket(priority))
+            self._nursery.start_soon(self._fly, rel, expected, flight)
+        else:
+            self.index.count("fetch_joined")
+            flight.ticket.priority = min(flight.ticket.priority, priority)
+        return flight
+
+    async def stream(self, rel: RelPath, expected: RemoteEntry, priority: int = READER) -> LocalEntry | Transfer:
+        """For a reader: the mirror's entry, or the transfer in progress to read from as it lands."""
+        local = self.mirror.entry(rel)
+        if local is not None and not local.is_dir:
+            return local
+        flight = self._flight(rel, expected, priority)
+        await flight.streaming.wait()
+        if flight.transfer is not None and not flight.done.is_set():
+            return flight.transfer
+        await flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        assert flight.result is not None
+        return flight.result
 
     async def ensure(self, rel: RelPath, expected: RemoteEntry, replace: bool = False,
                      priority: int = READER) -> LocalEntry:
@@ -125,15 +164,7 @@ class Fetcher:
         local = self.mirror.entry(rel)
         if local is not None and not local.is_dir and not replace:
             return local
-        flight = self._inflight.get(rel)
-        if flight is None:
-            if self._nursery is None:
-                raise RuntimeError("Fetcher.attach() was not called")
-            flight = self._inflight[rel] = _Flight(self.limit.ticket(priority))
-            self._nursery.start_soon(self._fly, rel, expected, flight)
-        else:
-            self.index.count("fetch_joined")
-            flight.ticket.priority = min(flight.ticket.priority, priority)
+        flight = self._flight(rel, expected, priority)
         await flight.done.wait()
         if flight.error is not None:
             raise flight.error
@@ -144,7 +175,10 @@ class Fetcher:
         try:
             await self.limit.acquire(flight.ticket)
             try:
-                flight.result = await self._download(rel, expected)
+                if self.ranged:
+                    flight.result = await self._stream_download(rel, expected, flight)
+                else:
+                    flight.result = await self._download(rel, expected)
             finally:
                 self.limit.release()
         except FetchFailed as exc:
@@ -161,6 +195,7 @@ class Fetcher:
         finally:
             del self._inflight[rel]
             flight.done.set()
+            flight.streaming.set()
 
     async def _claim_disk(self, size: int) -> None:
         """Room on the mirror's disk for ``size`` more bytes, counting what the downloads in
@@ -181,6 +216,71 @@ class Fetcher:
         self._claimed -= size
         self._disk_freed.set()
         self._disk_freed = trio.Event()
+
+    async def _stream_download(self, rel: RelPath, expected: RemoteEntry, flight: _Flight) -> LocalEntry:
+        """Ranged parts into the temporary file, readers following; checked, then installed."""
+        for attempt in range(1, self.retries + 1):
+            claimed = expected.size
+            await self._claim_disk(claimed)
+            started = time.monotonic()
+            transfer: Transfer | None = None
+            installed = False
+            try:
+                transfer = Transfer(rel, expected, self.mirror.new_temp(), PART_SIZE, self.stall_timeout)
+                flight.transfer = transfer
+                flight.streaming.set()
+                await transfer.run(self.upstream.read_range)  # type: ignore[attr-defined]
+                await trio.to_thread.run_sync(os.fsync, transfer.fd)
+                problem = transfer.problem()
+                if problem is None:
+                    entry = await trio.to_thread.run_sync(self.mirror.install, Path(transfer.path), rel,
+                                                          expected.mtime)
+                    installed = True
+                    transfer.complete = True
+                    self._installed(rel, entry, expected, transfer.md5, started)
+                    return entry
+                log.warning("fetch %s attempt %d/%d: %s", rel, attempt, self.retries, problem)
+                self._discard(transfer, FetchFailed(errno.EIO, f"{rel} failed its integrity check: {problem}"))
+                expected = await self._refresh(rel, expected)
+            except NotFound as exc:
+                raise self._discard(transfer, FetchFailed(errno.ENOENT, str(exc))) from None
+            except AccessDenied as exc:
+                raise self._discard(transfer, FetchFailed(errno.EACCES, str(exc))) from None
+            except UpstreamError as exc:
+                raise self._discard(transfer, FetchFailed(errno.EIO, str(exc))) from None
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise self._discard(transfer, FetchFailed(errno.ENOSPC,
+                                        f"mirror disk filled up while fetching {rel}")) from None
+                raise self._discard(transfer, FetchFailed(exc.errno or errno.EIO,
+                                                          f"mirror write failed for {rel}: {exc}")) from None
+            except BaseException:
+                self._discard(transfer, FetchFailed(errno.EINTR, f"fetch of {rel} discarded"))
+                raise
+            finally:
+                if transfer is not None:
+                    transfer.close()
+                    if not installed:
+                        Path(transfer.path).unlink(missing_ok=True)
+                self._release_disk(claimed)
+            await trio.sleep(min(4.0, 0.25 * 2**attempt))
+        raise FetchFailed(errno.EIO, f"{rel} failed its integrity check {self.retries} times")
+
+    def _discard(self, transfer: Transfer | None, error: FetchFailed) -> FetchFailed:
+        """Readers of a failed transfer get ``error`` on their next read; pages they may have
+        been served are dropped."""
+        if transfer is not None and transfer.error is None:
+            transfer.fail(error)
+            if transfer.readers:
+                self.index.count("streamed_then_failed")
+                self.on_discarded(transfer.rel)
+        return error
+
+    def _installed(self, rel: RelPath, entry: LocalEntry, expected: RemoteEntry, digest: str, started: float) -> None:
+        self.index.record_file(rel, entry.size, expected.mtime, expected.etag, "upstream", digest)
+        self.index.count("fetches")
+        self.index.count("bytes_fetched", entry.size)
+        log.info("fetched %s (%d bytes in %.2fs)", rel, entry.size, time.monotonic() - started)
 
     async def _download(self, rel: RelPath, expected: RemoteEntry) -> LocalEntry:
         for attempt in range(1, self.retries + 1):

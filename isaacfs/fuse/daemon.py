@@ -164,7 +164,7 @@ class Daemon:
     def _serve(self, mirror: Mirror, index: Index, adopt: bool) -> int:
         s = self.settings
         upstream = open_upstream(s)
-        fetcher = Fetcher(mirror, index, upstream, s.fetch_jobs, s.fetch_retries)
+        fetcher = Fetcher(mirror, index, upstream, s.fetch_jobs, s.fetch_retries, s.stall_timeout)
         tree = Tree(mirror, index, upstream, fetcher, s.mode, s.listing_ttl, str(self.mountpoint))
         socket_path = control.socket_path_for(self.mountpoint)
         root_info = {"pid": str(os.getpid()), "upstream": redact(s.upstream), "mirror": str(mirror.display),
@@ -201,6 +201,8 @@ class Daemon:
             await pyfuse3.main(min_tasks=4, max_tasks=MAX_FUSE_TASKS)
             self._discard_downloads(tree, downloads)
             nursery.cancel_scope.cancel()
+        with trio.move_on_after(5):
+            await tree.upstream.aclose()
 
     async def _serve_control(self, server: control.ControlServer) -> None:
         """The control socket, apart from the FUSE loop: whatever ends it is logged and it starts

@@ -75,6 +75,16 @@ class KernelCache:
         elif node is not None and node.cached:
             self.invalidate(node.inode)
 
+    def drop_pages(self, rel: RelPath) -> None:
+        """The kernel must forget what it read of ``rel`` (bytes that failed their check)."""
+        node: Node | None = self.tree.root
+        for part in rel.parts:
+            if node is None or node.children is None:
+                return
+            node = node.children.get(part)
+        if node is not None:
+            self.invalidate(node.inode)
+
     def invalidate(self, inode: int) -> None:
         """Make the kernel drop an inode's attributes and pages, from a side thread: the call
         can wait on the kernel, which must never stall the loop that answers it."""

@@ -30,6 +30,7 @@ import trio
 from ..core.errors import errno_for
 from ..core.namespace import Node, Tree
 from ..core.paths import name_from_bytes
+from ..fetch.stream import Transfer
 from .kernel import ATTR_TIMEOUT, NEGATIVE_TIMEOUT, KernelCache, encoded, invalidate_inode
 
 log = logging.getLogger("isaacfs.fs")
@@ -78,6 +79,7 @@ class AssetFS(pyfuse3.Operations):
         self.uid, self.gid = os.getuid(), os.getgid()
         self._attrs: dict[int, tuple[int, pyfuse3.EntryAttributes]] = {}
         self._dirs: dict[int, tuple[Node, list[Node]]] = {}
+        self._streams: dict[int, Transfer] = {}  # open handles reading a file still being fetched
         self._next_dir_handle = 1
 
     # -- attributes -----------------------------------------------------------------
@@ -182,10 +184,15 @@ class AssetFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         told = self._attrs.get(node.inode)  # what the kernel holds of this inode
         try:
-            fd = await self.tree.open(node)
+            fd, transfer = await self.tree.open(node)
         except OSError as exc:
             log.warning("cannot open %s in the mirror: %s", self.tree.rel(node), exc.strerror)
             raise
+        if transfer is not None:
+            # Streaming: each read waits for its bytes to land. Nothing is kept in the page
+            # cache for later opens until the file is verified and installed.
+            self._streams[fd] = transfer
+            return pyfuse3.FileInfo(fh=fd, keep_cache=False)
         if told is not None and told[1].st_size != node.size:
             # The file fetched has another size than the listing the kernel was given (it
             # changed upstream). The kernel would cut reads at the old size: this handle reads
@@ -199,6 +206,9 @@ class AssetFS(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         # From the page cache without blocking (RWF_NOWAIT); whatever must come from the disk
         # is read in a worker thread, so a slow or failing disk never stalls the loop.
+        transfer = self._streams.get(fh)
+        if transfer is not None:
+            await transfer.wait_for(off, size)  # FetchFailed (EIO) if the final check failed
         buffer = bytearray(size)
         try:
             got = os.preadv(fh, [buffer], off, NOWAIT)
@@ -211,6 +221,9 @@ class AssetFS(pyfuse3.Operations):
 
     @answers
     async def release(self, fh: int) -> None:
+        transfer = self._streams.pop(fh, None)
+        if transfer is not None:
+            transfer.readers -= 1
         os.close(fh)
 
     # -- the rest -------------------------------------------------------------------

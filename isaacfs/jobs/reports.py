@@ -94,7 +94,8 @@ def render_status(report: dict[str, Any]) -> list[str]:
                      f" fetches {numbers['fetches']:,} ({size(numbers['bytes_fetched'])}),"
                      f" errors {numbers['errors']:,}")
     if report.get("running"):
-        lines.append(f"in flight  {plural(report['in_flight'], 'download')}")
+        lines.append(f"in flight  {plural(report['in_flight'], 'download')}"
+                     + (f" (downloads: {report['download_path']})" if report.get("download_path") else ""))
         if "nodes" in report:
             lines.append(f"memory     {report['nodes']:,} names held for the kernel")
     lines.append(f"misses     {report['recorded_misses']:,} recorded (see: isaacfs misses)")

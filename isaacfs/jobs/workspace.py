@@ -114,7 +114,8 @@ async def _run(settings: Settings, mirror_dir: Path, job: Callable[[Workspace], 
         try:
             settings = reconcile_upstream(index, settings)
             upstream = make_upstream(settings)
-            fetcher = Fetcher(mirror, index, upstream, settings.fetch_jobs, settings.fetch_retries)
+            fetcher = Fetcher(mirror, index, upstream, settings.fetch_jobs, settings.fetch_retries,
+                              settings.stall_timeout)
             workspace = Workspace(mirror, index, upstream, fetcher, settings.fetch_jobs,
                                   listing_ttl=settings.listing_ttl)
             outcome: list[T | UserError] = []
@@ -125,6 +126,8 @@ async def _run(settings: Settings, mirror_dir: Path, job: Callable[[Workspace], 
                 except UserError as exc:
                     outcome.append(exc)  # raised below, outside the nursery, as itself
                 nursery.cancel_scope.cancel()
+            with trio.move_on_after(5):
+                await upstream.aclose()
             if isinstance(outcome[0], UserError):
                 raise outcome[0]
             return outcome[0]

@@ -1,0 +1,164 @@
+"""Streaming ranged downloads against the in-memory upstream (ranged, as S3 is)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from isaacfs.backends.memory import MemoryUpstream
+from isaacfs.core.errors import FetchFailed
+from isaacfs.core.paths import RelPath
+from isaacfs.fetch.stream import PART_SIZE, Transfer, multipart_candidates
+from isaacfs.store.index import Index
+from isaacfs.store.mirror import Mirror
+from tests.unit.conftest import Running, trio_test
+
+BIG = "Isaac/Environments/Sky/dome.exr"
+CRATE = "Isaac/Environments/Sky/stage.usd"
+MIB = 1024 * 1024
+
+
+def blob(size: int, seed: int = 0) -> bytes:
+    return (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
+
+
+def multipart_etag(data: bytes, part: int) -> str:
+    digests = [hashlib.md5(data[i:i + part]).digest() for i in range(0, len(data), part)]
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+
+
+@pytest.fixture
+def ranged() -> MemoryUpstream:
+    return MemoryUpstream({BIG: blob(20 * MIB, 1), CRATE: blob(3 * PART_SIZE + 5, 2)}, ranged=True)
+
+
+def running(mirror: Mirror, index: Index, upstream: MemoryUpstream, stall: float = 30.0) -> Running:
+    made = Running(mirror, index, upstream)
+    made.fetcher.stall_timeout = stall
+    return made
+
+
+@trio_test
+async def test_a_large_file_arrives_in_ranged_parts_checked_and_hashed(
+        mirror: Mirror, index: Index, ranged: MemoryUpstream) -> None:
+    rel = RelPath.parse(BIG)
+    entry = await ranged.stat(rel)
+    async with running(mirror, index, ranged) as ws:
+        local = await ws.fetcher.ensure(rel, entry)
+    assert local.size == 20 * MIB and Path(mirror.display, BIG).read_bytes() == ranged.files[BIG]
+    assert sorted(start for path, start, _ in ranged.ranges if path == BIG) == [0, PART_SIZE, 2 * PART_SIZE]
+    assert index.file_md5(rel) == entry.etag
+    assert list(mirror.tmp.iterdir()) == []
+
+
+@trio_test
+async def test_a_reader_gets_its_first_bytes_before_the_file_is_whole(
+        mirror: Mirror, index: Index, ranged: MemoryUpstream) -> None:
+    ranged.chunk_delay = 0.01  # 64 KiB per 10 ms: 20 MiB take seconds
+    rel = RelPath.parse(BIG)
+    entry = await ranged.stat(rel)
+    async with running(mirror, index, ranged) as ws:
+        got = await ws.fetcher.stream(rel, entry)
+        assert isinstance(got, Transfer)
+        with trio.fail_after(0.5):
+            await got.wait_for(0, 64 * 1024)
+        with open(got.path, "rb") as stream:
+            assert stream.read(64 * 1024) == ranged.files[BIG][:64 * 1024]
+        assert not got.complete
+        # Seeking to the middle: that part is fetched next, before the ones a reader does not wait for.
+        with trio.fail_after(3):
+            await got.wait_for(PART_SIZE + 5 * MIB, 4096)
+        await ws.fetcher.ensure(rel, entry)
+    assert Path(mirror.display, BIG).read_bytes() == ranged.files[BIG]
+
+
+@trio_test
+async def test_a_crate_file_fetches_its_table_of_contents_first(mirror: Mirror, index: Index,
+                                                                 ranged: MemoryUpstream) -> None:
+    rel = RelPath.parse(CRATE)
+    async with running(mirror, index, ranged) as ws:
+        await ws.fetcher.ensure(rel, await ranged.stat(rel))
+    starts = [start for path, start, _ in ranged.ranges if path == CRATE]
+    assert starts[0] == 3 * PART_SIZE  # the last part first
+
+
+@trio_test
+async def test_a_stalled_part_is_detected_by_progress_and_readers_get_eio(
+        mirror: Mirror, index: Index, ranged: MemoryUpstream) -> None:
+    ranged.stall_after[BIG] = PART_SIZE + 100_000  # the second part stops arriving
+    rel = RelPath.parse(BIG)
+    entry = await ranged.stat(rel)
+    async with running(mirror, index, ranged, stall=0.2) as ws:
+        got = await ws.fetcher.stream(rel, entry)
+        assert isinstance(got, Transfer)
+        got.readers += 1
+        started = trio.current_time()
+        with pytest.raises(FetchFailed) as caught:
+            await got.wait_for(PART_SIZE + 200_000, 4096)
+        assert caught.value.errno == errno.EIO and "no byte arrived" in str(caught.value)
+        assert trio.current_time() - started < 3  # 3 tries of 0.2 s without progress, not size-based
+    assert Path(mirror.display, BIG).exists() is False and list(mirror.tmp.iterdir()) == []
+
+
+@trio_test
+async def test_a_body_cut_short_resumes_from_where_it_stopped(mirror: Mirror, index: Index,
+                                                              ranged: MemoryUpstream) -> None:
+    ranged.cut_after[BIG] = 3 * MIB
+    rel = RelPath.parse(BIG)
+    async with running(mirror, index, ranged) as ws:
+        await ws.fetcher.ensure(rel, await ranged.stat(rel))
+    assert Path(mirror.display, BIG).read_bytes() == ranged.files[BIG]
+    assert (BIG, 3 * MIB, PART_SIZE) in ranged.ranges  # the part went on from byte 3 MiB
+
+
+@trio_test
+async def test_multipart_etags_are_checked(mirror: Mirror, index: Index, ranged: MemoryUpstream) -> None:
+    ranged.etags[BIG] = multipart_etag(ranged.files[BIG], 16 * MIB)  # uploaded in 16 MiB parts
+    rel = RelPath.parse(BIG)
+    async with running(mirror, index, ranged) as ws:
+        await ws.fetcher.ensure(rel, await ranged.stat(rel))
+    assert index.file_md5(rel) == hashlib.md5(ranged.files[BIG]).hexdigest()  # verify checks against it
+    os.unlink(Path(mirror.display, BIG))
+    ranged.corrupt.add(BIG)  # one flipped byte in the first part
+    async with running(mirror, index, ranged) as ws:
+        got = await ws.fetcher.stream(rel, await ranged.stat(rel))
+        assert isinstance(got, Transfer)
+        got.readers += 1
+        with pytest.raises(FetchFailed) as caught:
+            await got.wait_for(20 * MIB - 10, 10)
+            await ws.fetcher.ensure(rel, await ranged.stat(rel))
+            await got.wait_for(0, 1)  # the transfer it read from failed its check
+        assert "multipart ETag" in str(caught.value) or "integrity" in str(caught.value)
+    assert not Path(mirror.display, BIG).exists()
+    assert index.counters().get("streamed_then_failed", 0) >= 1
+
+
+def test_multipart_part_sizes() -> None:
+    assert 16 * MIB in multipart_candidates(20 * MIB, 2)
+    assert 8 * MIB in multipart_candidates(20 * MIB, 3)
+    assert all(-(-20 * MIB // size) == 3 for size in multipart_candidates(20 * MIB, 3))
+
+
+@trio_test
+async def test_64_readers_of_one_cold_file_share_one_transfer(mirror: Mirror, index: Index,
+                                                              ranged: MemoryUpstream) -> None:
+    rel = RelPath.parse(BIG)
+    entry = await ranged.stat(rel)
+    seen: list[object] = []
+    async with running(mirror, index, ranged) as ws:
+        async def reader() -> None:
+            got = await ws.fetcher.stream(rel, entry)
+            if isinstance(got, Transfer):
+                await got.wait_for(0, 20 * MIB)
+            seen.append(got)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(64):
+                nursery.start_soon(reader)
+    assert len(seen) == 64
+    assert len([r for r in ranged.ranges if r[0] == BIG]) == 3  # three parts, fetched once
