@@ -44,7 +44,7 @@ async def test_permissive_shows_upstream_and_fetches_on_open(
         tree = make_tree(running, "permissive")
         node = await walk(tree, GO2)
         assert node is not None and not node.cached and node.size == len(upstream.files[GO2])
-        fd = await tree.open(node)
+        fd, _transfer = await tree.open(node)
         try:
             assert os.pread(fd, node.size + 10, 0) == upstream.files[GO2]
         finally:
@@ -96,7 +96,7 @@ async def test_a_dead_upstream_never_hides_the_mirror(mirror: Mirror, index: Ind
         tree = make_tree(running, "permissive", ttl=0.001)
         node = await walk(tree, GO2)
         assert node is not None
-        os.close(await tree.open(node))
+        os.close((await tree.open(node))[0])
         assert await walk(tree, FRANKA) is not None  # listed, not fetched
         upstream.down = True
         fresh = make_tree(running, "permissive", ttl=0.001)
@@ -208,7 +208,7 @@ async def test_a_warm_that_replaces_a_file_updates_its_node(mirror: Mirror, inde
         tree = make_tree(running, "permissive")
         node = await walk(tree, GO2)
         assert node is not None
-        os.close(await tree.open(node))
+        os.close((await tree.open(node))[0])
         upstream.put(GO2, upstream.files[GO2] + b"\n# grown upstream\n" * 1000)
         entry = await upstream.stat(RelPath.parse(GO2))
         await ws.fetcher.ensure(RelPath.parse(GO2), entry, replace=True)
@@ -242,7 +242,7 @@ async def test_cold_files_in_one_folder_do_not_rescan_it_per_file(
         for number in range(200):
             node = await tree.lookup(folder, f"m{number:03}.usda")
             assert node is not None
-            os.close(await tree.open(node))
+            os.close((await tree.open(node))[0])
     assert scans.count("Isaac/Props/Many") <= 3, scans.count("Isaac/Props/Many")
 
 
