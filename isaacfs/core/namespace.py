@@ -89,6 +89,7 @@ class Tree:
         self.mode: Mode = mode
         self.listings = Listings(index, upstream, listing_ttl)
         self.listings.observers.append(self._relisted)
+        fetcher.on_fetched.append(self._fetched)
         self.misses = policy.MissReporter(index, mount_display)
         self._inodes = itertools.count(ROOT_INODE + 1)
         self.root = Node(ROOT_INODE, None, "", True)
@@ -205,6 +206,22 @@ class Tree:
             if listing is not None:
                 node.listed_at, entries = listing
                 self._merge_remote(node, entries)
+
+    def _fetched(self, rel: RelPath, local: LocalEntry) -> None:
+        """A streamed file was installed while readers went on: its node is mirrored now."""
+        node = self._find(rel)
+        if node is not None and not node.cached:
+            self._set_local(node, local)
+            self._mark_ancestors_cached(node)
+            self._scanned_after_install(node.parent)
+
+    def _find(self, rel: RelPath) -> Node | None:
+        node: Node | None = self.root
+        for part in rel.parts:
+            if node is None or node.children is None:
+                return None
+            node = node.children.get(part)
+        return node
 
     def _relisted(self, rel: RelPath) -> None:
         """A listing of ``rel`` was stored afresh (a warm, a verify, a refresh): merge it on next use."""

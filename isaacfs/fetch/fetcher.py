@@ -116,6 +116,8 @@ class Fetcher:
         self.ranged = bool(getattr(upstream, "ranged", False))
         # Told when bytes a reader may have seen turned out wrong (the kernel drops its pages).
         self.on_discarded: Callable[[RelPath], None] = lambda rel: None
+        # Told of every file installed (the mount's tree marks the node mirrored).
+        self.on_fetched: list[Callable[[RelPath, LocalEntry], None]] = []
         self._nursery: trio.Nursery | None = None
 
     def attach(self, nursery: trio.Nursery) -> None:
@@ -238,6 +240,7 @@ class Fetcher:
                     installed = True
                     transfer.complete = True
                     self._installed(rel, entry, expected, transfer.md5, started)
+                    transfer.settled.set()
                     return entry
                 log.warning("fetch %s attempt %d/%d: %s", rel, attempt, self.retries, problem)
                 self._discard(transfer, FetchFailed(errno.EIO, f"{rel} failed its integrity check: {problem}"))
@@ -281,6 +284,8 @@ class Fetcher:
         self.index.count("fetches")
         self.index.count("bytes_fetched", entry.size)
         log.info("fetched %s (%d bytes in %.2fs)", rel, entry.size, time.monotonic() - started)
+        for observer in self.on_fetched:
+            observer(rel, entry)
 
     async def _download(self, rel: RelPath, expected: RemoteEntry) -> LocalEntry:
         for attempt in range(1, self.retries + 1):

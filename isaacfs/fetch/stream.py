@@ -111,6 +111,7 @@ class Transfer:
         self.wanted: set[int] = set()
         self.error: FetchFailed | None = None
         self.complete = False  # every byte landed and hashed
+        self.settled = trio.Event()  # installed after its check, or failed
         self.md5 = ""
         self.multipart = ""  # the multipart ETag the bytes give, where the upstream's is one
         self.readers = 0
@@ -135,10 +136,17 @@ class Transfer:
         return True
 
     async def wait_for(self, offset: int, length: int) -> None:
-        """Until bytes [offset, offset+length) have landed; FetchFailed if the transfer failed."""
+        """Until bytes [offset, offset+length) have landed; FetchFailed if the transfer failed.
+        A read that reaches the end of the file waits for the whole file's check as well, so a
+        reader that reads to the end either got a verified file or gets EIO."""
         while True:
             if self.error is not None:
                 raise self.error
+            if offset + length >= self.size and (self.complete or self.covered(offset, length)):
+                await self.settled.wait()
+                if self.error is not None:
+                    raise self.error
+                return
             if self.complete or self.covered(offset, length):
                 return
             end = min(self.size, offset + length)
@@ -152,6 +160,7 @@ class Transfer:
     def fail(self, error: FetchFailed) -> None:
         if self.error is None:
             self.error = error
+        self.settled.set()
         self._notify()
 
     # -- the engine ---------------------------------------------------------------------
