@@ -59,6 +59,13 @@ class DaemonCommands:
         return {"status": self.status, "misses": self.misses, "mode": self.mode, "warm": self.warm,
                 "verify": self.verify, "manifest": self.manifest, "clear-misses": self.clear_misses}
 
+    def prefetch_stats(self) -> dict[str, int] | None:
+        counters = self.tree.index.session
+        if not self.settings.prefetch:
+            return None
+        return {"prefetched": counters["prefetched"], "prefetched_bytes": counters["prefetched_bytes"],
+                "read_after_prefetch": counters["prefetch_read"], "over_budget": counters["prefetch_over_budget"]}
+
     async def status(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
         upstream = self.tree.upstream
         problem = ""
@@ -77,6 +84,7 @@ class DaemonCommands:
                 "total": status.counters(index, False), "in_flight": self.tree.fetcher.in_flight,
                 "nodes": len(self.tree.nodes),
                 "download_path": getattr(upstream, "download_path", type(upstream).__name__),
+                "prefetch": self.prefetch_stats(),
                 "recorded_misses": index.miss_count()}
 
     async def misses(self, request: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:

@@ -55,6 +55,10 @@ class Settings:
     new_upstream: bool = False
     # Stream files from S3 upstreams in ranged parts over HTTP (false: omni.client whole bodies).
     http_ranges: bool = True
+    # Permissive mode: fetch what a USD layer names before it is asked for (jobs/prefetch.py).
+    prefetch: bool = True
+    prefetch_files: int = 2000  # per root layer
+    prefetch_mb: int = 2048  # per root layer
     read_ahead_kb: int = 1024
     log_level: str = "INFO"
     # Where each value came from (flag, variable, config file), for error messages and tests.
@@ -74,6 +78,7 @@ ENV_KEYS: dict[str, str] = {
     "ISAACFS_LOG_LEVEL": "log_level",
     "ISAACFS_ALLOW_OTHER": "allow_other",
     "ISAACFS_HTTP_RANGES": "http_ranges",
+    "ISAACFS_PREFETCH": "prefetch",
 }
 
 

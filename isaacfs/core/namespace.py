@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -90,6 +91,8 @@ class Tree:
         self.listings = Listings(index, upstream, listing_ttl)
         self.listings.observers.append(self._relisted)
         fetcher.on_fetched.append(self._fetched)
+        # Told of every open of a file (the prefetcher reads what a layer names).
+        self.opened: list[Callable[[RelPath], None]] = []
         self.misses = policy.MissReporter(index, mount_display)
         self._inodes = itertools.count(ROOT_INODE + 1)
         self.root = Node(ROOT_INODE, None, "", True)
@@ -206,6 +209,10 @@ class Tree:
             if listing is not None:
                 node.listed_at, entries = listing
                 self._merge_remote(node, entries)
+
+    def _tell_opened(self, rel: RelPath) -> None:
+        for observer in self.opened:
+            observer(rel)
 
     def _fetched(self, rel: RelPath, local: LocalEntry) -> None:
         """A streamed file was installed while readers went on: its node is mirrored now."""
@@ -406,6 +413,7 @@ class Tree:
                         fd = os.open(got.path, os.O_RDONLY | os.O_CLOEXEC)
                         got.readers += 1
                         self.index.count("opens")
+                        self._tell_opened(rel)
                         return fd, got
                     local = got
                 else:
@@ -421,6 +429,7 @@ class Tree:
                 continue
             self.index.touch(rel)
             self.index.count("opens")
+            self._tell_opened(rel)
             return fd, None
         raise FetchFailed(errno.ENOENT, f"{rel} vanished from the mirror")
 

@@ -22,6 +22,8 @@ from ..core.config import Settings, redact
 from ..core.errors import MountError, UserError
 from ..core.namespace import Tree
 from ..fetch.fetcher import Fetcher
+from ..jobs.parser import Parser
+from ..jobs.prefetch import Prefetcher
 from ..jobs.workspace import reconcile_upstream
 from ..store.index import Index
 from ..store.mirror import Mirror, classify_folder
@@ -166,6 +168,13 @@ class Daemon:
         upstream = open_upstream(s)
         fetcher = Fetcher(mirror, index, upstream, s.fetch_jobs, s.fetch_retries, s.stall_timeout)
         tree = Tree(mirror, index, upstream, fetcher, s.mode, s.listing_ttl, str(self.mountpoint))
+        self.prefetcher: Prefetcher | None = None
+        if s.prefetch:
+            self.prefetcher = Prefetcher(mirror, index, tree.listings, fetcher, Parser(), upstream.root_url,
+                                         lambda: tree.mode == "permissive", s.prefetch_files,
+                                         s.prefetch_mb * 1024 * 1024)
+            fetcher.on_fetched.append(self.prefetcher.fetched)
+            tree.opened.append(self.prefetcher.opened)
         socket_path = control.socket_path_for(self.mountpoint)
         root_info = {"pid": str(os.getpid()), "upstream": redact(s.upstream), "mirror": str(mirror.display),
                      "log": str(self.request.log_path or "stderr"), "control": str(socket_path)}
@@ -203,6 +212,8 @@ class Daemon:
             nursery.cancel_scope.cancel()
         with trio.move_on_after(5):
             await tree.upstream.aclose()
+            if self.prefetcher is not None:
+                await self.prefetcher.aclose()
 
     async def _serve_control(self, server: control.ControlServer) -> None:
         """The control socket, apart from the FUSE loop: whatever ends it is logged and it starts
@@ -223,6 +234,8 @@ class Daemon:
         async with trio.open_nursery() as downloads:
             tree.fetcher.attach(downloads)
             tree.attach(downloads)
+            if self.prefetcher is not None:
+                self.prefetcher.attach(downloads)
             task_status.started(downloads)
             await trio.sleep_forever()
 

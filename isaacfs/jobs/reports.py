@@ -96,6 +96,12 @@ def render_status(report: dict[str, Any]) -> list[str]:
     if report.get("running"):
         lines.append(f"in flight  {plural(report['in_flight'], 'download')}"
                      + (f" (downloads: {report['download_path']})" if report.get("download_path") else ""))
+        prefetch = report.get("prefetch")
+        if prefetch:
+            lines.append(f"prefetch   {plural(prefetch['prefetched'], 'file')} ({size(prefetch['prefetched_bytes'])})"
+                         f" fetched ahead of readers, {prefetch['read_after_prefetch']:,} of them read since")
+        elif "prefetch" in report:
+            lines.append("prefetch   off (prefetch = false)")
         if "nodes" in report:
             lines.append(f"memory     {report['nodes']:,} names held for the kernel")
     lines.append(f"misses     {report['recorded_misses']:,} recorded (see: isaacfs misses)")

@@ -1,10 +1,11 @@
 """Asset paths a USD layer or an MDL module names, as written (run as its own process).
 
 usd-core's ``UsdUtils.ExtractExternalReferences`` reports a layer's sublayers,
-references, payloads and asset-valued attributes (textures, MDL modules). It runs in
-a short-lived child process, ``python -m isaacfs.jobs.usd_deps FILE...`` printing one JSON
-object, so that the daemon never loads usd-core (memory) and a hostile layer that
-crashes the parser costs one child, not the mount.
+references, payloads and asset-valued attributes (textures, MDL modules). It runs in a
+child process, never in the daemon (memory; a hostile layer that crashes or hangs the
+parser costs the child, not the mount): ``python -m isaacfs.jobs.usd_deps FILE...``
+prints one JSON object; ``--serve`` is the long-lived worker (``jobs.parser``) that
+answers one path per line.
 
 MDL modules are not USD: their texture paths are read from ``texture_2d("...")``
 literals, and relative module imports (``import .::name::*``) from their text.
@@ -53,14 +54,27 @@ def dependencies(path: str) -> list[str]:
     return usd_dependencies(path)
 
 
+def answer(path: str) -> dict[str, object]:
+    try:
+        return {"deps": dependencies(path)}
+    except Exception as exc:  # one unreadable layer must not hide the others' answers
+        return {"error": str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)}
+
+
+def serve() -> int:
+    """The long-lived worker: one path per line on stdin, one JSON answer per line on stdout."""
+    for line in sys.stdin:
+        path = line.rstrip("\n")
+        if path:
+            sys.stdout.write(json.dumps({"path": path, **answer(path)}) + "\n")
+            sys.stdout.flush()
+    return 0
+
+
 def main(paths: list[str]) -> int:
-    result: dict[str, dict[str, object]] = {}
-    for path in paths:
-        try:
-            result[path] = {"deps": dependencies(path)}
-        except Exception as exc:  # one unreadable layer must not hide the others' answers
-            result[path] = {"error": str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)}
-    json.dump(result, sys.stdout)
+    if paths == ["--serve"]:
+        return serve()
+    json.dump({path: answer(path) for path in paths}, sys.stdout)
     return 0
 
 

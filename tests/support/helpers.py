@@ -103,10 +103,13 @@ class Upstream:
             self.process.wait()
 
 
-def start_s3(source: Path, workdir: Path, extra: dict[str, str] | None = None) -> Upstream:
-    """A moto S3 bucket on loopback holding ``source`` under Assets/Isaac/5.1/."""
+def start_s3(source: Path, workdir: Path, extra: dict[str, str] | None = None, keepalive: bool = False) -> Upstream:
+    """A moto S3 bucket on loopback holding ``source`` under Assets/Isaac/5.1/; ``keepalive``:
+    served by cheroot, which keeps connections alive as real S3 does."""
     workdir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(HERE / "s3server.py"), "--source", str(source), "--certdir", str(workdir)]
+    if keepalive:
+        command.append("--keepalive")
     if extra:
         (workdir / "extra.json").write_text(json.dumps(extra))
         command += ["--extra", str(workdir / "extra.json")]
@@ -123,6 +126,27 @@ def start_s3(source: Path, workdir: Path, extra: dict[str, str] | None = None) -
         f'[s3."127.0.0.1"]\nbucket = "{info["bucket"]}"\nregion = "us-west-2"\n')
     env = {"OMNI_CONFIG_PATH": str(config_dir), "SSL_CERT_FILE": info["cert"]}
     return Upstream(f"https://127.0.0.1:{info['port']}/{S3_PREFIX}", env, process, info["port"], info["cert"])
+
+
+@dataclass
+class Link:
+    """A link emulator (tests/support/linkproxy.py) in front of a loopback port."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def start_link(target_port: int, rtt: float, rate: float = 0.0) -> Link:
+    command = [sys.executable, str(HERE / "linkproxy.py"), "--target", f"127.0.0.1:{target_port}",
+               "--rtt", str(rtt), "--rate", str(rate)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    port = json.loads(process.stdout.readline())["port"]
+    return Link(port, process)
 
 
 def isaacfs(*args: str, env: dict[str, str] | None = None, timeout: float = 120,

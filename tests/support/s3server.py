@@ -174,6 +174,9 @@ def main() -> None:
     parser.add_argument("--certdir", type=Path, required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--extra", type=Path, help="JSON {key: text} of raw keys to add (hostile names)")
+    parser.add_argument("--keepalive", action="store_true",
+                        help="serve with cheroot, which keeps connections alive as real S3 does (werkzeug's"
+                        " development server closes every one)")
     args = parser.parse_args()
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -186,8 +189,19 @@ def main() -> None:
         count += put_raw(json.loads(args.extra.read_text()), args.bucket)
     gets: Counter[str] = Counter()
     sent: Counter[str] = Counter()
-    server = make_server("127.0.0.1", args.port, make_app(args.bucket, gets, sent, threading.Lock()),
-                         threaded=True, ssl_context=(str(cert), str(key)))
+    app = make_app(args.bucket, gets, sent, threading.Lock())
+    if args.keepalive:
+        from cheroot import wsgi
+        from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+        kept = wsgi.Server(("127.0.0.1", args.port), app, numthreads=32)
+        kept.ssl_adapter = BuiltinSSLAdapter(str(cert), str(key))
+        kept.prepare()
+        print(json.dumps({"port": kept.bind_addr[1], "cert": str(cert), "bucket": args.bucket,
+                          "objects": count}), flush=True)
+        kept.serve()
+        return
+    server = make_server("127.0.0.1", args.port, app, threaded=True, ssl_context=(str(cert), str(key)))
     print(json.dumps({"port": server.server_port, "cert": str(cert), "bucket": args.bucket,
                       "objects": count}), flush=True)
     server.serve_forever()

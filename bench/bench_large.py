@@ -1,0 +1,185 @@
+"""Cold large files over a real-looking link: isaacfs permissive, rclone mount, one omni.client read.
+
+Run as root (it mounts and drops the page cache):
+    .venv/bin/python bench/bench_large.py [--mb 256] [--rtts 0 0.08] [--runs 2] [--big-mb 1024]
+Needs rclone (Debian: apt-get install rclone).
+
+A moto S3 server that keeps connections alive (cheroot) holds files of --mb MiB; a link
+emulator (tests/support/linkproxy.py) adds each RTT. Per tool, run and RTT, each workload
+reads its own never-read copy with an empty cache and a dropped page cache:
+  first 64 KiB  - open, read the first 64 KiB;
+  last 64 KiB   - open another copy, read its last 64 KiB (a USD crate reads its table of contents there);
+  whole file    - a third copy, read from start to end.
+The floor for the whole file is one omni.client.read_file of a fourth copy. The daemon's
+peak RSS is read from /proc after the runs, and once more while isaacfs reads one file of
+--big-mb MiB. Prints medians and writes docs/benchmarks.md (between bench_large markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_peers import ENV, Peer, drop_caches, mounted  # noqa: E402
+from benchdoc import write_section  # noqa: E402
+
+from tests.support.helpers import S3_PREFIX, start_link, start_s3  # noqa: E402
+from tests.support.s3server import BUCKET  # noqa: E402
+
+KIB64 = 64 * 1024
+WORKLOADS = ("first 64 KiB", "last 64 KiB", "whole file")
+
+
+def make_files(root: Path, names: list[str], mb: int) -> None:
+    folder = root / "Isaac" / "Environments" / "Sky"
+    folder.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(1024 * 1024)
+    for name in names:
+        with open(folder / name, "wb") as stream:
+            for index in range(mb):
+                stream.write(block[index % 7:] + block[:index % 7])
+
+
+def timed_read(path: Path, offset: int, length: int | None) -> float:
+    started = time.perf_counter()
+    with open(path, "rb", buffering=0) as stream:
+        if offset:
+            stream.seek(offset)
+        if length is None:
+            while stream.read(4 * 1024 * 1024):
+                pass
+        else:
+            assert len(stream.read(length)) == length
+    return time.perf_counter() - started
+
+
+def peak_rss_mb(mountpoint: Path) -> float:
+    try:
+        pid = int(os.getxattr(mountpoint, "user.isaacfs.pid"))
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return float("nan")
+
+
+def omni_read(url: str) -> float:
+    code = ("import sys, time, omni.client as oc; oc.initialize(); t = time.perf_counter();"
+            " r, _v, body = oc.read_file(sys.argv[1]); assert str(r) == 'Result.OK', r;"
+            " print(time.perf_counter() - t, len(body)); oc.shutdown()")
+    out = subprocess.run([sys.executable, "-c", code, url], env=ENV, capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=int, default=256)
+    parser.add_argument("--big-mb", type=int, default=1024, help="the file read for the daemon's peak RSS (0: skip)")
+    parser.add_argument("--rtts", type=float, nargs="+", default=[0.0, 0.08])
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("rclone") is None:
+        raise SystemExit("rclone is not installed (apt-get install rclone)")
+    work = Path(tempfile.mkdtemp(prefix="isaacfs-bench-large-"))
+    names = {(rtt, run, tool, kind): f"f-{rtt}-{run}-{tool}-{kind}.exr" for rtt in args.rtts for run in range(args.runs)
+             for tool in ("isaacfs", "rclone", "omni") for kind in ("head", "tail", "whole")
+             if tool != "omni" or kind == "whole"}
+    results: dict[tuple[str, str, float], list[float]] = {}
+    rss: list[float] = []
+    big_rss = float("nan")
+    try:
+        source = work / "source"
+        make_files(source, sorted(set(names.values())), args.mb)
+        if args.big_mb:
+            make_files(source, ["big.exr"], args.big_mb)
+        print(f"files: {len(names)} x {args.mb} MiB", flush=True)
+        server = start_s3(source, work / "s3", keepalive=True)
+        ENV.update(server.env)
+        ENV["CURL_CA_BUNDLE"] = server.cert
+        for rtt in args.rtts:
+            link = start_link(server.port, rtt) if rtt else None
+            port = link.port if link else server.port
+            url = f"https://127.0.0.1:{port}"
+            (work / "rclone.conf").write_text(
+                "[s3]\ntype = s3\nprovider = Other\nenv_auth = false\naccess_key_id = test\nsecret_access_key = test\n"
+                f"region = us-west-2\nendpoint = {url}\nforce_path_style = true\n")
+            peers = {
+                "isaacfs": Peer("isaacfs", lambda m, c, url=url: [
+                    sys.executable, "-m", "isaacfs", "mount", str(m), "--mirror", str(c), "--mode", "permissive",
+                    "--upstream", f"{url}/{S3_PREFIX}", "--jobs", "16"], True),
+                "rclone": Peer("rclone", lambda m, c: [
+                    "!bg", "rclone", "--config", str(work / "rclone.conf"), "mount", f"s3:{BUCKET}/{S3_PREFIX}", str(m),
+                    "--read-only", "--vfs-cache-mode", "full", "--cache-dir", str(c)], True),
+            }
+            for run in range(args.runs):
+                for tool, peer in peers.items():
+                    with mounted(peer, work) as root:
+                        folder = root / "Isaac" / "Environments" / "Sky"
+                        for kind, label, offset, length in (("head", WORKLOADS[0], 0, KIB64),
+                                                            ("tail", WORKLOADS[1], args.mb * 1024 * 1024 - KIB64,
+                                                             KIB64),
+                                                            ("whole", WORKLOADS[2], 0, None)):
+                            drop_caches()
+                            seconds = timed_read(folder / names[(rtt, run, tool, kind)], offset, length)
+                            results.setdefault((tool, label, rtt), []).append(seconds)
+                            print(f"rtt {rtt * 1000:.0f} ms run {run} {tool:8} {label:13} {seconds:7.3f} s", flush=True)
+                        if tool == "isaacfs":
+                            rss.append(peak_rss_mb(root))
+                            if args.big_mb and run == 0 and rtt == args.rtts[0]:
+                                drop_caches()
+                                timed_read(folder / "big.exr", 0, None)
+                                big_rss = peak_rss_mb(root)
+                whole = omni_read(f"{url}/{S3_PREFIX}/Isaac/Environments/Sky/{names[(rtt, run, 'omni', 'whole')]}")
+                results.setdefault(("omni.client read_file", WORKLOADS[2], rtt), []).append(whole)
+                print(f"rtt {rtt * 1000:.0f} ms run {run} omni.client read_file whole {whole:7.3f} s", flush=True)
+            if link is not None:
+                link.stop()
+        server.stop()
+    finally:
+        subprocess.run(["sh", "-c", f"for m in {work}/mnt-*; do fusermount3 -uz $m 2>/dev/null; done"], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+    report(results, args, rss, big_rss)
+
+
+def report(results: dict[tuple[str, str, float], list[float]], args: argparse.Namespace, rss: list[float],
+           big_rss: float) -> None:
+    def med(tool: str, label: str, rtt: float) -> float:
+        values = results.get((tool, label, rtt), [])
+        return statistics.median(values) if values else float("nan")
+
+    lines = [f"`python bench/bench_large.py --mb {args.mb} --big-mb {args.big_mb} --rtts "
+             f"{' '.join(str(r) for r in args.rtts)} --runs {args.runs}` (medians of {args.runs} runs, seconds;"
+             " moto S3 kept alive by cheroot, link emulator on loopback, each read on a never-read copy with"
+             " the page cache dropped)", "",
+             "| RTT | workload | isaacfs permissive | rclone mount (vfs full) | ratio | omni.client read_file |",
+             "|---|---|---|---|---|---|"]
+    for rtt in args.rtts:
+        for label in WORKLOADS:
+            ours, theirs = med("isaacfs", label, rtt), med("rclone", label, rtt)
+            floor = med("omni.client read_file", label, rtt) if label == WORKLOADS[2] else float("nan")
+            lines.append(f"| {rtt * 1000:.0f} ms | {label} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f}x |"
+                         f" {'' if floor != floor else f'{floor:.3f}'} |")
+    lines.append("")
+    lines.append(f"isaacfs daemon peak RSS over the {args.mb} MiB runs: {max(rss) if rss else float('nan'):.0f} MB;"
+                 f" while reading one {args.big_mb} MiB file: {big_rss:.0f} MB")
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_write:
+        write_section("bench_large", table, "Large files, cold, over a link")
+
+
+if __name__ == "__main__":
+    main()

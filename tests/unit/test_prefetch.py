@@ -1,0 +1,106 @@
+"""Dependency prefetch against the in-memory upstream, with the real usd-core worker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import trio
+
+from isaacfs.backends.memory import MemoryUpstream
+from isaacfs.core.namespace import Tree
+from isaacfs.core.paths import RelPath
+from isaacfs.jobs.parser import ParseFailed, Parser
+from isaacfs.jobs.prefetch import Prefetcher
+from isaacfs.store.index import Index
+from isaacfs.store.mirror import Mirror
+from tests.unit.conftest import GO2, Running, trio_test
+
+# What the sample Go2 stage names, directly or through its layers (tests/mount/test_usd_stage.py).
+GO2_DEPENDENCIES = {
+    "Isaac/IsaacLab/Robots/Unitree/Go2/go2_physics.usda",
+    "Isaac/IsaacLab/Robots/Unitree/Go2/go2_sensors.usda",
+    "Isaac/IsaacLab/Robots/Unitree/Go2/Props/instanceable_meshes.usda",
+    "Isaac/IsaacLab/Robots/Unitree/Go2/Textures/go2_body_albedo.png",
+    "NVIDIA/Materials/Base/Metals/Aluminum_Anodized.mdl",  # reached by ../../../../../NVIDIA/...
+    "NVIDIA/Materials/Base/Metals/Aluminum_Anodized/Aluminum_Anodized_BaseColor.png",  # the MDL's texture
+}
+
+
+async def walk(tree: Tree, path: str) -> object:
+    node = tree.root
+    for name in RelPath.parse(path).parts:
+        found = await tree.lookup(node, name)
+        assert found is not None, path
+        node = found
+    return node
+
+
+def build(running: Running, mode: str = "permissive", max_files: int = 2000) -> tuple[Tree, Prefetcher]:
+    ws = running.ws
+    tree = Tree(ws.mirror, ws.index, ws.upstream, ws.fetcher, mode, 3600.0, "/mnt")  # type: ignore[arg-type]
+    prefetcher = Prefetcher(ws.mirror, ws.index, tree.listings, ws.fetcher, Parser(), ws.upstream.root_url,
+                            lambda: tree.mode == "permissive", max_files)
+    ws.fetcher.on_fetched.append(prefetcher.fetched)
+    tree.opened.append(prefetcher.opened)
+    prefetcher.attach(running._nursery)
+    return tree, prefetcher
+
+
+def mirrored(mirror: Mirror) -> set[str]:
+    root = Path(mirror.display)
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".isaacfs" not in p.parts}
+
+
+@trio_test
+async def test_opening_a_robot_fetches_what_it_names_before_anyone_asks(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree, prefetcher = build(running)
+        node = await walk(tree, GO2)
+        os.close((await tree.open(node))[0])  # type: ignore[arg-type]
+        with trio.fail_after(30):
+            while not mirrored(mirror) >= GO2_DEPENDENCIES:
+                await trio.sleep(0.05)
+        await prefetcher.aclose()
+    assert index.session["prefetched"] >= len(GO2_DEPENDENCIES)
+    # Only what the robot names: nothing else of the upstream was fetched.
+    assert mirrored(mirror) == GO2_DEPENDENCIES | {GO2}
+
+
+@trio_test
+async def test_prefetch_is_bounded_and_off_in_strict_mode(mirror: Mirror, index: Index,
+                                                         upstream: MemoryUpstream) -> None:
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree, prefetcher = build(running, max_files=1)
+        node = await walk(tree, GO2)
+        os.close((await tree.open(node))[0])  # type: ignore[arg-type]
+        await trio.sleep(3)
+        assert len(mirrored(mirror)) == 2  # the root layer and the one file its budget allows
+        assert index.session["prefetch_over_budget"] >= 1
+        tree.mode = "strict"
+        before = mirrored(mirror)
+        prefetcher.opened(RelPath.parse("Isaac/IsaacLab/Robots/Unitree/Go2/go2_physics.usda"))
+        await trio.sleep(1)
+        assert mirrored(mirror) == before  # strict mode never touches the network
+        await prefetcher.aclose()
+
+
+@trio_test
+async def test_a_layer_the_parser_cannot_read_costs_only_its_answer(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.usda"
+    bad.write_text("#usda 1.0\n(\n  subLayers = [ @a.usda@ \n")  # cut short
+    good = tmp_path / "good.usda"
+    good.write_text('#usda 1.0\n(\n  subLayers = [@./part.usda@]\n)\n')
+    parser = Parser(timeout=20)
+    try:
+        try:
+            await parser.dependencies(str(bad))
+            raise AssertionError("a broken layer parsed")
+        except ParseFailed:
+            pass
+        assert await parser.dependencies(str(good)) == ["./part.usda"]
+    finally:
+        await parser.aclose()
