@@ -12,12 +12,15 @@ Listings and stats stay with omni.client (they need its S3 provider and configur
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 import httpx
 
 from ..core.errors import AccessDenied, ConnectionLost, NotFound, Unavailable, UpstreamError
 from ..core.health import Health
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is the library's chatter
 
 
 class HttpRanges:

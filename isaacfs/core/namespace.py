@@ -410,7 +410,13 @@ class Tree:
                 if self.fetcher.ranged:
                     got = await self.fetcher.stream(rel, node.remote)
                     if not isinstance(got, LocalEntry):
-                        fd = os.open(got.path, os.O_RDONLY | os.O_CLOEXEC)
+                        try:
+                            fd = os.open(got.path, os.O_RDONLY | os.O_CLOEXEC)
+                        except FileNotFoundError:  # it landed and was installed meanwhile
+                            await got.settled.wait()
+                            if got.error is not None:
+                                raise got.error from None
+                            continue
                         got.readers += 1
                         self.index.count("opens")
                         self._tell_opened(rel)

@@ -146,9 +146,10 @@ class Fetcher:
         if local is not None and not local.is_dir:
             return local
         flight = self._flight(rel, expected, priority)
-        await flight.streaming.wait()
-        if flight.transfer is not None and not flight.done.is_set():
-            return flight.transfer
+        if expected.size > PART_SIZE:  # one part or less: the reader waits for the checked file
+            await flight.streaming.wait()
+            if flight.transfer is not None and not flight.done.is_set():
+                return flight.transfer
         await flight.done.wait()
         if flight.error is not None:
             raise flight.error
@@ -258,7 +259,10 @@ class Fetcher:
                 raise self._discard(transfer, FetchFailed(exc.errno or errno.EIO,
                                                           f"mirror write failed for {rel}: {exc}")) from None
             except BaseException:
-                self._discard(transfer, FetchFailed(errno.EINTR, f"fetch of {rel} discarded"))
+                # Stopping (or a bug): readers get an error now. No page invalidation here: with
+                # a read of this file in flight, it would wait on the kernel, which waits on us.
+                if transfer is not None:
+                    transfer.fail(FetchFailed(errno.EINTR, f"fetch of {rel} discarded"))
                 raise
             finally:
                 if transfer is not None:
