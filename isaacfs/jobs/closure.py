@@ -1,9 +1,9 @@
 """The dependency closure of USD assets: the files one robot or scene really needs.
 
-Breadth first from the given layers: each USD layer and MDL module met is fetched
-(into the mirror, or for a dry run into a scratch folder), its asset paths are read by
-usd-core in a child process (``isaacfs.usd_deps``), and each path is mapped to a path
-under the asset root. Relative paths are resolved against the layer's folder; absolute
+From the given layers, pipelined: each USD layer and MDL module met is fetched (into
+the mirror, or for a dry run into a scratch folder) and read by the long-lived usd-core
+worker (``parser``) as soon as it lands; each asset path it names is mapped to a path
+under the asset root and looked up and fetched at once. Relative paths are resolved against the layer's folder; absolute
 URLs inside the upstream root (or the NVIDIA cloud root of the same release) are mapped
 into the mirror; anything else (another server, ``omniverse://localhost/...``, a local
 absolute path) is reported as not available offline.
@@ -11,7 +11,6 @@ absolute path) is reported as not available offline.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -26,12 +25,11 @@ from ..core.config import CLOUD_ROOT
 from ..core.errors import InvalidPath
 from ..core.paths import RelPath
 from ..core.types import RemoteEntry
-from ..system.launch import python_module
+from .parser import ParseFailed, Parser
 from .usd_deps import wants_parsing
 
 log = logging.getLogger("isaacfs.closure")
 
-PARSE_TIMEOUT = 300.0  # seconds for usd-core to read one round of layers
 
 # Puts a layer's bytes at a readable path; returns that path.
 FetchLayer = Callable[[RelPath, RemoteEntry, Path], Awaitable[Path]]
@@ -93,81 +91,61 @@ def _inside_root(url: str, root_url: str) -> str | None:
     return None
 
 
-async def parse_layers(paths: list[Path]) -> dict[str, dict[str, object]]:
-    command = python_module("isaacfs.jobs.usd_deps", *map(str, paths))
-    with trio.fail_after(PARSE_TIMEOUT):
-        done = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
-    if done.returncode != 0:
-        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
-        raise RuntimeError(f"usd-core could not read the layers (exit {done.returncode}): {tail[0]}")
-    answer: dict[str, dict[str, object]] = json.loads(done.stdout)
-    return answer
-
-
-async def compute(roots: list[RelPath], stat: StatPath, fetch_layer: FetchLayer, root_url: str,
-                  jobs: int) -> Closure:
+async def compute(roots: list[RelPath], entry_of: StatPath, fetch_layer: FetchLayer, root_url: str,
+                  jobs: int, parser: Parser | None = None) -> Closure:
+    """Every file the root layers need, transitively. Pipelined: each layer is read by the
+    usd-core worker as soon as it has landed, and what it names is looked up and fetched at
+    once; there are no rounds to wait for."""
     closure = Closure()
     seen: set[RelPath] = set(roots)
-    frontier = list(roots)
     limit = trio.CapacityLimiter(jobs)
+    own_parser = parser is None
+    reader = parser or Parser()
     scratch = Path(tempfile.mkdtemp(prefix="isaacfs-closure-"))
-    try:
-        round_number = 0
-        while frontier:
-            round_number += 1
-            layers: dict[Path, RelPath] = {}
+    slots = iter(range(1 << 30))
 
-            async def visit(rel: RelPath, slot: int, layers: dict[Path, RelPath] = layers,
-                            round_number: int = round_number) -> None:
-                async with limit:
-                    try:
-                        entry = await stat(rel)
-                    except Exception as exc:
-                        closure.failures.append((rel, str(exc)))
-                        return
-                    if entry.is_dir:
-                        closure.failures.append((rel, "is a folder, not an asset file"))
-                        return
-                    closure.files[rel] = entry
-                    if not wants_parsing(rel.name):
-                        return
-                    folder = scratch / f"{round_number}-{slot}"
-                    folder.mkdir()
-                    try:
-                        local = await fetch_layer(rel, entry, folder / rel.name)
-                    except Exception as exc:
-                        closure.failures.append((rel, str(exc)))
-                        return
-                    layers[local] = rel
-
-            async with trio.open_nursery() as nursery:
-                for slot, rel in enumerate(frontier):
-                    nursery.start_soon(visit, rel, slot)
-            frontier = []
-            if not layers:
-                break
+    async def visit(rel: RelPath, nursery: trio.Nursery) -> None:
+        async with limit:
             try:
-                parsed = await parse_layers(list(layers))
-            except (RuntimeError, trio.TooSlowError, ValueError) as exc:
-                closure.failures.extend((rel, f"dependencies unknown: {exc}") for rel in layers.values())
-                break
-            for local, rel in layers.items():
-                answer = parsed.get(str(local), {})
-                if "error" in answer:
-                    closure.failures.append((rel, f"usd-core could not read it: {answer['error']}"))
-                    continue
-                deps = answer.get("deps", [])
-                for dependency in deps if isinstance(deps, list) else []:
-                    target = resolve(str(dependency), rel, root_url)
-                    if target is None:
-                        continue
-                    if isinstance(target, str):
-                        closure.not_offline.append(f"{dependency} (named by {rel}): {target}")
-                        continue
-                    if target not in seen:
-                        seen.add(target)
-                        frontier.append(target)
+                entry = await entry_of(rel)
+            except Exception as exc:
+                closure.failures.append((rel, str(exc)))
+                return
+            if entry.is_dir:
+                closure.failures.append((rel, "is a folder, not an asset file"))
+                return
+            closure.files[rel] = entry
+            if not wants_parsing(rel.name):
+                return
+            folder = scratch / str(next(slots))
+            folder.mkdir()
+            try:
+                local = await fetch_layer(rel, entry, folder / rel.name)
+            except Exception as exc:
+                closure.failures.append((rel, str(exc)))
+                return
+        try:
+            deps = await reader.dependencies(str(local))
+        except ParseFailed as exc:
+            closure.failures.append((rel, f"usd-core could not read it: {exc}"))
+            return
+        for dependency in deps:
+            target = resolve(dependency, rel, root_url)
+            if target is None:
+                continue
+            if isinstance(target, str):
+                closure.not_offline.append(f"{dependency} (named by {rel}): {target}")
+            elif target not in seen:
+                seen.add(target)
+                nursery.start_soon(visit, target, nursery)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for root in roots:
+                nursery.start_soon(visit, root, nursery)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if own_parser:
+            await reader.aclose()
     closure.not_offline = sorted(set(closure.not_offline))
     return closure

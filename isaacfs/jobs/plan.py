@@ -6,6 +6,7 @@ repeated warm asks the upstream nothing it was already told.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,18 +33,39 @@ class Plan:
 
 
 # -- planning -------------------------------------------------------------------------
+LIST_TRIES = 3
+
+
 async def _walk(ws: Workspace, root: RelPath, limit: trio.CapacityLimiter,
-                ttl: float | None) -> dict[RelPath, RemoteEntry]:
+                ttl: float | None, unreachable: list[tuple[RelPath, str]] | None = None) -> dict[RelPath, RemoteEntry]:
+    """Every file below ``root``, listing folders in parallel. A listing that fails is tried
+    again with backoff; one that still fails is reported in ``unreachable`` and the walk goes
+    on with the rest (without ``unreachable``, or if the root itself fails, it raises)."""
     found: dict[RelPath, RemoteEntry] = {}
     errors: list[UpstreamError] = []
 
+    async def listing(folder: RelPath) -> list[RemoteEntry]:
+        for attempt in range(1, LIST_TRIES + 1):
+            try:
+                async with limit:
+                    return await ws.listings.get(folder, ttl)
+            except (NotFound, UserError):
+                raise
+            except UpstreamError:
+                if attempt == LIST_TRIES:
+                    raise
+                await trio.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
     async def visit(folder: RelPath, nursery: trio.Nursery) -> None:
         try:
-            async with limit:
-                entries = await ws.listings.get(folder, ttl)
+            entries = await listing(folder)
         except UpstreamError as exc:
-            errors.append(exc)  # a walk with a hole in it is no plan: stop the whole walk
-            nursery.cancel_scope.cancel()
+            if unreachable is None or folder == root:
+                errors.append(exc)  # no plan at all: stop the whole walk
+                nursery.cancel_scope.cancel()
+            else:
+                unreachable.append((folder, str(exc)))
             return
         for entry in entries:
             child = folder.child(entry.name)
@@ -79,7 +101,10 @@ async def _plan_categories(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
                 known = await _folders(ws.upstream, root.parent)
                 raise UserError(f"unknown category {category!r}; under {root.parent or '/'}/ there are: "
                                 + (", ".join(known) or "no folders"))
-            found = await _walk(ws, root, limit, spec.listing_ttl)
+            unreachable: list[tuple[RelPath, str]] = []
+            found = await _walk(ws, root, limit, spec.listing_ttl, unreachable)
+            plan.failures.extend((category, f"{folder}/: not listed, its files were not warmed ({why})")
+                                 for folder, why in unreachable)
             if spec.subsets:
                 depth = len(root.parts)
                 found = {rel: e for rel, e in found.items() if set(rel.parts[depth:-1]) & set(spec.subsets)}
@@ -150,13 +175,22 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
             return scratch
         if await ensure_present(ws, rel, entry):
             plan.prefetched.add(rel)
-        fd = ws.mirror.open_read(rel)
-        with open(fd, "rb") as source, open(scratch, "wb") as copy:
-            while chunk := source.read(1 << 20):
-                copy.write(chunk)
-        return scratch
+        return Path(f"/proc/{os.getpid()}/fd/{ws.mirror.fd}/{rel}")  # the mirror, as the worker sees it
 
-    found = await closures.compute(roots, ws.upstream.stat, fetch_layer, ws.upstream.root_url, ws.jobs)
+    async def entry_of(rel: RelPath) -> RemoteEntry:
+        # One listing per folder (from the index when fresh) gives size and ETag for every
+        # file in it: no request per file.
+        if not rel.is_root:
+            try:
+                listed = await ws.listings.get(rel.parent, spec.listing_ttl)
+            except UpstreamError:
+                listed = []
+            found = next((entry for entry in listed if entry.name == rel.name), None)
+            if found is not None:
+                return found
+        return await ws.upstream.stat(rel)
+
+    found = await closures.compute(roots, entry_of, fetch_layer, ws.upstream.root_url, max(ws.jobs, 16))
     for rel, entry in found.files.items():
         plan.groups.setdefault(category_of(rel)[0], {})[rel] = entry
     for rel, why in found.failures:

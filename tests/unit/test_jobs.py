@@ -251,3 +251,24 @@ def test_a_warm_with_listing_ttl_0_sees_new_upstream_files(folder: Path, upstrea
     fresh, _ = warm(folder, upstream, WarmSpec(categories=["IsaacLab/Robots"], listing_ttl=0))
     assert sum(g.fetched for g in fresh.groups) == 1
     assert (folder / "Isaac/IsaacLab/Robots/Unitree/Go2/new_part.usda").exists()
+
+
+def test_closure_fetches_exactly_what_a_robot_needs_pipelined(folder: Path, upstream: MemoryUpstream) -> None:
+    from tests.unit.test_prefetch import GO2_DEPENDENCIES
+
+    result, _ = warm(folder, upstream, WarmSpec(closure=[GO2]))
+    assert result.ok, result.failures
+    assert set(mirrored(folder)) == GO2_DEPENDENCIES | {GO2}
+    # One listing per folder and one body per file: no stat per file.
+    assert not any(key.startswith("stat ") for key in upstream.requests)
+    assert all(n == 1 for key, n in upstream.requests.items() if key.startswith("get "))
+
+
+def test_a_folder_that_cannot_be_listed_costs_only_its_files(folder: Path, upstream: MemoryUpstream) -> None:
+    from isaacfs.core.errors import Unavailable
+
+    upstream.fail["Isaac/IsaacLab/Robots/Unitree/Go2/Props"] = Unavailable("list: upstream failed (ERROR)")
+    result, _ = warm(folder, upstream, WarmSpec(categories=["IsaacLab/Robots"]))
+    assert not result.ok and any("Go2/Props/: not listed" in failure for failure in result.failures)
+    assert upstream.requests["list Isaac/IsaacLab/Robots/Unitree/Go2/Props"] == 3  # tried again with backoff
+    assert (folder / GO2).exists()  # the rest was warmed
