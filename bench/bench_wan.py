@@ -1,0 +1,269 @@
+"""First loads over a long link: a robot shaped like Isaac's, opened cold with usd-core.
+
+Run as root (it mounts and drops the page cache):
+    .venv/bin/python bench/bench_wan.py [--rtts 0 0.08 0.2] [--runs 2] [--category-files 400]
+Needs rclone (Debian: apt-get install rclone).
+
+A moto S3 server that keeps connections alive (cheroot) holds a generated robot: a root
+layer with 3 sublayers and a payload; the payload references an instanceable-mesh layer of
+8 mesh sublayers and binds 12 materials, each an MDL module and 3 textures (14 layers,
+48 assets). A link emulator (tests/support/linkproxy.py) adds each RTT. Per RTT and run:
+  floor             - all files known up front, 16 parallel omni.client.read_file into memory;
+  isaacfs permissive - mount over an empty mirror, open the stage (payloads loaded), read every asset;
+  rclone mount      - the same through rclone mount --vfs-cache-mode full;
+  warm --closure    - isaacfs warm --closure of the root layer into an empty mirror;
+  warm --manifest   - isaacfs warm --manifest of the same files.
+Then, at the largest RTT, a category of --category-files small files: isaacfs warm against
+rclone copy, 16 transfers each. Prints medians and writes docs/benchmarks.md (bench_wan markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_peers import ENV, Peer, drop_caches, mounted  # noqa: E402
+from benchdoc import write_section  # noqa: E402
+
+from tests.support.helpers import S3_PREFIX, start_link, start_s3  # noqa: E402
+from tests.support.s3server import BUCKET  # noqa: E402
+
+ROBOT = "Isaac/IsaacLab/Robots/Bench/Walker{run}/walker.usda"
+TEXTURE_BYTES = 1_400_000
+
+LOAD = r"""
+import json, sys, time
+from concurrent.futures import ThreadPoolExecutor
+from pxr import Usd, UsdShade, Sdf
+started = time.perf_counter()
+stage = Usd.Stage.Open(sys.argv[1], Usd.Stage.LoadAll)
+assets = set()
+for prim in stage.Traverse():
+    for attribute in prim.GetAttributes():
+        value = attribute.Get()
+        if isinstance(value, Sdf.AssetPath) and value.resolvedPath:
+            assets.add(value.resolvedPath)
+def read(path):
+    with open(path, "rb") as stream:
+        while stream.read(1 << 20):
+            pass
+with ThreadPoolExecutor(8) as pool:
+    list(pool.map(read, sorted(assets)))
+print(json.dumps({"seconds": time.perf_counter() - started, "layers": len(stage.GetUsedLayers()),
+                  "assets": len(assets)}))
+"""
+
+FLOOR = r"""
+import json, sys, time
+from concurrent.futures import ThreadPoolExecutor
+import omni.client as oc
+oc.initialize()
+urls = json.loads(sys.stdin.read())
+started = time.perf_counter()
+def get(url):
+    result, _version, body = oc.read_file(url)
+    assert str(result) == "Result.OK", (url, result)
+    return len(body)
+with ThreadPoolExecutor(16) as pool:
+    total = sum(pool.map(get, urls))
+print(json.dumps({"seconds": time.perf_counter() - started, "bytes": total}))
+oc.shutdown()
+"""
+
+
+def make_robot(source: Path, run: int) -> list[str]:
+    """One robot; returns its files, relative to the asset root."""
+    rel = Path(ROBOT.format(run=run))
+    folder = source / rel.parent
+    (folder / "Props").mkdir(parents=True, exist_ok=True)
+    (folder / "Textures").mkdir(exist_ok=True)
+    materials = source / "NVIDIA" / "Materials" / "Bench" / f"Walker{run}"
+    materials.mkdir(parents=True, exist_ok=True)
+    files = [rel.as_posix()]
+    (folder / "walker.usda").write_text(
+        '#usda 1.0\n(\n    subLayers = [@./walker_physics.usda@, @./walker_sensors.usda@, @./walker_joints.usda@]\n)\n'
+        'def Xform "Walker" (\n    prepend payload = @./walker_payload.usda@\n)\n{\n}\n')
+    for name in ("physics", "sensors", "joints"):
+        (folder / f"walker_{name}.usda").write_text(f'#usda 1.0\nover "Walker" {{\n    double {name} = 1\n}}\n')
+        files.append((rel.parent / f"walker_{name}.usda").as_posix())
+    shaders = []
+    for index in range(12):
+        mdl = materials / f"Mat{index}.mdl"
+        mdl.write_text(f'mdl 1.6;\nimport ::base::*;\nexport material Mat{index}() = material();\n')
+        files.append(mdl.relative_to(source).as_posix())
+        inputs = []
+        for kind in ("albedo", "normal", "orm"):
+            texture = folder / "Textures" / f"mat{index}_{kind}.png"
+            texture.write_bytes(os.urandom(TEXTURE_BYTES))
+            files.append(texture.relative_to(source).as_posix())
+            inputs.append(f'            asset inputs:{kind}_texture = @./Textures/mat{index}_{kind}.png@')
+        back = "../" * (len(rel.parts) - 1)
+        shaders.append(
+            f'    def Material "Mat{index}"\n    {{\n        def Shader "Shader"\n        {{\n'
+            f'            uniform asset info:mdl:sourceAsset ='
+            f' @{back}NVIDIA/Materials/Bench/Walker{run}/Mat{index}.mdl@\n'
+            + "\n".join(inputs) + '\n        }\n    }\n')
+    (folder / "walker_payload.usda").write_text(
+        '#usda 1.0\ndef Xform "Walker" (\n    prepend references = @./Props/instanceable_meshes.usda@\n)\n{\n'
+        '    def Scope "Looks"\n    {\n' + "".join(shaders) + '    }\n}\n')
+    files.append((rel.parent / "walker_payload.usda").as_posix())
+    meshes = ", ".join(f"@./mesh{k}.usda@" for k in range(8))
+    (folder / "Props" / "instanceable_meshes.usda").write_text(
+        f'#usda 1.0\n(\n    defaultPrim = "Walker"\n    subLayers = [{meshes}]\n)\ndef Xform "Walker"\n{{\n}}\n')
+    files.append((rel.parent / "Props" / "instanceable_meshes.usda").as_posix())
+    for k in range(8):
+        points = ", ".join(f"({i}, {k}, 0)" for i in range(2000))
+        (folder / "Props" / f"mesh{k}.usda").write_text(
+            f'#usda 1.0\nover "Walker"\n{{\n    def Mesh "part{k}"\n    {{\n        point3f[] points = [{points}]\n'
+            '    }\n}\n')
+        files.append((rel.parent / "Props" / f"mesh{k}.usda").as_posix())
+    return files
+
+
+def load(path: Path) -> float:
+    out = subprocess.run([sys.executable, "-c", LOAD, str(path)], capture_output=True, text=True, env=ENV,
+                         timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"loading {path} failed: {out.stderr[-2000:]}")
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(report["seconds"])
+
+
+def isaacfs(*args: str) -> float:
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "isaacfs", *args], capture_output=True, text=True, env=ENV,
+                         timeout=1200)
+    if out.returncode != 0:
+        raise SystemExit(f"isaacfs {' '.join(args)} failed: {out.stdout[-1500:]}{out.stderr[-1500:]}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rtts", type=float, nargs="+", default=[0.0, 0.08, 0.2])
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--category-files", type=int, default=400)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("rclone") is None:
+        raise SystemExit("rclone is not installed (apt-get install rclone)")
+    work = Path(tempfile.mkdtemp(prefix="isaacfs-bench-wan-"))
+    results: dict[tuple[str, float], list[float]] = {}
+    try:
+        source = work / "source"
+        robots = {(rtt, run, tool): make_robot(source, index) for index, (rtt, run, tool) in enumerate(
+            (rtt, run, tool) for rtt in args.rtts for run in range(args.runs)
+            for tool in ("floor", "isaacfs", "rclone", "closure", "manifest"))}
+        bulk = source / "Isaac" / "Props" / "BenchBulk"
+        for index in range(args.category_files):
+            (bulk / f"Set{index % 20:02}").mkdir(parents=True, exist_ok=True)
+            (bulk / f"Set{index % 20:02}" / f"prop_{index:04}.usda").write_bytes(os.urandom(50_000))
+        print(f"{len(robots)} robots of {len(next(iter(robots.values())))} files; {args.category_files} bulk files",
+              flush=True)
+        server = start_s3(source, work / "s3", keepalive=True)
+        ENV.update(server.env)
+        ENV["CURL_CA_BUNDLE"] = server.cert
+        for rtt in args.rtts:
+            link = start_link(server.port, rtt) if rtt else None
+            url = f"https://127.0.0.1:{link.port if link else server.port}"
+            upstream = f"{url}/{S3_PREFIX}"
+            (work / "rclone.conf").write_text(
+                "[s3]\ntype = s3\nprovider = Other\nenv_auth = false\naccess_key_id = test\nsecret_access_key = test\n"
+                f"region = us-west-2\nendpoint = {url}\nforce_path_style = true\n")
+            peers = {
+                "isaacfs permissive, cold": Peer("isaacfs", lambda m, c, u=upstream: [
+                    sys.executable, "-m", "isaacfs", "mount", str(m), "--mirror", str(c), "--mode", "permissive",
+                    "--upstream", u, "--jobs", "16"], True),
+                "rclone mount (vfs full)": Peer("rclone", lambda m, c: [
+                    "!bg", "rclone", "--config", str(work / "rclone.conf"), "mount", f"s3:{BUCKET}/{S3_PREFIX}",
+                    str(m), "--read-only", "--vfs-cache-mode", "full", "--cache-dir", str(c)], True),
+            }
+            for run in range(args.runs):
+                files = robots[(rtt, run, "floor")]
+                floor = subprocess.run([sys.executable, "-c", FLOOR],
+                                       input=json.dumps([f"{upstream}/{f}" for f in files]),
+                                       capture_output=True, text=True, env=ENV, check=True)
+                record(results, "floor: every file known, 16 x omni.client.read_file", rtt,
+                       json.loads(floor.stdout.strip().splitlines()[-1])["seconds"])
+                for (label, peer), tool in zip(peers.items(), ("isaacfs", "rclone"), strict=True):
+                    with mounted(peer, work) as root:
+                        drop_caches()
+                        record(results, label, rtt, load(root / robots[(rtt, run, tool)][0]))
+                mirror = work / f"closure-{rtt}-{run}"
+                record(results, "isaacfs warm --closure", rtt,
+                       isaacfs("warm", str(mirror), "--upstream", upstream, "--closure",
+                               robots[(rtt, run, "closure")][0], "--jobs", "16"))
+                manifest = work / f"manifest-{rtt}-{run}.txt"
+                manifest.write_text("\n".join(robots[(rtt, run, "manifest")]) + "\n")
+                record(results, "isaacfs warm --manifest", rtt,
+                       isaacfs("warm", str(work / f"manifest-{rtt}-{run}"), "--upstream", upstream, "--manifest",
+                               str(manifest), "--jobs", "16"))
+            if rtt == max(args.rtts):
+                for run in range(args.runs):
+                    record(results, "category warm, isaacfs", rtt,
+                           isaacfs("warm", str(work / f"bulk-{run}"), "--upstream", upstream, "--categories",
+                                   "Props/BenchBulk", "--jobs", "16"))
+                    started = time.perf_counter()
+                    subprocess.run(["rclone", "--config", str(work / "rclone.conf"), "copy", "--transfers", "16",
+                                    f"s3:{BUCKET}/{S3_PREFIX}/Isaac/Props/BenchBulk", str(work / f"rclone-bulk-{run}")],
+                                   env=ENV, check=True, capture_output=True)
+                    record(results, "category warm, rclone copy", rtt, time.perf_counter() - started)
+            if link is not None:
+                link.stop()
+        server.stop()
+    finally:
+        subprocess.run(["sh", "-c", f"for m in {work}/mnt-*; do fusermount3 -uz $m 2>/dev/null; done"], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+    report(results, args)
+
+
+def record(results: dict[tuple[str, float], list[float]], label: str, rtt: float, seconds: float) -> None:
+    results.setdefault((label, rtt), []).append(seconds)
+    print(f"rtt {rtt * 1000:.0f} ms  {label:52} {seconds:7.2f} s", flush=True)
+
+
+def report(results: dict[tuple[str, float], list[float]], args: argparse.Namespace) -> None:
+    labels = list(dict.fromkeys(label for label, _rtt in results))
+
+    def med(label: str, rtt: float) -> float:
+        values = results.get((label, rtt), [])
+        return statistics.median(values) if values else float("nan")
+
+    header = "| | " + " | ".join(f"{rtt * 1000:.0f} ms" for rtt in args.rtts) + " |"
+    lines = [f"`python bench/bench_wan.py --rtts {' '.join(str(r) for r in args.rtts)} --runs {args.runs}"
+             f" --category-files {args.category_files}` (medians of {args.runs} runs, seconds; moto S3 kept alive"
+             " by cheroot behind a link emulator on loopback; 2-core VM)", "", header,
+             "|---|" + "---|" * len(args.rtts)]
+    for label in labels:
+        lines.append(f"| {label} | " + " | ".join(f"{med(label, rtt):.2f}" for rtt in args.rtts) + " |")
+    lines.append("")
+    floor = "floor: every file known, 16 x omni.client.read_file"
+    for rtt in args.rtts:
+        ours, theirs, base = med("isaacfs permissive, cold", rtt), med("rclone mount (vfs full)", rtt), med(floor, rtt)
+        closure, manifest = med("isaacfs warm --closure", rtt), med("isaacfs warm --manifest", rtt)
+        lines.append(f"- {rtt * 1000:.0f} ms: permissive {ours / base:.2f}x of the floor (target <= 1.3),"
+                     f" {ours / theirs:.2f}x of rclone mount (target <= 0.3); closure {closure / manifest:.2f}x"
+                     " of manifest (target <= 1.2)")
+    top = max(args.rtts)
+    ours, theirs = med("category warm, isaacfs", top), med("category warm, rclone copy", top)
+    lines.append(f"- category warm at {top * 1000:.0f} ms: {ours / theirs:.2f}x of rclone copy (target <= 0.8)")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if not args.no_write:
+        write_section("bench_wan", table, "First loads over a long link")
+
+
+if __name__ == "__main__":
+    main()
