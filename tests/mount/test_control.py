@@ -22,7 +22,8 @@ def status_of(path: Path, mounts: Mounts) -> dict[str, object]:
 
 def test_status_and_misses_live_in_both_modes_then_bare(any_upstream: Upstream, upstream_tree: Path,
                                                         mountpoint: Path, mounts: Mounts) -> None:
-    mounts.mount(mountpoint, any_upstream, "--mode", "permissive")
+    # Prefetch off: this counts what one read fetches (tests/unit/test_prefetch.py covers prefetch).
+    mounts.mount(mountpoint, any_upstream, "--mode", "permissive", env={"ISAACFS_PREFETCH": "0"})
     assert sha256(mountpoint / GO2) == sha256(upstream_tree / GO2)
     report = status_of(mountpoint, mounts)
     assert report["running"] and report["mode"] == "permissive" and report["upstream_answers"]
