@@ -42,10 +42,12 @@ WORKLOADS = ("first 64 KiB", "last 64 KiB", "whole file")
 
 
 def make_files(root: Path, names: list[str], mb: int) -> None:
-    folder = root / "Isaac" / "Environments" / "Sky"
-    folder.mkdir(parents=True, exist_ok=True)
+    # One folder per file: moto computes ETags when it lists, so a folder of many large
+    # objects lists slowly (real S3 does not); each workload lists one object.
     block = os.urandom(1024 * 1024)
     for name in names:
+        folder = root / "Isaac" / "Environments" / "Sky" / name.removesuffix(".exr")
+        folder.mkdir(parents=True, exist_ok=True)
         with open(folder / name, "wb") as stream:
             for index in range(mb):
                 stream.write(block[index % 7:] + block[:index % 7])
@@ -119,7 +121,7 @@ def main() -> None:
             peers = {
                 "isaacfs": Peer("isaacfs", lambda m, c, url=url: [
                     sys.executable, "-m", "isaacfs", "mount", str(m), "--mirror", str(c), "--mode", "permissive",
-                    "--upstream", f"{url}/{S3_PREFIX}", "--jobs", "16"], True),
+                    "--upstream", f"{url}/{S3_PREFIX}", "--jobs", "16", "--upstream-timeout", "60"], True),
                 "rclone": Peer("rclone", lambda m, c: [
                     "!bg", "rclone", "--config", str(work / "rclone.conf"), "mount", f"s3:{BUCKET}/{S3_PREFIX}", str(m),
                     "--read-only", "--vfs-cache-mode", "full", "--cache-dir", str(c)], True),
@@ -133,16 +135,18 @@ def main() -> None:
                                                              KIB64),
                                                             ("whole", WORKLOADS[2], 0, None)):
                             drop_caches()
-                            seconds = timed_read(folder / names[(rtt, run, tool, kind)], offset, length)
+                            name = names[(rtt, run, tool, kind)]
+                            seconds = timed_read(folder / name.removesuffix(".exr") / name, offset, length)
                             results.setdefault((tool, label, rtt), []).append(seconds)
                             print(f"rtt {rtt * 1000:.0f} ms run {run} {tool:8} {label:13} {seconds:7.3f} s", flush=True)
                         if tool == "isaacfs":
                             rss.append(peak_rss_mb(root))
                             if args.big_mb and run == 0 and rtt == args.rtts[0]:
                                 drop_caches()
-                                timed_read(folder / "big.exr", 0, None)
+                                timed_read(folder / "big" / "big.exr", 0, None)
                                 big_rss = peak_rss_mb(root)
-                whole = omni_read(f"{url}/{S3_PREFIX}/Isaac/Environments/Sky/{names[(rtt, run, 'omni', 'whole')]}")
+                name = names[(rtt, run, "omni", "whole")]
+                whole = omni_read(f"{url}/{S3_PREFIX}/Isaac/Environments/Sky/{name.removesuffix('.exr')}/{name}")
                 results.setdefault(("omni.client read_file", WORKLOADS[2], rtt), []).append(whole)
                 print(f"rtt {rtt * 1000:.0f} ms run {run} omni.client read_file whole {whole:7.3f} s", flush=True)
             if link is not None:

@@ -34,6 +34,7 @@ class DaemonCommands:
         self.settings = settings
         self.mountpoint = mountpoint
         self.started = time.time()
+        self._ends: dict[int, trio.Event] = {}
         self.workspace = Workspace(self.tree.mirror, self.tree.index, self.tree.upstream, self.tree.fetcher,
                                    settings.fetch_jobs, on_installed=self._installed,
                                    listing_ttl=settings.listing_ttl, listings=self.tree.listings)
@@ -57,7 +58,42 @@ class DaemonCommands:
 
     def handlers(self) -> dict[str, Handler]:
         return {"status": self.status, "misses": self.misses, "mode": self.mode, "warm": self.warm,
-                "verify": self.verify, "manifest": self.manifest, "clear-misses": self.clear_misses}
+                "verify": self.verify, "manifest": self.manifest, "clear-misses": self.clear_misses,
+                "run": self.run, "run-end": self.run_end}
+
+    async def run(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        """`isaacfs run`: the process tree of ``root_pid`` gets ``mode`` (None: the mount's);
+        its misses and fetches stream back as events until it ends; the answer is its summary."""
+        root_pid, mode = request.get("root_pid"), request.get("mode")
+        if not isinstance(root_pid, int) or root_pid <= 1:
+            raise ControlError("malformed run request: root_pid must be a process id")
+        if mode is not None and mode not in MODES:
+            raise ControlError(f"malformed run request: mode must be one of {', '.join(MODES)} or null")
+        run = self.fs.runs.register(root_pid, cast(Mode | None, mode), emit)
+        if run is None:
+            raise ControlError(f"process {root_pid} does not exist")
+        self._ends[root_pid] = trio.Event()
+        log.info("run of pid %d registered (%s mode)", root_pid, mode or f"the mount's {self.tree.mode}")
+        emit({"event": "registered", "mode": mode or self.tree.mode, "mountpoint": str(self.mountpoint)})
+        try:
+            while not self._ends[root_pid].is_set():
+                with trio.move_on_after(2.0):
+                    await self._ends[root_pid].wait()
+                gone = self.fs.runs.prune()
+                if run in gone or (root_pid, run.start) not in self.fs.runs.runs:
+                    break  # its root process is gone: a `run` that crashed
+            return run.summary()
+        finally:
+            self.fs.runs.unregister(run)
+            self._ends.pop(root_pid, None)
+            log.info("run of pid %d ended: %d served, %d fetched, %d missed", root_pid, run.counts["served"],
+                     run.counts["fetched"], len(run.missed))
+
+    async def run_end(self, request: dict[str, Any], emit: Emit) -> bool:
+        end = self._ends.get(request.get("root_pid"))  # type: ignore[arg-type]
+        if end is not None:
+            end.set()
+        return end is not None
 
     def prefetch_stats(self) -> dict[str, int] | None:
         counters = self.tree.index.session

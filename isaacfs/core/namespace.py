@@ -113,8 +113,8 @@ class Tree:
             current = current.parent
         return RelPath(tuple(reversed(parts)))
 
-    def visible(self, node: Node) -> bool:
-        return policy.visible(node, self.mode)
+    def visible(self, node: Node, mode: Mode | None = None) -> bool:
+        return policy.visible(node, mode or self.mode)
 
     def _child(self, parent: Node, name: str, is_dir: bool) -> Node:
         assert parent.children is not None
@@ -149,28 +149,28 @@ class Tree:
             parent.children.pop(node.name, None)
 
     # -- loading folders ------------------------------------------------------------
-    async def children(self, node: Node) -> dict[str, Node]:
+    async def children(self, node: Node, mode: Mode | None = None) -> dict[str, Node]:
         """The folder's children, loaded or refreshed as needed (one loader per folder)."""
         while True:
             event = self._loading.get(node.inode)
             if event is None:
                 break
             await event.wait()
-        if node.children is not None and not self._stale(node):
+        if node.children is not None and not self._stale(node, mode or self.mode):
             return node.children
         event = self._loading[node.inode] = trio.Event()
         try:
-            await self._load(node)
+            await self._load(node, mode or self.mode)
         finally:
             del self._loading[node.inode]
             event.set()
         assert node.children is not None
         return node.children
 
-    def _stale(self, node: Node) -> bool:
+    def _stale(self, node: Node, mode: Mode) -> bool:
         if self._mirror_mtime(node) != node.scanned_mtime_ns:
             return True
-        return self.mode == "permissive" and self._wants_listing(node)
+        return mode == "permissive" and self._wants_listing(node)
 
     def _wants_listing(self, node: Node) -> bool:
         if node.parent is not None and node.remote is None:
@@ -193,7 +193,7 @@ class Tree:
         except OSError:
             return -2
 
-    async def _load(self, node: Node) -> None:
+    async def _load(self, node: Node, mode: Mode) -> None:
         rel = self.rel(node)
         if node.children is None:
             node.children = {}
@@ -203,7 +203,7 @@ class Tree:
             scanned = await trio.to_thread.run_sync(self.mirror.scan, rel) if node.cached else None
             self._merge_local(node, scanned)
             node.scanned_mtime_ns = mtime
-        if self.mode == "permissive" and self._wants_listing(node):
+        if mode == "permissive" and self._wants_listing(node):
             listing = await self._remote_listing(rel)
             node.unknown = listing is None
             if listing is not None:
@@ -357,29 +357,36 @@ class Tree:
         freed.append(node.inode)
 
     # -- the operations the fs layer needs ------------------------------------------
-    async def lookup(self, parent: Node, name: str) -> Node | None:
-        children = await self.children(parent)
+    async def lookup(self, parent: Node, name: str, mode_of: Callable[[], Mode] | None = None) -> Node | None:
+        """``mode_of`` tells the requesting process's mode; it is asked only for a name the
+        mirror does not hold (a mirrored file is the same in every mode)."""
+        if parent.children is not None:
+            known = parent.children.get(name)
+            if known is not None and known.cached and not known.ghost:
+                return known  # the fast path: no process check, no listing
+        mode = mode_of() if mode_of is not None else self.mode
+        children = await self.children(parent, mode)
         node = children.get(name)
-        if node is not None and self.visible(node):
+        if node is not None and self.visible(node, mode):
             return node
         rel = self.rel(parent).child(name)
-        if self._may_ghost(rel, node):
-            self.misses.ghost(rel, self.mode)
+        if self._may_ghost(rel, node, mode):
+            self.misses.ghost(rel, mode)
             return self._ghost(parent, name)
-        self._miss(rel, parent)
-        if self.mode == "permissive" and parent.unknown and not policy.is_probe(rel):
+        self._miss(rel, parent, mode)
+        if mode == "permissive" and parent.unknown and not policy.is_probe(rel):
             # Neither the mirror nor a listing knows: "no such file" would be a guess, and the
             # kernel would remember it. EIO is not remembered; the next lookup asks again.
             raise Unavailable(f"{rel}: not in the mirror, and the upstream's listing of its folder could not be had")
         return None
 
-    def _may_ghost(self, rel: RelPath, node: Node | None) -> bool:
+    def _may_ghost(self, rel: RelPath, node: Node | None, mode: Mode) -> bool:
         listed: bool | None = None
-        if self.mode == "strict" and (node is None or node.remote is None):
+        if mode == "strict" and (node is None or node.remote is None):
             stored = self.listings.stored(rel.parent)
             if stored is not None:
                 listed = any(entry.name == rel.name and entry.is_dir for entry in stored[1])
-        return policy.may_ghost(rel, node, self.mode, self._ghosts, listed)
+        return policy.may_ghost(rel, node, mode, self._ghosts, listed)
 
     def _ghost(self, parent: Node, name: str) -> Node:
         if parent.children is None or name not in parent.children:
@@ -391,20 +398,22 @@ class Tree:
             node.gen += 1
         return node
 
-    async def listdir(self, node: Node) -> list[Node]:
-        children = await self.children(node)
-        strict = self.mode == "strict"
-        return [child for child in children.values() if self.visible(child) and not (strict and child.ghost)]
+    async def listdir(self, node: Node, mode: Mode | None = None) -> list[Node]:
+        mode = mode or self.mode
+        children = await self.children(node, mode)
+        strict = mode == "strict"
+        return [child for child in children.values() if self.visible(child, mode) and not (strict and child.ghost)]
 
-    async def open(self, node: Node) -> tuple[int, Transfer | None]:
+    async def open(self, node: Node, mode_of: Callable[[], Mode] | None = None) -> tuple[int, Transfer | None]:
         """An fd for reading the mirror's copy of a file, fetching it first if allowed. Where
         files stream (a ranged upstream), the fd may be the transfer's temporary file, with the
         transfer to wait on before each read."""
         rel = self.rel(node)
         for _attempt in range(2):
             if not node.cached:
-                if self.mode != "permissive" or node.remote is None:
-                    self._miss(rel, node.parent)
+                mode = mode_of() if mode_of is not None else self.mode
+                if mode != "permissive" or node.remote is None:
+                    self._miss(rel, node.parent, mode)
                     raise FetchFailed(errno.ENOENT, f"{rel} is not in the mirror")
                 self.index.count("misses_fetched")
                 if self.fetcher.ranged:
@@ -439,9 +448,9 @@ class Tree:
             return fd, None
         raise FetchFailed(errno.ENOENT, f"{rel} vanished from the mirror")
 
-    def _miss(self, rel: RelPath, parent: Node | None) -> None:
+    def _miss(self, rel: RelPath, parent: Node | None, mode: Mode) -> None:
         upstream_down = parent is not None and parent.remote is not None and not self.upstream.available
-        self.misses.miss(rel, self.mode, upstream_down)
+        self.misses.miss(rel, mode, upstream_down)
 
     def _scanned_after_install(self, folder: Node | None) -> None:
         """One file was put in ``folder`` and its node updated: the folder's new mtime needs no

@@ -21,15 +21,20 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
-from ..core.errors import errno_for
+from ..core.categories import warm_command
+from ..core.errors import FetchFailed, errno_for
 from ..core.namespace import Node, Tree
-from ..core.paths import name_from_bytes
+from ..core.paths import RelPath, name_from_bytes
+from ..core.policy import is_probe
+from ..core.runs import Run, Runs
+from ..core.types import Mode
 from ..fetch.stream import Transfer
 from .kernel import ATTR_TIMEOUT, NEGATIVE_TIMEOUT, KernelCache, encoded, invalidate_inode
 
@@ -46,6 +51,40 @@ NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 T = TypeVar("T")
 P = ParamSpec("P")
 _logged_bugs: set[tuple[str, str]] = set()
+
+
+class _Asked:
+    """The requesting process's mode, looked up only if the namespace asks (a miss)."""
+
+    def __init__(self, fs: AssetFS, ctx: Any) -> None:
+        self.fs, self.pid = fs, int(getattr(ctx, "pid", 0) or 0)
+        self.looked = False
+        self.mode: Mode | None = None
+        self.run: Run | None = None
+
+    def run_now(self) -> Run | None:
+        self()
+        return self.run
+
+    def __call__(self) -> Mode:
+        if not self.looked:
+            self.looked = True
+            self.mode, self.run = self.fs.runs.lookup(self.pid)
+        return self.mode or self.fs.tree.mode
+
+    @property
+    def overridden(self) -> bool:
+        """The answer was given in another mode than the mount's: the kernel must not keep it."""
+        return self.looked and self.mode is not None and self.mode != self.fs.tree.mode
+
+
+def _uncached(attr: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
+    copy = pyfuse3.EntryAttributes()
+    for name in ("st_ino", "st_mode", "st_nlink", "st_size", "st_blocks", "st_blksize", "st_uid", "st_gid",
+                 "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
+        setattr(copy, name, getattr(attr, name))
+    copy.entry_timeout = copy.attr_timeout = 0
+    return copy
 
 
 def answers(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -71,14 +110,15 @@ def answers(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corouti
 
 
 class AssetFS(pyfuse3.Operations):
-    def __init__(self, tree: Tree, root_info: dict[str, str]) -> None:
+    def __init__(self, tree: Tree, root_info: dict[str, str], runs: Runs | None = None) -> None:
         super().__init__()
         self.tree = tree
+        self.runs = runs or Runs()
         self.kernel = KernelCache(tree)
         self.root_info = root_info  # values of the root's user.isaacfs.* attributes
         self.uid, self.gid = os.getuid(), os.getgid()
         self._attrs: dict[int, tuple[int, pyfuse3.EntryAttributes]] = {}
-        self._dirs: dict[int, tuple[Node, list[Node]]] = {}
+        self._dirs: dict[int, tuple[Node, list[Node], bool]] = {}
         self._streams: dict[int, Transfer] = {}  # open handles reading a file still being fetched
         self._next_dir_handle = 1
 
@@ -120,16 +160,31 @@ class AssetFS(pyfuse3.Operations):
         parent = self._node(parent_inode)
         if not parent.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        node = await self.tree.lookup(parent, name_from_bytes(name))  # InvalidPath: ENOENT
-        if node is None or node.ghost:
-            self.kernel.told_missing((parent_inode, name))  # to take back when it becomes wrong
+        text = name_from_bytes(name)  # InvalidPath: ENOENT
+        asked = _Asked(self, ctx)
+        node = await self.tree.lookup(parent, text, asked)
         if node is None:
+            if asked.run is not None:
+                self._report_miss(asked.run, self.tree.rel(parent).child(text))
+            if asked.overridden:
+                raise pyfuse3.FUSEError(errno.ENOENT)  # this process's answer only: never cached
+            self.kernel.told_missing((parent_inode, name))  # to take back when it becomes wrong
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0  # a cached "no such name": repeated probes stay in the kernel
             negative.entry_timeout = NEGATIVE_TIMEOUT
             return negative
+        if node.ghost:
+            self.kernel.told_missing((parent_inode, name))
         self.tree.remember(node)
+        if asked.overridden and not node.cached:
+            return _uncached(self.attributes(node))  # another process in another mode must ask again
         return self.attributes(node)
+
+    def _report_miss(self, run: Run, rel: RelPath) -> None:
+        if is_probe(rel) or str(rel) in run.missed:
+            return
+        run.missed[str(rel)] = None
+        run.emit({"event": "miss", "path": str(rel), "fetch": warm_command(rel)})
 
     @answers
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -147,16 +202,18 @@ class AssetFS(pyfuse3.Operations):
         node = self._node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        children = await self.tree.listdir(node)
+        asked = _Asked(self, ctx)
+        mode = asked()  # a folder's listing differs per mode: the process's is asked here
+        children = await self.tree.listdir(node, mode)
         handle = self._next_dir_handle
         self._next_dir_handle += 1
         # A snapshot, so offsets stay valid while it is read; "." and ".." come first.
-        self._dirs[handle] = (node, children)
+        self._dirs[handle] = (node, children, asked.overridden)
         return handle
 
     @answers
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        folder, children = self._dirs[fh]
+        folder, children, overridden = self._dirs[fh]
         reply, attributes = pyfuse3.readdir_reply, self.attributes
         dots = ((b".", folder), (b"..", folder.parent or folder))
         for position in range(start_id, len(children) + 2):
@@ -166,7 +223,8 @@ class AssetFS(pyfuse3.Operations):
                     break
                 continue
             child = children[position - 2]
-            if not reply(token, encoded(child.name), attributes(child), position + 1):
+            attribute = _uncached(attributes(child)) if overridden and not child.cached else attributes(child)
+            if not reply(token, encoded(child.name), attribute, position + 1):
                 break
             self.tree.remember(child)  # readdirplus hands the kernel the entry: a lookup
 
@@ -183,11 +241,30 @@ class AssetFS(pyfuse3.Operations):
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         told = self._attrs.get(node.inode)  # what the kernel holds of this inode
+        asked = _Asked(self, ctx)
+        run = asked.run_now() if self.runs.runs else None  # per-run counts only while runs exist
+        was_cached = node.cached
+        started = time.monotonic()
         try:
-            fd, transfer = await self.tree.open(node)
+            fd, transfer = await self.tree.open(node, asked)
+        except FetchFailed as exc:
+            run = run or asked.run
+            if run is not None and exc.errno == errno.ENOENT:
+                self._report_miss(run, self.tree.rel(node))
+            raise
         except OSError as exc:
             log.warning("cannot open %s in the mirror: %s", self.tree.rel(node), exc.strerror)
             raise
+        run = run or asked.run
+        if run is not None:
+            if was_cached:
+                run.counts["served"] += 1
+                run.counts["served_bytes"] += node.size
+            else:
+                run.counts["fetched"] += 1
+                run.counts["fetched_bytes"] += node.size
+                run.upstream_wait += time.monotonic() - started
+                run.emit({"event": "fetch", "path": str(self.tree.rel(node)), "size": node.size})
         if transfer is not None:
             # Streaming: each read waits for its bytes to land. Nothing is kept in the page
             # cache for later opens until the file is verified and installed.

@@ -1,0 +1,131 @@
+"""Per-process modes: which mode a request is answered in, by the process that made it.
+
+A mount has one mode, but one command can ask for another: `isaacfs run --offline --
+COMMAND` registers the run's root process (strict or permissive for its whole process
+tree), and a process whose environment holds ``OFFLINE=1`` or ``OFFLINE_PERMISSIVE=1``
+gets that mode on its own. FUSE tells the daemon the requesting pid; a process belongs to
+a run if the run's root is among its ancestors (``/proc/<pid>/stat``). Answers are cached
+per process (pid and start time, so a reused pid is a new process). Only requests for
+names the mirror does not hold ask: a mirrored file is the same in every mode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .types import Mode
+
+MAX_CACHED_PROCESSES = 10_000
+MAX_DEPTH = 64
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of a process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stream:
+            data = stream.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        return int(fields[1]), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _environment_mode(pid: int) -> Mode | None:
+    """OFFLINE_PERMISSIVE=1 / OFFLINE=1 in a process's environment (readable by its owner and root)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as stream:
+            variables = stream.read().split(b"\0")
+    except OSError:
+        return None
+    if b"OFFLINE_PERMISSIVE=1" in variables:
+        return "permissive"
+    if b"OFFLINE=1" in variables:
+        return "strict"
+    return None
+
+
+@dataclass
+class Run:
+    """A command started by `isaacfs run`: its mode, what it did, and where its events go."""
+
+    root_pid: int
+    start: int
+    mode: Mode | None
+    emit: Callable[[dict[str, Any]], None]
+    counts: Counter[str] = field(default_factory=Counter)
+    missed: dict[str, None] = field(default_factory=dict)
+    upstream_wait: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    def summary(self) -> dict[str, Any]:
+        return {"served": self.counts["served"], "fetched": self.counts["fetched"],
+                "fetched_bytes": self.counts["fetched_bytes"], "served_bytes": self.counts["served_bytes"],
+                "missed": len(self.missed), "misses": list(self.missed), "upstream_wait": self.upstream_wait,
+                "elapsed": time.monotonic() - self.started}
+
+
+class Runs:
+    def __init__(self) -> None:
+        self.runs: dict[tuple[int, int], Run] = {}
+        self._cache: OrderedDict[tuple[int, int], tuple[Mode | None, Run | None]] = OrderedDict()
+
+    def register(self, root_pid: int, mode: Mode | None, emit: Callable[[dict[str, Any]], None]) -> Run | None:
+        found = _stat(root_pid)
+        if found is None:
+            return None
+        run = Run(root_pid, found[1], mode, emit)
+        self.runs[(root_pid, found[1])] = run
+        self._cache.clear()  # answers given before this run began may now be wrong
+        return run
+
+    def unregister(self, run: Run) -> None:
+        self.runs.pop((run.root_pid, run.start), None)
+        self._cache.clear()
+
+    def prune(self) -> list[Run]:
+        """Forget runs whose root process is gone (a `run` that crashed); the runs dropped."""
+        gone = [run for key, run in self.runs.items() if (_stat(key[0]) or (0, -1))[1] != key[1]]
+        for run in gone:
+            self.unregister(run)
+        return gone
+
+    def lookup(self, pid: int) -> tuple[Mode | None, Run | None]:
+        """The mode a process asked for (None: the mount's own) and the run it belongs to."""
+        if pid <= 0:
+            return None, None
+        me = _stat(pid)
+        if me is None:
+            return None, None
+        key = (pid, me[1])
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        answer = self._resolve(pid, me)
+        self._cache[key] = answer
+        if len(self._cache) > MAX_CACHED_PROCESSES:
+            self._cache.popitem(last=False)
+        return answer
+
+    def _resolve(self, pid: int, me: tuple[int, int]) -> tuple[Mode | None, Run | None]:
+        if self.runs:
+            current, stat = pid, me
+            for _depth in range(MAX_DEPTH):
+                run = self.runs.get((current, stat[1]))
+                if run is not None:
+                    return run.mode, run
+                if stat[0] <= 1:
+                    break
+                parent = _stat(stat[0])
+                if parent is None:
+                    break
+                current, stat = stat[0], parent
+        return _environment_mode(pid), None
