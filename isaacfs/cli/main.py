@@ -149,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--user", action="store_true",
                             help="a user unit even when run as root (root gets a system unit otherwise)")
 
+    run = commands.add_parser(
+        "run", help="run a command with the mount as its asset root, in its own mode",
+        usage="isaacfs run [--offline | --offline-permissive] [--mount MOUNTPOINT] -- COMMAND ...")
+    run_mode = run.add_mutually_exclusive_group()
+    run_mode.add_argument("--offline", dest="run_mode", action="store_const", const="strict",
+                          help="this command sees only the mirror (a miss fails at once, shown here)")
+    run_mode.add_argument("--offline-permissive", dest="run_mode", action="store_const", const="permissive",
+                          help="this command fetches what the mirror lacks (each fetch shown here)")
+    run.add_argument("--mount", metavar="MOUNTPOINT", help=f"the mount to use (default {config.DEFAULT_MOUNTPOINT};"
+                     " mounted for the run if it is not)")
+    run.add_argument("command_args", nargs=argparse.REMAINDER, metavar="COMMAND",
+                     help="the command and its arguments, after --")
+
     umount = commands.add_parser("umount", help="unmount cleanly (also recovers a stale mount)")
     umount.add_argument("mountpoint", nargs="?")
     umount.add_argument("--lazy", action="store_true", help="detach now even if files are open")
@@ -430,6 +443,13 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_mount(args, argv)
         if args.command == "umount":
             return cmd_umount(args)
+        if args.command == "run":
+            from .run import run as run_command
+
+            command = list(args.command_args)
+            if command[:1] == ["--"]:
+                command = command[1:]
+            return run_command(_mountpoint(args.mount), args.run_mode, command)
         handler = {"warm": cmd_warm, "verify": cmd_verify, "manifest": cmd_manifest, "status": cmd_status,
                    "misses": cmd_misses, "mode": cmd_mode, "env": cmd_env, "kit-args": cmd_kit_args,
                    "isaaclab": cmd_isaaclab, "service": cmd_service}.get(args.command)

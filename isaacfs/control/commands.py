@@ -73,6 +73,8 @@ class DaemonCommands:
         if run is None:
             raise ControlError(f"process {root_pid} does not exist")
         self._ends[root_pid] = trio.Event()
+        if mode is not None and mode != self.tree.mode:
+            self.fs.kernel.take_back_negatives()  # the mount's "no such name" answers are not this run's
         log.info("run of pid %d registered (%s mode)", root_pid, mode or f"the mount's {self.tree.mode}")
         emit({"event": "registered", "mode": mode or self.tree.mode, "mountpoint": str(self.mountpoint)})
         try:

@@ -173,7 +173,7 @@ class Tree:
         return mode == "permissive" and self._wants_listing(node)
 
     def _wants_listing(self, node: Node) -> bool:
-        if node.parent is not None and node.remote is None:
+        if node.parent is not None and node.remote is None and not node.ghost:
             return False  # a folder only the mirror has; the upstream would list nothing
         if node.listed_at and time.time() - node.listed_at < self.listings.ttl:
             return False

@@ -86,6 +86,11 @@ class Runs:
         self._cache.clear()  # answers given before this run began may now be wrong
         return run
 
+    def overriding(self, mount_mode: Mode) -> bool:
+        """Whether a registered run asks for another mode than the mount's: while one does, "no
+        such name" answers are not left in the kernel for everyone."""
+        return any(run.mode is not None and run.mode != mount_mode for run in self.runs.values())
+
     def unregister(self, run: Run) -> None:
         self.runs.pop((run.root_pid, run.start), None)
         self._cache.clear()

@@ -75,6 +75,10 @@ class KernelCache:
         elif node is not None and node.cached:
             self.invalidate(node.inode)
 
+    def take_back_negatives(self) -> None:
+        """Every "no such name" the kernel may still hold: a run in another mode must not see them."""
+        self._take_back(lambda key: True)
+
     def drop_pages(self, rel: RelPath) -> None:
         """The kernel must forget what it read of ``rel`` (bytes that failed their check)."""
         node: Node | None = self.tree.root

@@ -166,7 +166,7 @@ class AssetFS(pyfuse3.Operations):
         if node is None:
             if asked.run is not None:
                 self._report_miss(asked.run, self.tree.rel(parent).child(text))
-            if asked.overridden:
+            if asked.overridden or self.runs.overriding(self.tree.mode):
                 raise pyfuse3.FUSEError(errno.ENOENT)  # this process's answer only: never cached
             self.kernel.told_missing((parent_inode, name))  # to take back when it becomes wrong
             negative = pyfuse3.EntryAttributes()

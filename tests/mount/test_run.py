@@ -1,0 +1,100 @@
+"""`isaacfs run`: one command's own mode on a shared mount, its misses on its own terminal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.helpers import FRANKA, GO2, POLICY, Mounts, Upstream, isaacfs, sha256, wait_for
+
+READ = ("import sys\ntry:\n    open(sys.argv[1], 'rb').read(); print('read')\n"
+        "except OSError as e:\n    print('error', e.errno)\n")
+
+
+def run(mountpoint: Path, mounts: Mounts, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "isaacfs", "run", "--mount", str(mountpoint), *args],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **mounts.env})
+
+
+def test_a_strict_run_beside_a_plain_process_on_a_permissive_mount(
+        file_upstream: Upstream, upstream_tree: Path, mountpoint: Path, mounts: Mounts) -> None:
+    mounts.mount(mountpoint, file_upstream, "--mode", "permissive")
+    assert sha256(mountpoint / POLICY) == sha256(upstream_tree / POLICY)  # mirrored: both see it
+    # Nested: a shell that starts Python that opens the file.
+    strict = run(mountpoint, mounts, "--offline", "--", "sh", "-c",
+                 f"{sys.executable} -c \"{READ}\" {mountpoint / GO2}; {sys.executable} -c \"{READ}\""
+                 f" {mountpoint / POLICY}")
+    assert strict.returncode == 0, strict.stderr
+    assert strict.stdout.split("\n")[:2] == ["error 2", "read"]
+    assert "[isaacfs] ASSET NOT FOUND (offline mode)" in strict.stderr
+    assert f"Missing:  {GO2}" in strict.stderr
+    assert "isaacfs warm --categories IsaacLab/Robots --subset Unitree" in strict.stderr
+    assert "missed                          1 file" in strict.stderr and "--manifest" in strict.stderr
+    # The plain process, right after: the strict run's answer was not kept by the kernel.
+    assert sha256(mountpoint / GO2) == sha256(upstream_tree / GO2)
+
+
+def test_a_permissive_run_on_a_strict_mount(file_upstream: Upstream, upstream_tree: Path, mountpoint: Path,
+                                            mounts: Mounts) -> None:
+    mounts.mount(mountpoint, file_upstream)  # strict
+    assert not (mountpoint / FRANKA).exists()
+    fetched = run(mountpoint, mounts, "--offline-permissive", "--", sys.executable, "-c", READ,
+                  str(mountpoint / FRANKA))
+    assert fetched.returncode == 0 and fetched.stdout.strip() == "read", fetched.stderr
+    assert f"[isaacfs] warning: {FRANKA} was not in the mirror; fetched it" in fetched.stderr
+    assert "fetched from upstream           1 file" in fetched.stderr
+    # Others keep the mount's strict mode; the file is now mirrored, so they see it.
+    assert sha256(mountpoint / FRANKA) == sha256(upstream_tree / FRANKA)
+    with pytest.raises(FileNotFoundError):
+        (mountpoint / GO2).read_bytes()  # not mirrored: a plain process still gets strict mode
+
+
+def test_the_command_s_exit_code_signals_and_environment(file_upstream: Upstream, mountpoint: Path,
+                                                        mounts: Mounts) -> None:
+    mounts.mount(mountpoint, file_upstream)
+    assert run(mountpoint, mounts, "--", "sh", "-c", "exit 7").returncode == 7
+    shown = run(mountpoint, mounts, "--", "sh", "-c", "echo $ISAACSIM_ASSET_ROOT")
+    assert shown.stdout.strip() == str(mountpoint)
+    child = subprocess.Popen([sys.executable, "-m", "isaacfs", "run", "--mount", str(mountpoint), "--", "sleep", "30"],
+                             env={**os.environ, **mounts.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(2)
+    child.send_signal(signal.SIGTERM)  # reaches the command, which dies of it
+    assert child.wait(timeout=30) == 128 + signal.SIGTERM
+
+
+def test_a_run_whose_root_dies_is_cleaned_up(file_upstream: Upstream, mountpoint: Path, mounts: Mounts) -> None:
+    mounts.mount(mountpoint, file_upstream, "--mode", "permissive")
+    marker = mountpoint.parent / "child.pid"
+    runner = subprocess.Popen([sys.executable, "-m", "isaacfs", "run", "--offline", "--mount", str(mountpoint), "--",
+                               "sh", "-c", f"echo $$ > {marker}; sleep 60"], env={**os.environ, **mounts.env},
+                              start_new_session=True)
+    wait_for(lambda: marker.exists() and marker.read_text().strip() != "", timeout=30)
+    runner.kill()  # the `run` itself crashes; its command goes on
+    runner.wait()
+    wait_for(lambda: "ended" in mounts.log(mountpoint) and "run of pid" in mounts.log(mountpoint), timeout=20)
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+    assert isaacfs("status", str(mountpoint), env=mounts.env).returncode == 0
+
+
+def test_a_miss_box_appears_within_100_ms(file_upstream: Upstream, mountpoint: Path, mounts: Mounts,
+                                         tmp_path: Path) -> None:
+    mounts.mount(mountpoint, file_upstream)
+    script = tmp_path / "probe.py"
+    script.write_text(f"import time, sys\ntry:\n    open({str(mountpoint / GO2)!r})\nexcept OSError:\n"
+                      "    print(time.time(), flush=True)\ntime.sleep(1)\n")
+    runner = subprocess.Popen([sys.executable, "-m", "isaacfs", "run", "--offline", "--mount", str(mountpoint), "--",
+                               sys.executable, str(script)], env={**os.environ, **mounts.env},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert runner.stderr is not None and runner.stdout is not None
+    failed_at = float(runner.stdout.readline())
+    line = runner.stderr.readline()
+    seen_at = time.time()
+    assert line.startswith("=" * 70)
+    assert seen_at - failed_at < 0.1, seen_at - failed_at
+    runner.wait(timeout=30)
