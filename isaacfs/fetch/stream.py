@@ -37,7 +37,7 @@ log = logging.getLogger("isaacfs.fetch")
 
 PART_SIZE = 8 * 1024 * 1024
 PARALLEL_PARTS = 4
-FLUSH_BYTES = 1024 * 1024
+FLUSH_BYTES = 256 * 1024  # bytes buffered per part before they are written and readers told
 PART_TRIES = 3
 MULTIPART_ETAG = re.compile(r"^([0-9a-f]{32})-(\d+)$")
 MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
@@ -135,14 +135,16 @@ class Transfer:
                 return False
         return True
 
-    async def wait_for(self, offset: int, length: int) -> None:
+    async def wait_for(self, offset: int, length: int, settle: bool = False) -> None:
         """Until bytes [offset, offset+length) have landed; FetchFailed if the transfer failed.
-        A read that reaches the end of the file waits for the whole file's check as well, so a
-        reader that reads to the end either got a verified file or gets EIO."""
+        With ``settle`` (a reader that read the file from its start in order), a read that
+        reaches the end waits for the whole file's check as well, so such a reader either got
+        a verified file or gets EIO. A reader that jumps to the end (a crate file's table of
+        contents) is served as soon as those bytes land."""
         while True:
             if self.error is not None:
                 raise self.error
-            if offset + length >= self.size and (self.complete or self.covered(offset, length)):
+            if settle and offset + length >= self.size and (self.complete or self.covered(offset, length)):
                 await self.settled.wait()
                 if self.error is not None:
                     raise self.error

@@ -35,7 +35,6 @@ from ..core.paths import RelPath, name_from_bytes
 from ..core.policy import is_probe
 from ..core.runs import Run, Runs
 from ..core.types import Mode
-from ..fetch.stream import Transfer
 from .kernel import ATTR_TIMEOUT, NEGATIVE_TIMEOUT, KernelCache, encoded, invalidate_inode
 
 log = logging.getLogger("isaacfs.fs")
@@ -119,7 +118,9 @@ class AssetFS(pyfuse3.Operations):
         self.uid, self.gid = os.getuid(), os.getgid()
         self._attrs: dict[int, tuple[int, pyfuse3.EntryAttributes]] = {}
         self._dirs: dict[int, tuple[Node, list[Node], bool]] = {}
-        self._streams: dict[int, Transfer] = {}  # open handles reading a file still being fetched
+        # Open handles reading a file still being fetched: the transfer, and where the handle's
+        # in-order reading from the start has got to (-1 once it jumped elsewhere).
+        self._streams: dict[int, list[Any]] = {}
         self._next_dir_handle = 1
 
     # -- attributes -----------------------------------------------------------------
@@ -268,7 +269,7 @@ class AssetFS(pyfuse3.Operations):
         if transfer is not None:
             # Streaming: each read waits for its bytes to land. Nothing is kept in the page
             # cache for later opens until the file is verified and installed.
-            self._streams[fd] = transfer
+            self._streams[fd] = [transfer, 0]
             return pyfuse3.FileInfo(fh=fd, keep_cache=False)
         if told is not None and told[1].st_size != node.size:
             # The file fetched has another size than the listing the kernel was given (it
@@ -283,9 +284,13 @@ class AssetFS(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         # From the page cache without blocking (RWF_NOWAIT); whatever must come from the disk
         # is read in a worker thread, so a slow or failing disk never stalls the loop.
-        transfer = self._streams.get(fh)
-        if transfer is not None:
-            await transfer.wait_for(off, size)  # FetchFailed (EIO) if the final check failed
+        stream = self._streams.get(fh)
+        if stream is not None:
+            transfer, position = stream
+            # A handle that has read the file in order from its start waits, at the end, for the
+            # whole file's check: a program that reads a file through gets verified bytes or EIO.
+            await transfer.wait_for(off, size, settle=position == off)  # FetchFailed (EIO) if the check failed
+            stream[1] = off + size if position == off else -1
         buffer = bytearray(size)
         try:
             got = os.preadv(fh, [buffer], off, NOWAIT)
@@ -298,9 +303,9 @@ class AssetFS(pyfuse3.Operations):
 
     @answers
     async def release(self, fh: int) -> None:
-        transfer = self._streams.pop(fh, None)
-        if transfer is not None:
-            transfer.readers -= 1
+        stream = self._streams.pop(fh, None)
+        if stream is not None:
+            stream[0].readers -= 1
         os.close(fh)
 
     # -- the rest -------------------------------------------------------------------

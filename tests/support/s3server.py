@@ -153,6 +153,13 @@ def make_app(bucket: str, gets: Counter[str], sent: Counter[str], lock: threadin
                 start_response(*captured["args"])
                 return [flipped]
 
+            ranged = _serve_range(bucket, key, environ.get("HTTP_RANGE", ""), start_response)
+            if ranged is not None:
+                with lock:
+                    gets[key] += 1
+                    sent[key] += len(ranged)
+                return [ranged]
+
             def counting_start_response(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
                 length = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
                 with lock:
@@ -164,6 +171,40 @@ def make_app(bucket: str, gets: Counter[str], sent: Counter[str], lock: threadin
         return moto_app(environ, start_response)  # type: ignore[no-any-return]
 
     return app
+
+
+def _serve_range(bucket: str, key: str, header: str, start_response: Callable[..., Any]) -> bytes | None:
+    """A ranged GET answered from the object's bytes at that offset, as S3 does. moto itself
+    reads the whole object for every range, which would make the test server, not the
+    client, the cost of a ranged download."""
+    if not header.startswith("bytes="):
+        return None
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    try:
+        item = s3_backends[DEFAULT_ACCOUNT_ID]["aws"].get_object(bucket, key)
+    except Exception:
+        return None
+    if item is None:
+        return None
+    first, _, last = header[len("bytes="):].partition("-")
+    if not first.isdigit():
+        return None
+    size = item.contentsize
+    begin = int(first)
+    end = min(size - 1, int(last)) if last.isdigit() else size - 1
+    if begin >= size or begin > end:
+        return None
+    etag = item.etag
+    with item.lock:
+        item._value_buffer.seek(begin)
+        data = item._value_buffer.read(end - begin + 1)
+    start_response("206 Partial Content", [
+        ("Content-Type", "application/octet-stream"), ("Content-Length", str(len(data))),
+        ("Content-Range", f"bytes {begin}-{end}/{size}"), ("Accept-Ranges", "bytes"), ("ETag", etag),
+        ("Last-Modified", item.last_modified_RFC1123)])
+    return bytes(data)
 
 
 def main() -> None:
