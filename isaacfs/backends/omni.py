@@ -160,7 +160,7 @@ class OmniUpstream:
         self.ranges = (HttpRanges(self.health, timeout, stall_timeout)
                        if parts.scheme == "https" and http_ranges else None)
         self.ranged = self.ranges is not None
-        self.download_path = "HTTP ranged GETs (httpx), parallel parts" if self.ranged else "omni.client whole bodies"
+        self.download_path = "HTTP ranged GETs (urllib3), parallel parts" if self.ranged else "omni.client whole bodies"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OmniUpstream:

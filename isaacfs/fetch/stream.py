@@ -22,7 +22,7 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Any, cast
 
 import trio
 
@@ -215,7 +215,11 @@ class Transfer:
             self.landed[part] += written
             self._notify()
 
+        finished = [False]
+
         async def on_data(chunk: bytes) -> None:
+            if finished[0]:  # a late block from a read this attempt abandoned: never written
+                raise Unavailable(f"fetch {self.rel}: part {part} was abandoned")
             room = stop - position - len(pending)
             pending.extend(chunk[:room] if len(chunk) > room else chunk)
             if len(pending) >= FLUSH_BYTES:
@@ -230,7 +234,10 @@ class Transfer:
                     watchdog.deadline = trio.current_time() + self.stall_timeout
                     await on_data(chunk)
 
-                await read_range(self.rel, position, stop, progressing)
+                try:
+                    await read_range(self.rel, position, stop, progressing)
+                finally:
+                    finished[0] = True
             await flush()
             if watchdog.cancelled_caught:
                 raise Unavailable(f"fetch {self.rel}: no byte arrived for {self.stall_timeout:g}s"
@@ -247,16 +254,9 @@ class Transfer:
             start, stop = self._part_bounds(part)
             while start + self.landed[part] < stop:
                 await self._changed.wait()
-            offset = start
-            while offset < stop:
-                data = await trio.to_thread.run_sync(os.pread, self.fd, min(FLUSH_BYTES, stop - offset), offset)
-                if not data:
-                    raise OSError(errno.EIO, f"the temporary file of {self.rel} ended early")
-                view = memoryview(data)
-                md5.update(view)
-                for split in splits:
-                    split.update(view)
-                offset += len(data)
+            # Read back from the page cache and hashed in a worker thread (hashlib lets go of
+            # the GIL), one part at a time, in order.
+            await trio.to_thread.run_sync(_hash_range, self.fd, start, stop, md5, splits)
         self.md5 = md5.hexdigest()
         if match:
             etags = [split.etag() for split in splits]
@@ -286,6 +286,19 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
         if not isinstance(found, (BaseExceptionGroup, trio.Cancelled)):
             return found
     return cast(BaseException, group)
+
+
+def _hash_range(fd: int, start: int, stop: int, md5: Any, splits: list[_PartHashes]) -> None:
+    offset = start
+    while offset < stop:
+        data = os.pread(fd, min(4 * 1024 * 1024, stop - offset), offset)
+        if not data:
+            raise OSError(errno.EIO, "the temporary file ended early")
+        view = memoryview(data)
+        md5.update(view)
+        for split in splits:
+            split.update(view)
+        offset += len(data)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> int:

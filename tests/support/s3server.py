@@ -196,8 +196,8 @@ def _serve_range(bucket: str, key: str, header: str, start_response: Callable[..
     end = min(size - 1, int(last)) if last.isdigit() else size - 1
     if begin >= size or begin > end:
         return None
-    etag = item.etag
-    with item.lock:
+    with item.lock:  # moto computes an ETag by reading the same buffer: never beside a read
+        etag = item.etag
         item._value_buffer.seek(begin)
         data = item._value_buffer.read(end - begin + 1)
     start_response("206 Partial Content", [
