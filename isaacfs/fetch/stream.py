@@ -35,8 +35,9 @@ if sys.version_info < (3, 11):
 
 log = logging.getLogger("isaacfs.fetch")
 
-PART_SIZE = 8 * 1024 * 1024
-PARALLEL_PARTS = 4
+PART_SIZE = 4 * 1024 * 1024
+PARALLEL_PARTS = 6
+URGENT_WORKERS = 2  # extra workers, only for parts a reader waits for while the others are busy
 FLUSH_BYTES = 256 * 1024  # bytes buffered per part before they are written and readers told
 PART_TRIES = 3
 MULTIPART_ETAG = re.compile(r"^([0-9a-f]{32})-(\d+)$")
@@ -116,6 +117,9 @@ class Transfer:
         self.multipart = ""  # the multipart ETag the bytes give, where the upstream's is one
         self.readers = 0
         self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._read_range: ReadRange | None = None
+        self._urgent = 0
         tail_first = rel.name.endswith(CRATE_SUFFIXES) and self.parts > 1
         self._order = ([self.parts - 1] if tail_first else []) + [i for i in range(self.parts)
                                                                   if not (tail_first and i == self.parts - 1)]
@@ -153,6 +157,7 @@ class Transfer:
                 return
             end = min(self.size, offset + length)
             self.wanted.update(range(offset // self.part_size, (max(end, offset + 1) - 1) // self.part_size + 1))
+            self._hurry()
             await self._changed.wait()
 
     def _notify(self) -> None:
@@ -166,24 +171,43 @@ class Transfer:
         self._notify()
 
     # -- the engine ---------------------------------------------------------------------
-    def _next_part(self) -> int | None:
+    def _next_part(self, urgent: bool = False) -> int | None:
         waiting = sorted(part for part in self.wanted if self.state[part] == PENDING)
         if waiting:
             return waiting[0]
+        if urgent:
+            return None  # an extra worker serves waiting readers only
         return next((part for part in self._order if self.state[part] == PENDING), None)
+
+    def _hurry(self) -> None:
+        """A reader waits for a part nobody fetches yet: an extra worker starts on it now."""
+        if (self._nursery is not None and self._read_range is not None and self._urgent < URGENT_WORKERS
+                and any(self.state[part] == PENDING for part in self.wanted)):
+            self._urgent += 1
+            self._nursery.start_soon(self._worker, self._read_range, self._nursery, True)
 
     async def run(self, read_range: ReadRange, parallel: int = PARALLEL_PARTS) -> None:
         """Fetch every part and hash the file in order; raises UpstreamError kinds or OSError."""
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery, self._read_range = nursery, read_range
                 for _ in range(min(parallel, self.parts)):
                     nursery.start_soon(self._worker, read_range, nursery)
                 nursery.start_soon(self._hasher)
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
+        finally:
+            self._nursery = None
 
-    async def _worker(self, read_range: ReadRange, nursery: trio.Nursery) -> None:
-        while (part := self._next_part()) is not None:
+    async def _worker(self, read_range: ReadRange, nursery: trio.Nursery, urgent: bool = False) -> None:
+        try:
+            await self._work(read_range, urgent)
+        finally:
+            if urgent:
+                self._urgent -= 1
+
+    async def _work(self, read_range: ReadRange, urgent: bool) -> None:
+        while (part := self._next_part(urgent)) is not None:
             self.state[part] = RUNNING
             for attempt in range(1, PART_TRIES + 1):
                 try:
