@@ -235,8 +235,20 @@ def main() -> None:
         from cheroot import wsgi
         from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-        kept = wsgi.Server(("127.0.0.1", args.port), app, numthreads=32)
-        kept.ssl_adapter = BuiltinSSLAdapter(str(cert), str(key))
+        # cheroot gives each kept-alive connection a thread of its own: enough for every client
+        # of a benchmark (omni.client and the HTTP reader each keep a pool), as S3 has no such cap.
+        kept = wsgi.Server(("127.0.0.1", args.port), app, numthreads=160)
+
+        class LazyHandshake(BuiltinSSLAdapter):  # type: ignore[misc]
+            """cheroot shakes hands in its one acceptor thread: over a long link every new
+            connection would wait for those before it. Here the handshake happens on the
+            connection's first read, in its own worker thread, as a real S3 front end does."""
+
+            def wrap(self, sock: Any) -> tuple[Any, dict[str, str]]:
+                wrapped = self.context.wrap_socket(sock, do_handshake_on_connect=False, server_side=True)
+                return wrapped, {"wsgi.url_scheme": "https", "HTTPS": "on"}
+
+        kept.ssl_adapter = LazyHandshake(str(cert), str(key))
         kept.prepare()
         print(json.dumps({"port": kept.bind_addr[1], "cert": str(cert), "bucket": args.bucket,
                           "objects": count}), flush=True)
