@@ -236,6 +236,8 @@ class Daemon:
             tree.attach(downloads)
             if self.prefetcher is not None:
                 self.prefetcher.attach(downloads)
+                if tree.mode == "permissive":  # usd-core loads now, not when the first robot is opened
+                    downloads.start_soon(_guarded, "starting the usd-core worker", self.prefetcher.parser.start)
             task_status.started(downloads)
             await trio.sleep_forever()
 

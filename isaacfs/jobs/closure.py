@@ -141,6 +141,7 @@ async def compute(roots: list[RelPath], entry_of: StatPath, fetch_layer: FetchLa
 
     try:
         async with trio.open_nursery() as nursery:
+            await reader.start()  # usd-core loads while the root layers are fetched
             for root in roots:
                 nursery.start_soon(visit, root, nursery)
     finally:

@@ -34,6 +34,12 @@ class Parser:
         self._lock = trio.Lock()
         self.restarts = 0
 
+    async def start(self) -> None:
+        """Start the worker now (usd-core takes about a second to load): call it before the
+        first layer has even arrived."""
+        async with self._lock:
+            await self._start()
+
     async def _start(self) -> trio.Process:
         if self._process is None or self._process.returncode is not None:
             self._process = await trio.lowlevel.open_process(

@@ -63,6 +63,10 @@ def answer(path: str) -> dict[str, object]:
 
 def serve() -> int:
     """The long-lived worker: one path per line on stdin, one JSON answer per line on stdout."""
+    try:
+        from pxr import UsdUtils  # noqa: F401  (loaded now, while the first layer is still on its way)
+    except ImportError:
+        pass
     for line in sys.stdin:
         path = line.rstrip("\n")
         if path:
