@@ -117,7 +117,7 @@ class DaemonCommands:
                 "uptime": time.time() - self.started, "mode": self.tree.mode,
                 "upstream": redact(self.settings.upstream), "upstream_answers": not problem,
                 "upstream_problem": problem, "mirror": str(self.tree.mirror.display), "disk_free": free,
-                "mirrored": await trio.to_thread.run_sync(status.mirrored_by_category, index),
+                "mirrored": status.mirrored_by_category(index),  # the index is this thread's alone
                 "session": status.counters(index, True),
                 "total": status.counters(index, False), "in_flight": self.tree.fetcher.in_flight,
                 "nodes": len(self.tree.nodes),
@@ -163,4 +163,4 @@ class DaemonCommands:
         since = request.get("since", 0.0)
         if not isinstance(since, (int, float)):
             raise ControlError("malformed manifest request: since must be a number")
-        return await trio.to_thread.run_sync(status.manifest, self.tree.index, float(since))
+        return status.manifest(self.tree.index, float(since))  # the index is this thread's alone

@@ -275,8 +275,11 @@ class Daemon:
             await trio.sleep(INDEX_FLUSH_SECONDS)
             try:
                 await trio.to_thread.run_sync(index.sync_journal)
-                if index.pending():  # serializing 200,000 rows takes a while: off the trio thread
-                    data = await trio.to_thread.run_sync(index.serialized)
+                # The in-memory database is serialized on this thread: sqlite3 connections are not
+                # safe to use from two threads at once (a serialize beside a write corrupted it).
+                # Only writing the bytes out happens in a worker thread.
+                data = index.snapshot()
+                if data is not None:
                     await trio.to_thread.run_sync(index.write_snapshot, data)
             except OSError as exc:
                 log.warning("could not save the mirror index: %s", exc.strerror)

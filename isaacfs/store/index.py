@@ -229,7 +229,8 @@ class Index:
         return True
 
     def serialized(self) -> bytes:
-        """The whole database as the bytes of a SQLite file (may run in a worker thread)."""
+        """The whole database as the bytes of a SQLite file. On the thread that writes it: a
+        sqlite3 connection must never be used from two threads at once."""
         return _serialize(self.db)
 
     def write_snapshot(self, data: bytes) -> None:
