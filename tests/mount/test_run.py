@@ -98,3 +98,14 @@ def test_a_miss_box_appears_within_100_ms(file_upstream: Upstream, mountpoint: P
     assert line.startswith("=" * 70)
     assert seen_at - failed_at < 0.1, seen_at - failed_at
     runner.wait(timeout=30)
+
+
+def test_offline_in_a_process_environment_works_without_run(file_upstream: Upstream, upstream_tree: Path,
+                                                            mountpoint: Path, mounts: Mounts) -> None:
+    mounts.mount(mountpoint, file_upstream, "--mode", "permissive")
+    strict = subprocess.run([sys.executable, "-c", READ, str(mountpoint / FRANKA)], capture_output=True, text=True,
+                            env={**os.environ, "OFFLINE": "1"}, timeout=60)
+    assert strict.stdout.strip() == "error 2"  # OFFLINE=1: strict for this process only
+    misses = isaacfs("misses", str(mountpoint), env=mounts.env)
+    assert FRANKA in misses.stdout
+    assert sha256(mountpoint / FRANKA) == sha256(upstream_tree / FRANKA)  # a plain process: permissive
