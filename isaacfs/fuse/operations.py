@@ -46,7 +46,6 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 XATTR_STATE = b"user.isaacfs.state"
 XATTR_URL = b"user.isaacfs.url"
 
-NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 T = TypeVar("T")
 P = ParamSpec("P")
 _logged_bugs: set[tuple[str, str]] = set()
@@ -204,7 +203,9 @@ class AssetFS(pyfuse3.Operations):
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         asked = _Asked(self, ctx)
-        mode = asked()  # a folder's listing differs per mode: the process's is asked here
+        # A folder's listing differs per mode: the process is asked only while a run in its own
+        # mode is registered (a plain listing costs no /proc reads).
+        mode = asked() if self.runs.runs else self.tree.mode
         children = await self.tree.listdir(node, mode)
         handle = self._next_dir_handle
         self._next_dir_handle += 1
@@ -282,8 +283,6 @@ class AssetFS(pyfuse3.Operations):
 
     @answers
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        # From the page cache without blocking (RWF_NOWAIT); whatever must come from the disk
-        # is read in a worker thread, so a slow or failing disk never stalls the loop.
         stream = self._streams.get(fh)
         if stream is not None:
             transfer, position = stream
@@ -291,15 +290,9 @@ class AssetFS(pyfuse3.Operations):
             # whole file's check: a program that reads a file through gets verified bytes or EIO.
             await transfer.wait_for(off, size, settle=position == off)  # FetchFailed (EIO) if the check failed
             stream[1] = off + size if position == off else -1
-        buffer = bytearray(size)
-        try:
-            got = os.preadv(fh, [buffer], off, NOWAIT)
-        except (BlockingIOError, OSError):
-            got = 0
-        if got == size:
-            return bytes(buffer)
-        rest = await trio.to_thread.run_sync(os.pread, fh, size - got, off + got)
-        return bytes(buffer[:got]) + rest
+        # On this thread: trying the page cache without blocking (RWF_NOWAIT) and reading the
+        # rest in a worker thread halved a cold sequential read (bench/bench_mount.py).
+        return os.pread(fh, size, off)
 
     @answers
     async def release(self, fh: int) -> None:
