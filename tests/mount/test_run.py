@@ -109,3 +109,16 @@ def test_offline_in_a_process_environment_works_without_run(file_upstream: Upstr
     misses = isaacfs("misses", str(mountpoint), env=mounts.env)
     assert FRANKA in misses.stdout
     assert sha256(mountpoint / FRANKA) == sha256(upstream_tree / FRANKA)  # a plain process: permissive
+
+
+def test_run_mounts_for_the_command_and_unmounts_after(file_upstream: Upstream, upstream_tree: Path,
+                                                       mountpoint: Path, mounts: Mounts) -> None:
+    from isaacfs.system import mounts as table
+
+    env = {**os.environ, **mounts.env, "ISAACFS_UPSTREAM": file_upstream.url}
+    done = subprocess.run([sys.executable, "-m", "isaacfs", "run", "--offline-permissive", "--mount", str(mountpoint),
+                           "--", sys.executable, "-c", READ, str(mountpoint / GO2)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "read", done.stderr
+    assert table.find_mount(mountpoint) is None  # mounted for the run only
+    assert (mountpoint / GO2).read_bytes() == (upstream_tree / GO2).read_bytes()  # and the mirror kept it
