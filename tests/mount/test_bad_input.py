@@ -116,3 +116,18 @@ def test_umount_recovers_a_stale_mount(tmp_path: Path, mounts: Mounts, file_upst
     result = isaacfs("umount", str(mountpoint), env=mounts.env)
     assert result.returncode == 0 and "stale" in result.stdout
     assert os.listdir(mountpoint) == [".isaacfs"]
+
+
+def test_commands_on_a_stale_mount_are_one_sentence(file_upstream: Upstream, mountpoint: Path, mounts: Mounts) -> None:
+    import signal
+    import time
+
+    pid = mounts.mount(mountpoint, file_upstream)
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    for command in (["status"], ["misses"], ["mode", "permissive"], ["verify"], ["warm", "--categories", "Robots"]):
+        result = isaacfs(*command, str(mountpoint), env=mounts.env)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, (command, result.stderr)
+        assert result.stderr.strip().splitlines() == [
+            f"isaacfs: {mountpoint} is a stale mount (its daemon died); run: isaacfs umount {mountpoint}"], command
+    assert isaacfs("umount", str(mountpoint), env=mounts.env).returncode == 0
