@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_peers import ENV, Peer, drop_caches, mounted  # noqa: E402
+from bench_peers import ENV, Peer, drop_caches, isaacfs_permissive, mounted, write_rclone_conf  # noqa: E402
 from benchdoc import write_section  # noqa: E402
 
 from tests.support.helpers import S3_PREFIX, start_link, start_s3  # noqa: E402
@@ -115,13 +115,9 @@ def main() -> None:
             link = start_link(server.port, rtt) if rtt else None
             port = link.port if link else server.port
             url = f"https://127.0.0.1:{port}"
-            (work / "rclone.conf").write_text(
-                "[s3]\ntype = s3\nprovider = Other\nenv_auth = false\naccess_key_id = test\nsecret_access_key = test\n"
-                f"region = us-west-2\nendpoint = {url}\nforce_path_style = true\n")
+            write_rclone_conf(work / "rclone.conf", url)
             peers = {
-                "isaacfs": Peer("isaacfs", lambda m, c, url=url: [
-                    sys.executable, "-m", "isaacfs", "mount", str(m), "--mirror", str(c), "--mode", "permissive",
-                    "--upstream", f"{url}/{S3_PREFIX}", "--jobs", "16", "--upstream-timeout", "60"], True),
+                "isaacfs": Peer("isaacfs", isaacfs_permissive(f"{url}/{S3_PREFIX}", "--upstream-timeout", "60"), True),
                 "rclone": Peer("rclone", lambda m, c: [
                     "!bg", "rclone", "--config", str(work / "rclone.conf"), "mount", f"s3:{BUCKET}/{S3_PREFIX}", str(m),
                     "--read-only", "--vfs-cache-mode", "full", "--cache-dir", str(c)], True),

@@ -95,6 +95,18 @@ def wait_mounted(path: Path, timeout: float = 60) -> None:
     raise SystemExit(f"{path} did not mount within {timeout}s")
 
 
+def write_rclone_conf(path: Path, url: str) -> None:
+    """An rclone remote `s3` for the test S3 server at ``url`` (path style, any credentials)."""
+    path.write_text("[s3]\ntype = s3\nprovider = Other\nenv_auth = false\naccess_key_id = test\n"
+                    f"secret_access_key = test\nregion = us-west-2\nendpoint = {url}\nforce_path_style = true\n")
+
+
+def isaacfs_permissive(upstream: str, *extra: str) -> Callable[[Path, Path], list[str]]:
+    """The mount command of isaacfs permissive over an empty mirror, for a Peer."""
+    return lambda m, c: [sys.executable, "-m", "isaacfs", "mount", str(m), "--mirror", str(c), "--mode",
+                         "permissive", "--upstream", upstream, "--jobs", "16", *extra]
+
+
 class Peer:
     """How to mount one tool with empty caches; ``root`` is where the asset root appears."""
 
@@ -201,9 +213,7 @@ def main() -> None:
         ENV.update(server.env)
         ENV["CURL_CA_BUNDLE"] = server.cert
         url = f"https://127.0.0.1:{server.port}"
-        (work / "rclone.conf").write_text(
-            f"[s3]\ntype = s3\nprovider = Other\nenv_auth = false\naccess_key_id = test\nsecret_access_key = test\n"
-            f"region = us-west-2\nendpoint = {url}\nforce_path_style = true\n")
+        write_rclone_conf(work / "rclone.conf", url)
         (work / "s3fs.passwd").write_text("test:test\n")
         os.chmod(work / "s3fs.passwd", 0o600)
         warm_mirror = work / "warm-mirror"
