@@ -197,8 +197,10 @@ class OmniUpstream:
     def available(self) -> bool:
         return self.health.available
 
-    async def _call(self, start: Callable[[Callable[..., None]], Any], timeout: float, what: str) -> tuple[Any, ...]:
-        """Start an omni.client request and wait for its callback, at most ``timeout`` seconds."""
+    async def _call(self, start: Callable[[Callable[..., None]], Any], timeout: float, what: str,
+                    silence: UpstreamError | None = None) -> tuple[Any, ...]:
+        """Start an omni.client request and wait for its callback, at most ``timeout`` seconds;
+        past that the request is abandoned and ``silence`` raised (default: ConnectionLost)."""
         on_result, done, box = _trio_callback()
         request = start(on_result)
         try:
@@ -208,7 +210,7 @@ class OmniUpstream:
             if not done.is_set():
                 _abandon(request)
         if not box:
-            raise ConnectionLost(f"{what}: upstream did not answer within {timeout:g}s")
+            raise silence or ConnectionLost(f"{what}: upstream did not answer within {timeout:g}s")
         return box[0]
 
     async def _guarded(self, what: str, start: Callable[[Callable[..., None]], Any],
@@ -318,21 +320,11 @@ class OmniUpstream:
         await self._refuse_special(rel, what)
         url = self.url_for(rel)
         deadline = self.stall_timeout + size / self.min_rate
-        on_result, done, box = _trio_callback()
-        request = oc.read_file_with_callback(url, on_result)
+        slow = Unavailable(f"{what}: not done after {deadline:.0f}s (slower than"
+                           f" {self.min_rate / 1e6:g} MB/s), download abandoned")
         try:
-            with trio.move_on_after(deadline):
-                await done.wait()
-        finally:
-            if not done.is_set():
-                _abandon(request)
-        if not box:
-            exc = Unavailable(f"{what}: not done after {deadline:.0f}s (slower than"
-                              f" {self.min_rate / 1e6:g} MB/s), download abandoned")
-            self.health.mark(exc)
-            raise exc
-        result, _version, content = box[0]
-        try:
+            result, _version, content = await self._call(
+                lambda cb: oc.read_file_with_callback(url, cb), deadline, what, slow)
             _raise_for(result, what)
         except UpstreamError as exc:
             self.health.mark(exc)
