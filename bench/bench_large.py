@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +29,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_peers import ENV, Peer, drop_caches, isaacfs_permissive, mounted, write_rclone_conf  # noqa: E402
+from bench_peers import (  # noqa: E402
+    ENV,
+    Peer,
+    drop_caches,
+    isaacfs_permissive,
+    link_workdir,
+    mounted,
+    write_rclone_conf,
+)
 from benchdoc import write_section  # noqa: E402
 
 from tests.support.helpers import S3_PREFIX, start_link, start_s3  # noqa: E402
@@ -93,16 +99,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    if shutil.which("rclone") is None:
-        raise SystemExit("rclone is not installed (apt-get install rclone)")
-    work = Path(tempfile.mkdtemp(prefix="isaacfs-bench-large-"))
     names = {(rtt, run, tool, kind): f"f-{rtt}-{run}-{tool}-{kind}.exr" for rtt in args.rtts for run in range(args.runs)
              for tool in ("isaacfs", "rclone", "omni") for kind in ("head", "tail", "whole")
              if tool != "omni" or kind == "whole"}
     results: dict[tuple[str, str, float], list[float]] = {}
     rss: list[float] = []
     big_rss = float("nan")
-    try:
+    with link_workdir("isaacfs-bench-large-") as work:
         source = work / "source"
         make_files(source, sorted(set(names.values())), args.mb)
         if args.big_mb:
@@ -148,9 +151,6 @@ def main() -> None:
             if link is not None:
                 link.stop()
         server.stop()
-    finally:
-        subprocess.run(["sh", "-c", f"for m in {work}/mnt-*; do fusermount3 -uz $m 2>/dev/null; done"], check=False)
-        shutil.rmtree(work, ignore_errors=True)
     report(results, args, rss, big_rss)
 
 

@@ -95,6 +95,20 @@ def wait_mounted(path: Path, timeout: float = 60) -> None:
     raise SystemExit(f"{path} did not mount within {timeout}s")
 
 
+@contextmanager
+def link_workdir(prefix: str) -> Iterator[Path]:
+    """A scratch folder for a benchmark against rclone over the link emulator; at the end every
+    mount left in it is detached and it is removed."""
+    if shutil.which("rclone") is None:
+        raise SystemExit("rclone is not installed (apt-get install rclone)")
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        subprocess.run(["sh", "-c", f"for m in {work}/mnt-*; do fusermount3 -uz $m 2>/dev/null; done"], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def write_rclone_conf(path: Path, url: str) -> None:
     """An rclone remote `s3` for the test S3 server at ``url`` (path style, any credentials)."""
     path.write_text("[s3]\ntype = s3\nprovider = Other\nenv_auth = false\naccess_key_id = test\n"

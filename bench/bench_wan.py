@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +32,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_peers import ENV, Peer, drop_caches, isaacfs_permissive, mounted, write_rclone_conf  # noqa: E402
+from bench_peers import (  # noqa: E402
+    ENV,
+    Peer,
+    drop_caches,
+    isaacfs_permissive,
+    link_workdir,
+    mounted,
+    write_rclone_conf,
+)
 from benchdoc import write_section  # noqa: E402
 
 from tests.support.helpers import S3_PREFIX, start_link, start_s3  # noqa: E402
@@ -157,11 +163,8 @@ def main() -> None:
     parser.add_argument("--category-files", type=int, default=400)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    if shutil.which("rclone") is None:
-        raise SystemExit("rclone is not installed (apt-get install rclone)")
-    work = Path(tempfile.mkdtemp(prefix="isaacfs-bench-wan-"))
     results: dict[tuple[str, float], list[float]] = {}
-    try:
+    with link_workdir("isaacfs-bench-wan-") as work:
         source = work / "source"
         robots = {(rtt, run, tool): make_robot(source, index) for index, (rtt, run, tool) in enumerate(
             (rtt, run, tool) for rtt in args.rtts for run in range(args.runs)
@@ -219,9 +222,6 @@ def main() -> None:
             if link is not None:
                 link.stop()
         server.stop()
-    finally:
-        subprocess.run(["sh", "-c", f"for m in {work}/mnt-*; do fusermount3 -uz $m 2>/dev/null; done"], check=False)
-        shutil.rmtree(work, ignore_errors=True)
     report(results, args)
 
 
