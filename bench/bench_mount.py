@@ -57,9 +57,11 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def isaacfs(*args: str, env: dict[str, str] | None = None) -> None:
+def isaacfs(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    # ``python -m`` imports the package from the working folder first: a checkout of another
+    # revision (--against) runs its own code.
     subprocess.run([sys.executable, "-m", "isaacfs", *args], check=True, capture_output=True,
-                   env={**ENV, **(env or {})})
+                   env={**ENV, **(env or {})}, cwd=cwd or REPO)
 
 
 def daemon_pid(mountpoint: Path) -> int:
@@ -79,17 +81,19 @@ def peak_rss_mb(pid: int) -> float:
 
 
 class Mount:
-    def __init__(self, mountpoint: Path, mirror: Path, *flags: str, env: dict[str, str] | None = None) -> None:
-        self.mountpoint, self.mirror, self.flags, self.env = mountpoint, mirror, flags, env
+    def __init__(self, mountpoint: Path, mirror: Path, *flags: str, env: dict[str, str] | None = None,
+                 code: Path | None = None) -> None:
+        self.mountpoint, self.mirror, self.flags, self.env, self.code = mountpoint, mirror, flags, env, code
 
     def __enter__(self) -> Mount:
-        isaacfs("mount", str(self.mountpoint), "--mirror", str(self.mirror), *self.flags, env=self.env)
+        isaacfs("mount", str(self.mountpoint), "--mirror", str(self.mirror), *self.flags, env=self.env,
+                cwd=self.code)
         self.pid = daemon_pid(self.mountpoint)
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
-            isaacfs("umount", str(self.mountpoint))
+            isaacfs("umount", str(self.mountpoint), cwd=self.code)
         finally:
             force_unmount(self.mountpoint)
 
@@ -151,6 +155,38 @@ def bench_local(work: Path, runs: int, rows: list[tuple[str, str, str, str]]) ->
                  f"{median(fuse_walk) / median(native_walk):.2f}x native"))
     rows.append(("same, second walk", f"{median(native_walk2):.3f} s", f"{median(fuse_walk2):.3f} s",
                  f"{median(fuse_walk2) / median(native_walk2):.2f}x native"))
+
+
+def bench_walk_against(work: Path, runs: int, revision: str, rows: list[tuple[str, str, str, str]]) -> None:
+    """The walk through this checkout and through REVISION, interleaved in one run: the
+    machine's drift between days cancels out of the comparison."""
+    old = work / "old-code"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), revision],
+                   check=True, capture_output=True)
+    try:
+        mirror, mountpoint = work / "ab-mirror", work / "ab-mnt"
+        mirror.mkdir()
+        mountpoint.mkdir()
+        make_tree(mirror, 20_000)
+        codes = {"this checkout": REPO, revision: old}
+        cold: dict[str, list[float]] = {name: [] for name in ["native", *codes]}
+        again: dict[str, list[float]] = {name: [] for name in cold}
+        for _ in range(runs):
+            drop_caches()
+            cold["native"].append(timed(lambda: walk_stat(mirror / "Isaac")))
+            again["native"].append(timed(lambda: walk_stat(mirror / "Isaac")))
+            for name, code in codes.items():
+                with Mount(mountpoint, mirror, code=code):
+                    drop_caches()
+                    cold[name].append(timed(lambda: walk_stat(mountpoint / "Isaac")))
+                    again[name].append(timed(lambda: walk_stat(mountpoint / "Isaac")))
+        for name in codes:
+            for label, table in (("cold", cold), ("second walk", again)):
+                rows.append((f"os.walk + stat, 20,000 files, {label}, {name}", f"{median(table['native']):.3f} s",
+                             f"{median(table[name]):.3f} s",
+                             f"{median(table[name]) / median(table['native']):.2f}x native"))
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], capture_output=True)
 
 
 def bench_memory(work: Path, rows: list[tuple[str, str, str, str]]) -> None:
@@ -218,6 +254,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--only", choices=["local", "memory", "first-open"])
+    parser.add_argument("--against", metavar="REV",
+                        help="also walk through the code of git revision REV, interleaved (a same-run A/B)")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--read-ahead-kb", type=int,
                         help="mount read-ahead (128 is what a user without root gets)")
@@ -232,6 +270,8 @@ def main() -> None:
             ENV["ISAACFS_CONFIG"] = str(work / "config.toml")
         if args.only in (None, "local"):
             bench_local(work, args.runs, rows)
+        if args.against:
+            bench_walk_against(work, args.runs, args.against, rows)
         if args.only in (None, "first-open"):
             bench_first_open(work, args.runs, rows)
         if args.only in (None, "memory"):

@@ -29,6 +29,7 @@ from ..core.health import Health
 from ..core.paths import RelPath, check_name, shown
 from ..core.types import RemoteEntry, Sink
 from .http import HttpRanges
+from .local import LocalRanges
 
 log = logging.getLogger("isaacfs.upstream")
 
@@ -156,11 +157,18 @@ class OmniUpstream:
         self.min_rate = min_rate
         self.health = Health(redact(self.root_url), retry_after)
         # S3 (the cloud root, on-prem buckets) serves byte ranges: files stream in parts over
-        # HTTP; every other upstream (Nucleus, file:) gets whole bodies through omni.client.
+        # HTTP. A file: tree is read directly, in blocks, so a hung network file system is seen
+        # as a stall. Nucleus gets whole bodies through omni.client.
         self.ranges = (HttpRanges(self.health, timeout, stall_timeout)
                        if parts.scheme == "https" and http_ranges else None)
+        # Not in parallel parts: a file rewritten in place while its parts were read would be
+        # installed half old, half new (there is no ETag to catch it); one read in order that
+        # checks the file did not change while it was read catches it.
+        self.local = LocalRanges(stall_timeout) if self.local_root is not None else None
         self.ranged = self.ranges is not None
-        self.download_path = "HTTP ranged GETs (urllib3), parallel parts" if self.ranged else "omni.client whole bodies"
+        self.download_path = ("HTTP ranged GETs (urllib3), parallel parts" if self.ranges is not None else
+                              "local reads in 1 MiB blocks" if self.local is not None else
+                              "omni.client whole bodies")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OmniUpstream:
@@ -171,8 +179,13 @@ class OmniUpstream:
                          on_data: Callable[[bytes], Awaitable[None]]) -> None:
         """Bytes [start, end) of ``rel`` over HTTP (S3 upstreams only: see ``ranged``)."""
         assert self.ranges is not None
-        await self._refuse_special(rel, f"fetch {rel}")
-        await self.ranges.read(self.url_for(rel), start, end, f"fetch {shown(rel)}", on_data)
+        what = f"fetch {shown(rel)}"
+        await self._refuse_special(rel, what)
+        await self.ranges.read(self.url_for(rel), start, end, what, on_data)
+
+    def _local_path(self, rel: RelPath) -> str:
+        assert self.local_root is not None
+        return os.path.join(self.local_root, *rel.parts)
 
     async def aclose(self) -> None:
         if self.ranges is not None:
@@ -287,10 +300,12 @@ class OmniUpstream:
         tree (a hung NFS server) does not answer in time."""
         root = self.local_root
         assert root is not None
+        assert self.local is not None
         paths = [os.path.join(root, *rel.parts) for rel in rels]
         with trio.move_on_after(self.timeout):
+            # The local reader's own threads: those stuck on a hung server never starve others.
             return await trio.to_thread.run_sync(lambda: tuple(_special_reason(root, p) for p in paths),
-                                                 abandon_on_cancel=True)
+                                                 abandon_on_cancel=True, limiter=self.local.limiter)
         raise Unavailable(f"{what}: the upstream folder did not answer within {self.timeout:g}s")
 
     async def _refuse_special(self, rel: RelPath, what: str) -> None:
@@ -310,14 +325,18 @@ class OmniUpstream:
     async def download(self, rel: RelPath, size: int, sink: Sink) -> None:
         """Hand the body of ``rel`` (``size`` bytes) to ``sink``.
 
+        A file: tree is read in blocks, each bounded by ``stall_timeout`` (local.py).
         omni.client's ``read_file`` hands over the whole body at once (its ``copy_file``
         does the same internally, then writes), so progress cannot be watched: the bound
         is a deadline, ``stall_timeout`` plus the time the file takes at ``min_rate``
         bytes/s.
         """
-        what = f"fetch {rel}"
+        what = f"fetch {shown(rel)}"
         self.health.check(what)
         await self._refuse_special(rel, what)
+        if self.local is not None:
+            await self.local.read(self._local_path(rel), what, sink.write)
+            return
         url = self.url_for(rel)
         deadline = self.stall_timeout + size / self.min_rate
         slow = Unavailable(f"{what}: not done after {deadline:.0f}s (slower than"

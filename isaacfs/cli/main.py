@@ -421,18 +421,10 @@ def cmd_umount(args: argparse.Namespace) -> int:
         return 0
     deadline = time.monotonic() + 60
     while pids and time.monotonic() < deadline:
-        pids = [pid for pid in pids if _alive(pid)]
+        pids = [pid for pid in pids if not mounts.exited(pid)]
         time.sleep(0.05)
     print(f"isaacfs: unmounted {mountpoint}")
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:

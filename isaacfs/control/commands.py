@@ -52,7 +52,7 @@ class DaemonCommands:
     async def reindex(self) -> None:
         """After a damaged index was set aside: index (and hash) what the mirror holds."""
         result = VerifyResult()
-        known = {record.path for record in self.tree.index.records()}
+        known = await status.off_loop(self.tree.index, lambda copy: {record.path for record in copy.records()})
         await index_unknown(self.workspace, known, result, trio.CapacityLimiter(1))
         log.info("indexed %d files found in the mirror after its index was damaged", result.indexed_now)
 
@@ -113,21 +113,23 @@ class DaemonCommands:
             problem = str(exc).rsplit(": ", 1)[-1]
         free, _total = self.tree.mirror.free_and_total_bytes()
         index = self.tree.index
+        mirrored, total, recorded_misses = await status.off_loop(index, lambda copy: (
+            status.mirrored_by_category(copy), status.counters(copy, False), copy.miss_count()))
         return {"running": True, "mountpoint": str(self.mountpoint), "pid": os.getpid(),
                 "uptime": time.time() - self.started, "mode": self.tree.mode,
                 "upstream": redact(self.settings.upstream), "upstream_answers": not problem,
                 "upstream_problem": problem, "mirror": str(self.tree.mirror.display), "disk_free": free,
-                "mirrored": status.mirrored_by_category(index),  # the index is this thread's alone
-                "session": status.counters(index, True),
-                "total": status.counters(index, False), "in_flight": self.tree.fetcher.in_flight,
+                "mirrored": mirrored, "session": status.counters(index, True),
+                "total": total, "in_flight": self.tree.fetcher.in_flight,
                 "nodes": len(self.tree.nodes),
                 "download_path": getattr(upstream, "download_path", type(upstream).__name__),
                 "prefetch": self.prefetch_stats(),
-                "recorded_misses": index.miss_count()}
+                "recorded_misses": recorded_misses}
 
     async def misses(self, request: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:
         limit = request.get("limit")
-        return status.misses(self.tree.index, limit if isinstance(limit, int) and limit > 0 else None)
+        limit = limit if isinstance(limit, int) and limit > 0 else None
+        return await status.off_loop(self.tree.index, lambda copy: status.misses(copy, limit))
 
     async def clear_misses(self, request: dict[str, Any], emit: Emit) -> int:
         return self.tree.index.clear_misses()
@@ -163,4 +165,4 @@ class DaemonCommands:
         since = request.get("since", 0.0)
         if not isinstance(since, (int, float)):
             raise ControlError("malformed manifest request: since must be a number")
-        return status.manifest(self.tree.index, float(since))  # the index is this thread's alone
+        return await status.off_loop(self.tree.index, lambda copy: status.manifest(copy, float(since)))

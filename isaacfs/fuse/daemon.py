@@ -105,6 +105,11 @@ async def _guarded(what: str, job: Callable[..., Awaitable[None]], *args: Any) -
         log.exception("%s failed; the mount goes on", what)
 
 
+def _save_copy(index: Index, copy: Index) -> None:
+    """Write ``copy`` (a private copy of ``index``) as the index file; in a worker thread."""
+    index.write_snapshot(copy.serialized())
+
+
 def raise_fd_limit() -> None:
     """Lift the soft limit on open files to the hard limit: readers, downloads and control
     clients all hold descriptors, and systemd's default soft limit is 1024."""
@@ -275,12 +280,15 @@ class Daemon:
             await trio.sleep(INDEX_FLUSH_SECONDS)
             try:
                 await trio.to_thread.run_sync(index.sync_journal)
-                # The in-memory database is serialized on this thread: sqlite3 connections are not
-                # safe to use from two threads at once (a serialize beside a write corrupted it).
-                # Only writing the bytes out happens in a worker thread.
-                data = index.snapshot()
-                if data is not None:
-                    await trio.to_thread.run_sync(index.write_snapshot, data)
+                # A copy of the in-memory database is taken on this thread (sqlite3 connections are
+                # not safe to use from two threads at once: a serialize beside a write corrupted
+                # one); serializing and writing the copy happen in a worker thread.
+                if index.pending():
+                    copy = index.copy()
+                    try:
+                        await trio.to_thread.run_sync(_save_copy, index, copy)
+                    finally:
+                        copy.close()
             except OSError as exc:
                 log.warning("could not save the mirror index: %s", exc.strerror)
             except Exception:

@@ -28,8 +28,9 @@ from ..core.errors import FetchFailed, InvalidPath, NotFound, UpstreamError
 from ..core.paths import RelPath
 from ..core.types import RemoteEntry
 from ..fetch.fetcher import BULK, MD5_ETAG
-from ..store.index import FileRecord
+from ..store.index import FileRecord, Index
 from ..store.mirror import md5_of
+from .reports import off_loop
 from .spec import Emit
 from .workspace import Workspace
 
@@ -173,7 +174,7 @@ async def index_unknown(ws: Workspace, known: set[str], result: VerifyResult,
 async def verify(ws: Workspace, repair: bool, emit: Emit, upstream: bool = False) -> VerifyResult:
     started = time.monotonic()
     result = VerifyResult()
-    records = ws.index.records()
+    records = await off_loop(ws.index, Index.records)
     emit({"event": "plan", "files": len(records), "bytes": sum(r.size for r in records)})
     limit = trio.CapacityLimiter(HASH_THREADS)
     wrong: dict[RelPath, None] = {}

@@ -214,9 +214,20 @@ class Index:
         os.close(self._journal_fd)
         self._journal_fd = -1
 
-    def snapshot(self) -> bytes | None:
-        """The whole database as bytes if it changed since the last save, else None."""
-        return self.serialized() if self.pending() else None
+    def copy(self) -> Index:
+        """A private, read-only copy of the database that another thread may query or serialize
+        while this one goes on writing. A page copy: about 25 ms at 200,000 files, where the
+        queries of status or verify take seconds (on the thread that owns ``db``: a sqlite3
+        connection must never be used from two threads at once)."""
+        self.flush()
+        clone = object.__new__(Index)
+        clone.path, clone.read_only, clone.damaged = self.path, True, self.damaged
+        clone.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self.db.backup(clone.db)
+        clone.journal, clone._journal_fd, clone.replayed = self.journal, -1, 0
+        clone._counters, clone.session = Counter(), Counter(self.session)
+        clone._miss_writes, clone._access, clone._saved_changes = 0, {}, -1
+        return clone
 
     def pending(self) -> bool:
         """Whether the database changed since the last save (counting it as saved from now)."""
@@ -229,8 +240,8 @@ class Index:
         return True
 
     def serialized(self) -> bytes:
-        """The whole database as the bytes of a SQLite file. On the thread that writes it: a
-        sqlite3 connection must never be used from two threads at once."""
+        """The whole database as the bytes of a SQLite file (the daemon serializes a ``copy()``
+        in a worker thread; this connection must never be used from two threads at once)."""
         return _serialize(self.db)
 
     def write_snapshot(self, data: bytes) -> None:
@@ -257,9 +268,8 @@ class Index:
     def save(self) -> None:
         if self.read_only:
             return
-        data = self.snapshot()
-        if data is not None:
-            self.write_snapshot(data)
+        if self.pending():
+            self.write_snapshot(self.serialized())
 
     # -- meta -----------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

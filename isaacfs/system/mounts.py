@@ -115,6 +115,18 @@ def daemon_pids(path: Path) -> list[int]:
     return found
 
 
+def exited(pid: int) -> bool:
+    """Whether process ``pid`` has ended. A daemon whose main thread has ended counts as
+    ended (a zombie): its mount is released; what is left are worker threads stuck in a read
+    from a hung upstream file system (NFS), which end when that file system answers."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stream:
+            state = stream.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in (b"Z", b"X")
+
+
 def live(path: Path) -> bool:
     """True if ``path`` is a live isaacfs mount, False if nothing is mounted there. A stale or
     wedged mount (its mirror is hidden under it, unreadable) is one clear MountError."""

@@ -10,7 +10,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.support.helpers import FRANKA, GO2, Mounts, Upstream, isaacfs, sha256
 
@@ -199,3 +202,49 @@ def test_names_the_kernel_forgets_are_freed(file_upstream: Upstream, upstream_tr
         time.sleep(0.2)
     assert nodes() <= before - 4000
     assert len(os.listdir(mountpoint / "Isaac" / "Props" / "Wide")) == 5000  # and it loads again
+
+
+@pytest.fixture
+def hung_upstream(tmp_path: Path) -> Iterator[Path]:
+    """A folder (a FUSE file system of its own) whose reads hang mid-file, as a hung NFS
+    server's do; killed and detached at teardown, which fails the reads still waiting."""
+    folder = tmp_path / "hung-nfs"
+    folder.mkdir()
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / "support" / "hangfs.py"),
+                               str(folder)], stdout=subprocess.PIPE)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == b"ready"
+        yield folder
+    finally:
+        server.kill()
+        server.wait()
+        subprocess.run(["fusermount3", "-uz", str(folder)], capture_output=True)
+
+
+def test_a_hung_network_file_system_upstream_is_a_stall_not_a_wait(
+        hung_upstream: Path, mountpoint: Path, mounts: Mounts) -> None:
+    """A file: upstream whose reads stop answering mid-file: the reader gets EIO once no byte
+    came for the stall timeout (3 s here), not after a deadline by size (3 s + 210 s at 1 MB/s
+    for this 200 MiB file), and the mount serves mirrored files meanwhile."""
+    pid = mounts.mount(mountpoint, Upstream(hung_upstream.as_uri()), "--mode", "permissive",
+                       env={"ISAACFS_STALL_TIMEOUT": "3"})
+    ok = "Isaac/Props/ok.usda"
+    assert (mountpoint / ok).read_bytes() == (hung_upstream / ok).read_bytes()
+    reader = subprocess.Popen(["cat", str(mountpoint / "Isaac" / "Props" / "stuck.bin")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    started = time.monotonic()
+    time.sleep(1.0)
+    still_serving(mountpoint, pid, ok, hung_upstream)  # while the reader waits
+    _out, err = reader.communicate(timeout=120)
+    took = time.monotonic() - started
+    assert reader.returncode != 0 and b"Input/output error" in err
+    assert took < 30, f"EIO after {took:.1f}s"
+    still_serving(mountpoint, pid, ok, hung_upstream)
+    assert "gave nothing for 3s (a hung network file system?)" in mounts.log(mountpoint)
+    # Unmounting while the upstream still hangs: the daemon's threads stuck in the hung reads
+    # must not hold the unmount or the mirror (a second mount of it works at once).
+    started = time.monotonic()
+    result = mounts.umount(mountpoint)
+    assert result.returncode == 0 and time.monotonic() - started < 10, result.stdout + result.stderr
+    mounts.mount(mountpoint, Upstream(hung_upstream.as_uri()), "--mode", "permissive")
+    assert (mountpoint / ok).read_bytes() == (hung_upstream / ok).read_bytes()
