@@ -68,6 +68,35 @@ def test_the_command_s_exit_code_signals_and_environment(file_upstream: Upstream
     assert child.wait(timeout=30) == 128 + signal.SIGTERM
 
 
+def test_ctrl_c_reaches_the_command_and_the_run_ends_cleanly(file_upstream: Upstream, mountpoint: Path,
+                                                             mounts: Mounts) -> None:
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group: `run` and its
+    command. The command gets it (here it cleans up and exits 3); `run` outlives it, prints
+    its summary, leaves no registration, and exits with the command's code."""
+    mounts.mount(mountpoint, file_upstream, "--mode", "permissive")
+    marker = mountpoint.parent / "ready"
+    script = ("import signal, sys, time, pathlib\n"
+              "def stop(*_):\n    print('command: cleaned up', flush=True); sys.exit(3)\n"
+              "signal.signal(signal.SIGINT, stop)\n"
+              f"pathlib.Path({str(marker)!r}).write_text('x')\n"
+              "time.sleep(60)\n")
+    runner = subprocess.Popen([sys.executable, "-m", "isaacfs", "run", "--offline", "--mount", str(mountpoint), "--",
+                               sys.executable, "-c", script], env={**os.environ, **mounts.env},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(marker.exists, timeout=30)
+        os.killpg(runner.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        out, err = runner.communicate(timeout=30)
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+    assert runner.returncode == 3, out + err
+    assert "command: cleaned up" in out
+    assert "Traceback" not in err and "served" in err  # the summary table, no KeyboardInterrupt
+    wait_for(lambda: "run of pid" in mounts.log(mountpoint) and " ended:" in mounts.log(mountpoint), timeout=20)
+    assert (mountpoint / GO2).read_bytes()  # the mount goes on, in its own (permissive) mode
+
+
 def test_a_run_whose_root_dies_is_cleaned_up(file_upstream: Upstream, mountpoint: Path, mounts: Mounts) -> None:
     mounts.mount(mountpoint, file_upstream, "--mode", "permissive")
     marker = mountpoint.parent / "child.pid"
