@@ -109,7 +109,7 @@ def main() -> None:
     text = (f"# Fault injection\n\nMeasured by `python bench/fault_table.py --lookups {args.lookups}` on"
             f" {date.today().isoformat()} (root, this 2-core VM). Every row is a test in `tests/mount/`"
             " (or `tests/unit/`) that CI runs"
-            " (CI's lookup storm is 100,000 lookups). A TCP fault proxy sits between omni.client and a moto S3"
+            " (CI's lookup storm is 200,000 lookups). A TCP fault proxy sits between omni.client and a moto S3"
             " server on loopback (`tests/support/faultproxy.py`); the server can answer 5xx or flip a byte"
             " (`tests/support/s3server.py`). After each fault, every file in the mirror is compared with the"
             " upstream by sha256: **bytes wrong** is the size of files that differ.\n\n"

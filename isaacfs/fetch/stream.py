@@ -3,8 +3,10 @@ readers served from that file as soon as their bytes have landed; the whole hash
 as parts complete, and checked before it is installed.
 
 Used where the upstream speaks ranged reads (S3 and other HTTPS roots). The part a reader
-waits for is fetched next; a USD crate file's last part (its table of contents) goes
-first; the rest in order, a few at a time. Memory stays bounded: each part streams to the
+waits for is fetched next; a reader that jumps deep into a part nobody fetches yet splits
+that part at its offset, so it waits for its own bytes rather than the part's 4 MiB from
+the start; a USD crate file's last part (its table of contents) goes first; the rest in
+order, a few at a time. Memory stays bounded: each part streams to the
 file through a buffer of ``FLUSH_BYTES``, whatever the file's size.
 
 A reader may get bytes before the whole file is verified. If the final check fails, every
@@ -14,6 +16,7 @@ dropped, and the next open fetches it again (docs/how-it-works.md).
 
 from __future__ import annotations
 
+import bisect
 import errno
 import hashlib
 import logging
@@ -39,6 +42,8 @@ PART_SIZE = 4 * 1024 * 1024
 PARALLEL_PARTS = 6
 URGENT_WORKERS = 2  # extra workers, only for parts a reader waits for while the others are busy
 FLUSH_BYTES = 256 * 1024  # bytes buffered per part before they are written and readers told
+WAITED_FLUSH_BYTES = 64 * 1024  # the same, while a reader waits on the part
+SPLIT_BYTES = 1024 * 1024  # a reader this far into a part nobody fetches yet: that part splits at its offset
 PART_TRIES = 3
 MULTIPART_ETAG = re.compile(r"^([0-9a-f]{32})-(\d+)$")
 MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
@@ -46,6 +51,20 @@ MIB = 1024 * 1024
 CRATE_SUFFIXES = (".usd", ".usdc")  # a crate file reads its table of contents at the end first
 
 PENDING, RUNNING, LANDED = 0, 1, 2
+
+
+class _Part:
+    """Bytes [start, stop) of the file, fetched in order by one worker at a time; ``landed``
+    bytes from ``start`` are in the file. Only a PENDING part is ever split."""
+
+    __slots__ = ("landed", "start", "state", "stop")
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop, self.landed, self.state = start, stop, 0, PENDING
+
+    @property
+    def done(self) -> bool:
+        return self.start + self.landed >= self.stop
 
 # (rel, start, end, on_data): stream bytes [start, end) of rel, in order, to on_data.
 ReadRange = Callable[[RelPath, int, int, Callable[[bytes], Awaitable[None]]], Awaitable[None]]
@@ -106,10 +125,10 @@ class Transfer:
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self.part_size = part_size
-        self.parts = max(1, math.ceil(self.size / part_size))
-        self.landed = [0] * self.parts  # bytes landed from each part's start, contiguous
-        self.state = [PENDING] * self.parts
-        self.wanted: set[int] = set()
+        count = max(1, math.ceil(self.size / part_size))
+        # In file order. A reader that jumps deep into a part nobody fetches yet splits it there.
+        self.parts = [_Part(i * part_size, min(self.size, (i + 1) * part_size)) for i in range(count)]
+        self.wanted: set[_Part] = set()
         self.error: FetchFailed | None = None
         self.complete = False  # every byte landed and hashed
         self.settled = trio.Event()  # installed after its check, or failed
@@ -120,24 +139,39 @@ class Transfer:
         self._nursery: trio.Nursery | None = None
         self._read_range: ReadRange | None = None
         self._urgent = 0
-        tail_first = rel.name.endswith(CRATE_SUFFIXES) and self.parts > 1
-        self._order = ([self.parts - 1] if tail_first else []) + [i for i in range(self.parts)
-                                                                  if not (tail_first and i == self.parts - 1)]
+        self._tail_first = rel.name.endswith(CRATE_SUFFIXES) and count > 1
 
     # -- what readers see ---------------------------------------------------------------
-    def _part_bounds(self, part: int) -> tuple[int, int]:
-        start = part * self.part_size
-        return start, min(self.size, start + self.part_size)
+    def _index(self, offset: int) -> int:
+        """The index of the part holding byte ``offset``."""
+        return max(0, bisect.bisect_right(self.parts, offset, key=lambda part: part.start) - 1)
+
+    def _missing(self, offset: int, length: int) -> list[_Part]:
+        """The parts whose bytes in [offset, offset+length) have not all landed, in order."""
+        end = min(self.size, offset + length)
+        missing = []
+        index = self._index(offset)
+        while index < len(self.parts) and self.parts[index].start < max(end, offset + 1):
+            part = self.parts[index]
+            if part.start + part.landed < min(part.stop, end):
+                missing.append(part)
+            index += 1
+        return missing
 
     def covered(self, offset: int, length: int) -> bool:
-        end = min(self.size, offset + length)
-        if offset >= end:
-            return True
-        for part in range(offset // self.part_size, (end - 1) // self.part_size + 1):
-            start, stop = self._part_bounds(part)
-            if start + self.landed[part] < min(stop, end):
-                return False
-        return True
+        return offset >= min(self.size, offset + length) or not self._missing(offset, length)
+
+    def _split(self, part: _Part, offset: int) -> _Part:
+        """Split a part nobody fetches yet at ``offset`` (rounded down to a flush): a reader
+        deep in a 4 MiB part waits for its own bytes, not for the part's start. Returns the
+        part that holds ``offset``."""
+        at = offset - offset % FLUSH_BYTES
+        if part.state != PENDING or part.landed or at - part.start < SPLIT_BYTES:
+            return part
+        tail = _Part(at, part.stop)
+        part.stop = at
+        self.parts.insert(self.parts.index(part) + 1, tail)
+        return tail
 
     async def wait_for(self, offset: int, length: int, settle: bool = False) -> None:
         """Until bytes [offset, offset+length) have landed; FetchFailed if the transfer failed.
@@ -153,10 +187,14 @@ class Transfer:
                 if self.error is not None:
                     raise self.error
                 return
-            if self.complete or self.covered(offset, length):
+            if self.complete:
                 return
-            end = min(self.size, offset + length)
-            self.wanted.update(range(offset // self.part_size, (max(end, offset + 1) - 1) // self.part_size + 1))
+            missing = self._missing(offset, length)
+            if not missing:
+                return
+            if missing[0].start < offset:
+                missing[0] = self._split(missing[0], offset)
+            self.wanted.update(missing)
             self._hurry()
             await self._changed.wait()
 
@@ -171,18 +209,20 @@ class Transfer:
         self._notify()
 
     # -- the engine ---------------------------------------------------------------------
-    def _next_part(self, urgent: bool = False) -> int | None:
-        waiting = sorted(part for part in self.wanted if self.state[part] == PENDING)
+    def _next_part(self, urgent: bool = False) -> _Part | None:
+        waiting = [part for part in self.wanted if part.state == PENDING]
         if waiting:
-            return waiting[0]
+            return min(waiting, key=lambda part: part.start)
         if urgent:
             return None  # an extra worker serves waiting readers only
-        return next((part for part in self._order if self.state[part] == PENDING), None)
+        if self._tail_first and self.parts[-1].state == PENDING:
+            return self.parts[-1]  # a crate file's table of contents
+        return next((part for part in self.parts if part.state == PENDING), None)
 
     def _hurry(self) -> None:
         """A reader waits for a part nobody fetches yet: an extra worker starts on it now."""
         if (self._nursery is not None and self._read_range is not None and self._urgent < URGENT_WORKERS
-                and any(self.state[part] == PENDING for part in self.wanted)):
+                and any(part.state == PENDING for part in self.wanted)):
             self._urgent += 1
             self._nursery.start_soon(self._worker, self._read_range, self._nursery, True)
 
@@ -191,7 +231,7 @@ class Transfer:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery, self._read_range = nursery, read_range
-                for _ in range(min(parallel, self.parts)):
+                for _ in range(min(parallel, len(self.parts))):
                     nursery.start_soon(self._worker, read_range, nursery)
                 nursery.start_soon(self._hasher)
         except BaseExceptionGroup as group:
@@ -208,7 +248,7 @@ class Transfer:
 
     async def _work(self, read_range: ReadRange, urgent: bool) -> None:
         while (part := self._next_part(urgent)) is not None:
-            self.state[part] = RUNNING
+            part.state = RUNNING
             for attempt in range(1, PART_TRIES + 1):
                 try:
                     await self._fetch_part(part, read_range)
@@ -218,14 +258,15 @@ class Transfer:
                 except (Unavailable, UpstreamError) as exc:
                     if attempt == PART_TRIES:
                         raise
-                    log.warning("part %d of %s, try %d/%d: %s; trying again from byte %d", part, self.rel, attempt,
-                                PART_TRIES, exc, part * self.part_size + self.landed[part])
-            self.state[part] = LANDED
+                    log.warning("part at byte %d of %s, try %d/%d: %s; trying again from byte %d", part.start,
+                                self.rel, attempt, PART_TRIES, exc, part.start + part.landed)
+            part.state = LANDED
+            self.wanted.discard(part)
             self._notify()
 
-    async def _fetch_part(self, part: int, read_range: ReadRange) -> None:
-        start, stop = self._part_bounds(part)
-        position = start + self.landed[part]
+    async def _fetch_part(self, part: _Part, read_range: ReadRange) -> None:
+        start, stop = part.start, part.stop  # a running part is never split
+        position = start + part.landed
         pending = bytearray()
 
         async def flush() -> None:
@@ -236,7 +277,7 @@ class Transfer:
             pending.clear()
             written = await trio.to_thread.run_sync(_pwrite_all, self.fd, data, position)
             position += written
-            self.landed[part] += written
+            part.landed += written
             self._notify()
 
         finished = [False]
@@ -246,7 +287,7 @@ class Transfer:
                 raise Unavailable(f"fetch {self.rel}: part {part} was abandoned")
             room = stop - position - len(pending)
             pending.extend(chunk[:room] if len(chunk) > room else chunk)
-            if len(pending) >= FLUSH_BYTES:
+            if len(pending) >= (WAITED_FLUSH_BYTES if part in self.wanted else FLUSH_BYTES):
                 await flush()
 
         if position < stop:
@@ -265,22 +306,24 @@ class Transfer:
             await flush()
             if watchdog.cancelled_caught:
                 raise Unavailable(f"fetch {self.rel}: no byte arrived for {self.stall_timeout:g}s"
-                                  f" (stalled at byte {start + self.landed[part]})")
-        if start + self.landed[part] < stop:
-            raise Unavailable(f"fetch {self.rel}: part {part} cut short at byte {start + self.landed[part]}"
-                              f" of {stop}")
+                                  f" (stalled at byte {start + part.landed})")
+        if not part.done:
+            raise Unavailable(f"fetch {self.rel}: the part from byte {start} was cut short at byte"
+                              f" {start + part.landed} of {stop}")
 
     async def _hasher(self) -> None:
         md5 = hashlib.md5(usedforsecurity=False)
         match = MULTIPART_ETAG.match(self.expected.etag)
         splits = [_PartHashes(size) for size in multipart_candidates(self.size, int(match.group(2)))] if match else []
-        for part in range(self.parts):
-            start, stop = self._part_bounds(part)
-            while start + self.landed[part] < stop:
+        position = 0
+        while position < self.size:
+            part = self.parts[self._index(position)]
+            while not part.done:  # a part split meanwhile ends sooner: ``stop`` is read afresh
                 await self._changed.wait()
             # Read back from the page cache and hashed in a worker thread (hashlib lets go of
             # the GIL), one part at a time, in order.
-            await trio.to_thread.run_sync(_hash_range, self.fd, start, stop, md5, splits)
+            await trio.to_thread.run_sync(_hash_range, self.fd, position, part.stop, md5, splits)
+            position = part.stop
         self.md5 = md5.hexdigest()
         if match:
             etags = [split.etag() for split in splits]

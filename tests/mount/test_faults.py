@@ -275,7 +275,7 @@ def test_memory_stays_flat_under_a_lookup_storm(server: Upstream, tmp_path: Path
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     pid = mounts.mount(mountpoint, server)  # strict, empty mirror: every lookup is a miss
-    lookups = int(os.environ.get("ISAACFS_TEST_LOOKUPS", "100000"))  # past every cap (10k, 20k, 50k names)
+    lookups = int(os.environ.get("ISAACFS_TEST_LOOKUPS", "200000"))  # the negative-entry memo (50,000) fills at half
     code = ("import os, sys\n"
             "root, start, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
             "for i in range(start, start + count):\n"

@@ -162,3 +162,32 @@ async def test_64_readers_of_one_cold_file_share_one_transfer(mirror: Mirror, in
                 nursery.start_soon(reader)
     assert len(seen) == 64
     assert len([r for r in ranged.ranges if r[0] == BIG]) == -(-20 * MIB // PART_SIZE)  # each part fetched once
+
+
+@trio_test
+async def test_a_reader_deep_in_a_part_nobody_fetches_yet_waits_for_its_own_bytes(
+        mirror: Mirror, index: Index) -> None:
+    """The last 64 KiB of a file of 10 parts (a USD crate's table of contents, an EXR's tail):
+    the part holding them is split at the reader's offset, so the reader waits for 256 KiB,
+    not for the 4 MiB from the part's start, and the file still lands whole and checked."""
+    size = 10 * PART_SIZE
+    data = blob(size, 3)
+    name = "Isaac/Environments/Sky/big.exr"
+    upstream = MemoryUpstream({name: data}, ranged=True)
+    upstream.chunk_delay = 0.01  # 64 KiB per 10 ms: a 4 MiB part takes 0.64 s
+    rel = RelPath.parse(name)
+    entry = await upstream.stat(rel)
+    async with running(mirror, index, upstream) as ws:
+        got = await ws.fetcher.stream(rel, entry)
+        assert isinstance(got, Transfer)
+        started = trio.current_time()
+        await got.wait_for(size - 64 * 1024, 64 * 1024)
+        waited = trio.current_time() - started
+        with open(got.path, "rb") as stream:
+            stream.seek(size - 64 * 1024)
+            assert stream.read() == data[-64 * 1024:]
+        await ws.fetcher.ensure(rel, entry)
+    assert (name, size - 256 * 1024, size) in upstream.ranges  # the split part: only the reader's bytes
+    assert waited < 0.4, f"waited {waited:.2f}s"  # 4 x 64 KiB at 10 ms each, not 64 chunks
+    assert Path(mirror.display, name).read_bytes() == data
+    assert index.file_md5(rel) == hashlib.md5(data).hexdigest()
