@@ -10,6 +10,9 @@ reads its own never-read copy with an empty cache and a dropped page cache:
   first 64 KiB  - open, read the first 64 KiB;
   last 64 KiB   - open another copy, read its last 64 KiB (a USD crate reads its table of contents there);
   whole file    - a third copy, read from start to end.
+Before each isaacfs workload the previous one's file is let finish downloading (isaacfs
+fetches a file whole once any of it is read; rclone's vfs fetches only what is read), so
+no timed read shares the link with an earlier one's background download.
 The floor for the whole file is one omni.client.read_file of a fourth copy. The daemon's
 peak RSS is read from /proc after the runs, and once more while isaacfs reads one file of
 --big-mb MiB. Prints medians and writes docs/benchmarks.md (between bench_large markers).
@@ -18,6 +21,7 @@ peak RSS is read from /proc after the runs, and once more while isaacfs reads on
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -81,6 +85,22 @@ def peak_rss_mb(mountpoint: Path) -> float:
     except (OSError, ValueError):
         pass
     return float("nan")
+
+
+def settle(mountpoint: Path, timeout: float = 120.0) -> None:
+    """Wait until isaacfs has no download in flight: a file whose first or last bytes were
+    read goes on downloading whole (it is installed only when verified), and that must not
+    share the link with the next workload's timed read."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-m", "isaacfs", "status", str(mountpoint), "--json"], env=ENV,
+                             capture_output=True, text=True)
+        try:
+            if json.loads(out.stdout).get("in_flight", 0) == 0:
+                return
+        except ValueError:
+            return
+        time.sleep(0.2)
 
 
 def omni_read(url: str) -> float:

@@ -168,9 +168,14 @@ class Transfer:
         at = offset - offset % FLUSH_BYTES
         if part.state != PENDING or part.landed or at - part.start < SPLIT_BYTES:
             return part
+        index = self.parts.index(part)
+        if index and self.parts[index - 1].state != PENDING:
+            # The part before is being fetched or has landed: a reader reading on in order
+            # (and the kernel's read-ahead in front of it), not a jump. Its part comes whole.
+            return part
         tail = _Part(at, part.stop)
         part.stop = at
-        self.parts.insert(self.parts.index(part) + 1, tail)
+        self.parts.insert(index + 1, tail)
         return tail
 
     async def wait_for(self, offset: int, length: int, settle: bool = False) -> None:

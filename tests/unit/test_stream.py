@@ -191,3 +191,26 @@ async def test_a_reader_deep_in_a_part_nobody_fetches_yet_waits_for_its_own_byte
     assert waited < 0.4, f"waited {waited:.2f}s"  # 4 x 64 KiB at 10 ms each, not 64 chunks
     assert Path(mirror.display, name).read_bytes() == data
     assert index.file_md5(rel) == hashlib.md5(data).hexdigest()
+
+
+@trio_test
+async def test_a_reader_reading_on_in_order_does_not_split_parts(mirror: Mirror, index: Index) -> None:
+    """The kernel's read-ahead asks 1 MiB past where a sequential reader is: that is not a
+    jump, and must not cut the parts ahead into small requests (each a round trip)."""
+    size = 10 * PART_SIZE
+    data = blob(size, 4)
+    name = "Isaac/Environments/Sky/seq.exr"
+    upstream = MemoryUpstream({name: data}, ranged=True)
+    upstream.chunk_delay = 0.002
+    rel = RelPath.parse(name)
+    entry = await upstream.stat(rel)
+    async with running(mirror, index, upstream) as ws:
+        got = await ws.fetcher.stream(rel, entry)
+        assert isinstance(got, Transfer)
+        for offset in range(0, size, 512 * 1024):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(got.wait_for, offset, 128 * 1024)
+                nursery.start_soon(got.wait_for, min(size - 1, offset + MIB + 256 * 1024), 128 * 1024)  # read-ahead
+        await ws.fetcher.ensure(rel, entry)
+    assert sorted(start for path, start, _ in upstream.ranges if path == name) == list(range(0, size, PART_SIZE))
+    assert Path(mirror.display, name).read_bytes() == data
