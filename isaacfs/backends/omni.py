@@ -11,6 +11,7 @@ itself: a body goes to the caller's ``Sink``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -28,12 +29,20 @@ from ..core.errors import AccessDenied, ConnectionLost, InvalidPath, NotFound, U
 from ..core.health import Health
 from ..core.paths import RelPath, check_name, shown
 from ..core.types import RemoteEntry, Sink
-from .http import HttpRanges
+from .http import HttpRanges, NotS3
 from .local import LocalRanges
 
 log = logging.getLogger("isaacfs.upstream")
 
 HTTP_TRIES = 3  # tries of one small file's GET (large files retry per part: fetch/stream.py)
+
+
+# (name as listed, None if not UTF-8; how to make its entry once the name is checked)
+Listing = list[tuple[str | None, Callable[[str], RemoteEntry]]]
+
+
+class _RefusedBeforeBody(Exception):
+    """An anonymous GET was refused before any byte came: omni.client (with credentials) fetches."""
 
 import omni.client as oc  # noqa: E402  (the only import of omni.client in isaacfs)
 
@@ -167,11 +176,25 @@ class OmniUpstream:
         # installed half old, half new (there is no ETag to catch it); one read in order that
         # checks the file did not change while it was read catches it.
         self.local = LocalRanges(stall_timeout) if self.local_root is not None else None
-        self.ranged = self.ranges is not None
+        # Whether the S3 host answers anonymous HTTP (None: not asked yet; the first listing
+        # asks). A bucket that wants the credentials of omniverse.toml goes through omni.client.
+        self._http: bool | None = None if self.ranges is not None else False
+        self._key_root = unquote(parts.path).strip("/")
         self.download_path = ("HTTP GETs (urllib3, kept alive), large files in parallel ranged parts"
                               if self.ranges is not None else
                               "local reads in 1 MiB blocks" if self.local is not None else
                               "omni.client whole bodies")
+
+    @property
+    def ranged(self) -> bool:
+        """Files stream in ranged parts (S3 over anonymous HTTP)."""
+        return self.ranges is not None and self._http is True
+
+    def _http_refused(self, why: str) -> None:
+        if self._http is not False:
+            log.warning("the upstream %s does not answer anonymous HTTP (%s): listings and files go through"
+                        " omni.client", redact(self.root_url), why)
+        self._http = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OmniUpstream:
@@ -250,25 +273,24 @@ class OmniUpstream:
 
     async def list(self, rel: RelPath, fresh: bool = False) -> list[RemoteEntry]:
         """List a folder. Entries whose names are unsafe are skipped with a log line."""
-        url = self.url_for(rel)
-        if fresh:
-            await self._forget_cached(url)
-        _result, items = await self._guarded(
-            f"list {rel or '/'}", lambda cb: oc.list_with_callback(url, cb))
+        what = f"list {rel or '/'}"
+        listed = await self._http_list(rel, what)
+        if listed is None:
+            listed = await self._omni_list(rel, fresh, what)
         entries: dict[str, RemoteEntry] = {}
-        for item in items:
-            try:
-                raw = item.relative_path
-            except UnicodeDecodeError:
+        for raw, make in listed:
+            if raw is None:
                 log.warning("skipped upstream entry in %s/: its name is not UTF-8", rel or "")
                 continue
+            if raw == "":
+                continue  # an S3 folder marker (a key ending in a slash): the folder itself
             try:
                 # Some providers mark folders with one trailing slash; any other slash is hostile.
                 name = check_name(raw[:-1] if raw.endswith("/") else raw)
             except InvalidPath as exc:
                 log.warning("skipped upstream entry in %s/: %s", rel or "", exc)
                 continue
-            entry = _to_entry(item, name)
+            entry = make(name)
             if name in entries and entries[name].is_dir != entry.is_dir:
                 log.warning("upstream %s/ lists %r as both file and folder; keeping the folder", rel or "", name)
                 if not entry.is_dir:
@@ -282,6 +304,41 @@ class OmniUpstream:
                     log.warning("skipped upstream entry %s: %s", shown(rel.child(name)), why)
                     del entries[name]
         return list(entries.values())
+
+    async def _http_list(self, rel: RelPath, what: str) -> Listing | None:
+        """The folder's entries by an anonymous S3 listing on the kept-alive HTTP pool (one
+        round trip); None where the upstream does not answer those (omni.client lists)."""
+        if self.ranges is None or self._http is False:
+            return None
+        try:
+            path = "/".join([self._key_root, *rel.parts]).encode("utf-8").decode("utf-8")
+        except UnicodeEncodeError:
+            return None  # a name that cannot be an S3 key: omni.client answers as it can
+        try:
+            found = await self.ranges.list_folder(self.root_url, path, what)
+        except NotS3 as exc:
+            self._http_refused(str(exc).rsplit(": ", 1)[-1])
+            return None
+        self._http = True
+
+        def maker(is_dir: bool, size: int, mtime: float, etag: str) -> Callable[[str], RemoteEntry]:
+            return lambda name: RemoteEntry(name, is_dir, 0 if is_dir else size, mtime, etag)
+
+        return [(name, maker(is_dir, size, mtime, etag)) for name, is_dir, size, mtime, etag in found]
+
+    async def _omni_list(self, rel: RelPath, fresh: bool, what: str) -> Listing:
+        url = self.url_for(rel)
+        if fresh:
+            await self._forget_cached(url)
+        _result, items = await self._guarded(what, lambda cb: oc.list_with_callback(url, cb))
+        listed: Listing = []
+        for item in items:
+            try:
+                raw: str | None = item.relative_path
+            except UnicodeDecodeError:
+                raw = None
+            listed.append((raw, functools.partial(_to_entry, item)))
+        return listed
 
     async def probe(self, rel: RelPath, timeout: float) -> None:
         """Ask the upstream now, even while it is resting; raise if it does not answer."""
@@ -325,7 +382,7 @@ class OmniUpstream:
         _result, item = await self._guarded(f"stat {rel}", lambda cb: oc.stat_with_callback(url, cb))
         return _to_entry(item, rel.name)
 
-    async def _http_download(self, rel: RelPath, size: int, sink: Sink, what: str) -> None:
+    async def _http_download(self, rel: RelPath, size: int, sink: Sink, what: str, first: bool = False) -> None:
         """One GET; a 5xx, a reset or a body cut short is tried again from the byte it stopped
         at (as omni.client retries internally), three tries in all. A body of another size than
         the listing said fails the fetcher's size and hash checks, which list afresh and retry."""
@@ -344,7 +401,12 @@ class OmniUpstream:
                 if landed >= size:
                     return
                 problem = f"the body ended at byte {landed} of {size}"
-            except (NotFound, AccessDenied, ConnectionLost):
+            except AccessDenied as exc:
+                if landed == 0:
+                    self._http_refused(str(exc).rsplit(": ", 1)[-1])
+                    raise _RefusedBeforeBody from None
+                raise
+            except (NotFound, ConnectionLost):
                 raise
             except UpstreamError as exc:
                 if attempt == HTTP_TRIES:
@@ -373,9 +435,12 @@ class OmniUpstream:
         if self.local is not None:
             await self.local.read(self._local_path(rel), what, sink.write)
             return
-        if self.ranges is not None and size > 0:
-            await self._http_download(rel, size, sink, what)
-            return
+        if self.ranges is not None and self._http is True and size > 0:
+            try:
+                await self._http_download(rel, size, sink, what, first=True)
+                return
+            except _RefusedBeforeBody:
+                pass  # asks for credentials: omni.client has them (omniverse.toml)
         url = self.url_for(rel)
         deadline = self.stall_timeout + size / self.min_rate
         slow = Unavailable(f"{what}: not done after {deadline:.0f}s (slower than"

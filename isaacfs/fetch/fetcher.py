@@ -112,8 +112,6 @@ class Fetcher:
         self._inflight: dict[RelPath, _Flight] = {}
         self._claimed = 0  # bytes the downloads in flight will write
         self._disk_freed = trio.Event()
-        # Where the upstream speaks ranged reads (S3/HTTPS), files stream: see stream.py.
-        self.ranged = bool(getattr(upstream, "ranged", False))
         # Told when bytes a reader may have seen turned out wrong (the kernel drops its pages).
         self.on_discarded: Callable[[RelPath], None] = lambda rel: None
         # Told of every file installed (the mount's tree marks the node mirrored).
@@ -123,6 +121,12 @@ class Fetcher:
     def attach(self, nursery: trio.Nursery) -> None:
         """Downloads run in this nursery; cancelling it discards them cleanly."""
         self._nursery = nursery
+
+    @property
+    def ranged(self) -> bool:
+        """Where the upstream speaks ranged reads (S3/HTTPS), files stream: see stream.py. Asked
+        each time: an upstream learns at its first listing whether it answers anonymous HTTP."""
+        return bool(getattr(self.upstream, "ranged", False))
 
     @property
     def in_flight(self) -> int:

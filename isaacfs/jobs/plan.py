@@ -121,10 +121,12 @@ async def _plan_categories(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
 
 
 async def _exists(ws: Workspace, root: RelPath) -> bool:
+    """Whether ``root`` is a folder upstream: from its parent's listing (one request, and the
+    listing is kept), not a stat (omni.client's costs several round trips on S3)."""
     if ws.index.listing(root) is not None:
         return True
     try:
-        return (await ws.upstream.stat(root)).is_dir
+        return any(entry.is_dir and entry.name == root.name for entry in await ws.listings.get(root.parent, None))
     except NotFound:
         return False
 
