@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("isaacfs")
 
+# A mirror folder whose directory file is larger than this (ext4: some 1,500 names; tmpfs:
+# some 3,000) is scanned in a worker thread.
+BIG_FOLDER_BYTES = 64 * 1024
+
 ROOT_INODE = 1
 
 
@@ -193,15 +197,25 @@ class Tree:
         except OSError:
             return -2
 
+    def _big_folder(self, rel: RelPath) -> bool:
+        try:
+            return os.stat(self.mirror.path(rel)).st_size > BIG_FOLDER_BYTES
+        except OSError:
+            return False
+
     async def _load(self, node: Node, mode: Mode) -> None:
         rel = self.rel(node)
         if node.children is None:
             node.children = {}
         mtime = self._mirror_mtime(node)
         if mtime != node.scanned_mtime_ns:
-            # On this thread: a worker-thread hop per folder made a cold walk of 20,000 files
-            # about twice as slow (bench/bench_mount.py); scans read the mirror's own disk.
-            scanned = self.mirror.scan(rel) if node.cached else None
+            # A small folder on this thread: a worker-thread hop per folder made a cold walk of
+            # 20,000 files about twice as slow (bench/bench_mount.py). A big one (thousands of
+            # names: tens of ms of stats) in a worker thread, so it never stalls other requests.
+            scanned = None
+            if node.cached:
+                scanned = (await trio.to_thread.run_sync(self.mirror.scan, rel) if self._big_folder(rel)
+                           else self.mirror.scan(rel))
             self._merge_local(node, scanned)
             node.scanned_mtime_ns = mtime
         if mode == "permissive" and self._wants_listing(node):

@@ -302,3 +302,33 @@ async def test_without_listings_a_ghost_is_recorded_until_a_deeper_miss_replaces
         assert [m[0] for m in index.misses()] == ["README"]
         assert await walk(tree, "Isaac/Robots/Foo/foo.usd") is None
     assert {m[0] for m in index.misses()} == {"README", "Isaac/Robots/Foo/foo.usd"}
+
+
+@trio_test
+async def test_a_big_mirror_folder_is_scanned_off_the_loop(mirror: Mirror, index: Index,
+                                                            upstream: MemoryUpstream) -> None:
+    """Thousands of names take tens of ms of stats: such a scan runs in a worker thread, where
+    it cannot stall other requests; a small folder's stays on the loop (cheaper there)."""
+    import threading
+
+    root = Path(mirror.display) / "Isaac" / "Props"
+    (root / "Big").mkdir(parents=True)
+    (root / "Small").mkdir()
+    for number in range(4000):
+        (root / "Big" / f"p{number:05}.usda").write_bytes(b"#usda 1.0\n")
+    (root / "Small" / "one.usda").write_bytes(b"#usda 1.0\n")
+    on_loop: dict[str, bool] = {}
+    real = mirror.scan
+
+    def spy(rel: RelPath) -> object:
+        on_loop[str(rel)] = threading.current_thread() is threading.main_thread()
+        return real(rel)
+
+    mirror.scan = spy  # type: ignore[method-assign,assignment]
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree = make_tree(running, "strict")
+        big, small = await walk(tree, "Isaac/Props/Big"), await walk(tree, "Isaac/Props/Small")
+        assert big is not None and small is not None
+        assert len(await tree.listdir(big)) == 4000 and len(await tree.listdir(small)) == 1
+    assert on_loop["Isaac/Props/Big"] is False and on_loop["Isaac/Props/Small"] is True
