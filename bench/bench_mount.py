@@ -242,8 +242,9 @@ def bench_first_open(work: Path, runs: int, rows: list[tuple[str, str, str, str]
         server.stop()
 
 
-def write_markdown(rows: list[tuple[str, str, str, str]], runs: int) -> str:
-    lines = [f"Measured by `python bench/bench_mount.py --runs {runs}` on {time.strftime('%Y-%m-%d')},"
+def write_markdown(rows: list[tuple[str, str, str, str]], runs: int, against: str | None = None) -> str:
+    command = f"python bench/bench_mount.py --runs {runs}" + (f" --against {against}" if against else "")
+    lines = [f"Measured by `{command}` on {time.strftime('%Y-%m-%d')},"
              f" {os.cpu_count()} cores, kernel {os.uname().release}; medians of {runs} runs.", "",
              "| workload | baseline | isaacfs | ratio |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
@@ -276,7 +277,7 @@ def main() -> None:
             bench_first_open(work, args.runs, rows)
         if args.only in (None, "memory"):
             bench_memory(work, rows)
-    table = write_markdown(rows, args.runs)
+    table = write_markdown(rows, args.runs, args.against)
     print(table)
     (REPO / "bench" / "results").mkdir(exist_ok=True)
     (REPO / "bench" / "results" / "mount.json").write_text(json.dumps(rows, indent=1))
