@@ -180,10 +180,15 @@ class OmniUpstream:
         # asks). A bucket that wants the credentials of omniverse.toml goes through omni.client.
         self._http: bool | None = None if self.ranges is not None else False
         self._key_root = unquote(parts.path).strip("/")
-        self.download_path = ("HTTP GETs (urllib3, kept alive), large files in parallel ranged parts"
-                              if self.ranges is not None else
-                              "local reads in 1 MiB blocks" if self.local is not None else
-                              "omni.client whole bodies")
+
+    @property
+    def download_path(self) -> str:
+        """How files come, for `isaacfs status`."""
+        if self.local is not None:
+            return "local reads in 1 MiB blocks"
+        if self.ranges is not None and self._http is not False:
+            return "HTTP GETs and listings (urllib3, kept alive), large files in parallel ranged parts"
+        return "omni.client whole bodies" + (" (the bucket refuses anonymous HTTP)" if self.ranges is not None else "")
 
     @property
     def ranged(self) -> bool:

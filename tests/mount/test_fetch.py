@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -15,12 +16,14 @@ import pytest
 
 from tests.support.faultproxy import FaultProxy
 from tests.support.helpers import (
+    GO2,
     POLICY,
     S3_PREFIX,
     Mounts,
     Upstream,
     bytes_wrong,
     copy_sample,
+    isaacfs,
     sha256,
     start_s3,
     wait_for,
@@ -236,3 +239,24 @@ def test_full_mirror_disk_fails_the_fetch_cleanly(record_property: Record, big_s
         assert bytes_wrong(mirror, big_source) == 0
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_bucket_that_refuses_anonymous_http_is_served_through_omni_client(
+        big_source: Path, tmp_path: Path, mounts: Mounts) -> None:
+    """A private bucket (MinIO with credentials in omniverse.toml): isaacfs's own anonymous
+    HTTP listings and GETs get 403; listings and files, small and large, come through
+    omni.client instead, and status says so."""
+    server = start_s3(big_source, tmp_path / "private-s3", refuse_agent="isaacfs")
+    try:
+        mountpoint = tmp_path / "mnt"
+        mountpoint.mkdir()
+        mounts.mount(mountpoint, server, "--mode", "permissive")
+        assert "Robots" in os.listdir(mountpoint / "Isaac")
+        assert sha256(mountpoint / GO2) == sha256(big_source / GO2)
+        assert sha256(mountpoint / BIG) == sha256(big_source / BIG)  # 24 MiB: whole, not in ranged parts
+        assert "does not answer anonymous HTTP" in mounts.log(mountpoint)
+        report = json.loads(isaacfs("status", str(mountpoint), "--json", env=mounts.env).stdout)
+        assert report["download_path"].startswith("omni.client whole bodies")
+        assert mounts.umount(mountpoint).returncode == 0
+    finally:
+        server.stop()

@@ -103,13 +103,16 @@ class Upstream:
             self.process.wait()
 
 
-def start_s3(source: Path, workdir: Path, extra: dict[str, str] | None = None, keepalive: bool = False) -> Upstream:
+def start_s3(source: Path, workdir: Path, extra: dict[str, str] | None = None, keepalive: bool = False,
+             refuse_agent: str = "") -> Upstream:
     """A moto S3 bucket on loopback holding ``source`` under Assets/Isaac/5.1/; ``keepalive``:
     served by cheroot, which keeps connections alive as real S3 does."""
     workdir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(HERE / "s3server.py"), "--source", str(source), "--certdir", str(workdir)]
     if keepalive:
         command.append("--keepalive")
+    if refuse_agent:
+        command += ["--refuse-agent", refuse_agent]
     if extra:
         (workdir / "extra.json").write_text(json.dumps(extra))
         command += ["--extra", str(workdir / "extra.json")]

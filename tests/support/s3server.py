@@ -88,7 +88,8 @@ def put_raw(objects: dict[str, str], bucket: str) -> int:
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-def make_app(bucket: str, gets: Counter[str], sent: Counter[str], lock: threading.Lock) -> WSGIApp:
+def make_app(bucket: str, gets: Counter[str], sent: Counter[str], lock: threading.Lock,
+             refuse_agent: str = "") -> WSGIApp:
     from moto.server import DomainDispatcherApplication, create_backend_app
 
     moto_app = DomainDispatcherApplication(create_backend_app)
@@ -125,6 +126,12 @@ def make_app(bucket: str, gets: Counter[str], sent: Counter[str], lock: threadin
                 body = json.dumps({"gets": dict(gets), "bytes": dict(sent)}).encode()
             start_response("200 OK", [("Content-Type", "application/json")])
             return [body]
+        if refuse_agent and environ.get("HTTP_USER_AGENT", "").startswith(refuse_agent):
+            # A bucket that wants signed requests: this client's anonymous ones are refused
+            # (omni.client, standing for a client with the credentials, is served).
+            start_response("403 Forbidden", [("Content-Type", "application/xml")])
+            return [b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+                    b"<Message>Access Denied</Message></Error>"]
         # omni.client sends the key as the path (virtual-hosted style): tell moto the bucket.
         if not path.startswith(f"/{bucket}"):
             environ["HTTP_HOST"] = virtual_host
@@ -219,6 +226,8 @@ def main() -> None:
     parser.add_argument("--bucket", default=BUCKET)
     parser.add_argument("--certdir", type=Path, required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--refuse-agent", default="",
+                        help="answer 403 to requests whose User-Agent starts with this (a private bucket)")
     parser.add_argument("--extra", type=Path, help="JSON {key: text} of raw keys to add (hostile names)")
     parser.add_argument("--keepalive", action="store_true",
                         help="serve with cheroot, which keeps connections alive as real S3 does (werkzeug's"
@@ -235,7 +244,7 @@ def main() -> None:
         count += put_raw(json.loads(args.extra.read_text()), args.bucket)
     gets: Counter[str] = Counter()
     sent: Counter[str] = Counter()
-    app = make_app(args.bucket, gets, sent, threading.Lock())
+    app = make_app(args.bucket, gets, sent, threading.Lock(), args.refuse_agent)
     if args.keepalive:
         from cheroot import wsgi
         from cheroot.ssl.builtin import BuiltinSSLAdapter
