@@ -153,6 +153,8 @@ def main() -> None:
                                                             ("tail", WORKLOADS[1], args.mb * 1024 * 1024 - KIB64,
                                                              KIB64),
                                                             ("whole", WORKLOADS[2], 0, None)):
+                            if tool == "isaacfs":
+                                settle(root)
                             drop_caches()
                             name = names[(rtt, run, tool, kind)]
                             seconds = timed_read(folder / name.removesuffix(".exr") / name, offset, length)
