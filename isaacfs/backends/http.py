@@ -110,26 +110,34 @@ class HttpRanges:
             open_[0] = False
         self.health.mark(None)
 
-    async def list_folder(self, root_url: str, path: str, what: str) -> list[Listed]:
+    async def list_folder(self, root_url: str, path: str, what: str, recursive: bool = False,
+                          max_pages: int = 0) -> list[Listed] | None:
         """The entries of folder ``path`` (slash-separated, below the host) of the S3 host of
-        ``root_url``: ListObjectsV2 with a delimiter, every page. NotS3 if the host does not
-        answer such listings anonymously."""
+        ``root_url``: ListObjectsV2 with a delimiter, every page; ``recursive``: every key below
+        it, names holding slashes, None if that takes more than ``max_pages`` pages. NotS3 if
+        the host does not answer such listings anonymously."""
         self.health.check(what)
         try:
-            found = await trio.to_thread.run_sync(self._list, root_url, path, what, abandon_on_cancel=True)
+            found = await trio.to_thread.run_sync(self._list, root_url, path, what, recursive, max_pages,
+                                                  abandon_on_cancel=True)
         except ConnectionLost as exc:
             self.health.mark(exc)
             raise
         self.health.mark(None)
         return found
 
-    def _list(self, root_url: str, path: str, what: str) -> list[Listed]:
+    def _list(self, root_url: str, path: str, what: str, recursive: bool = False,
+              max_pages: int = 0) -> list[Listed] | None:
         parts = urlsplit(root_url)
         prefix = f"{path.strip('/')}/" if path.strip("/") else ""
         entries: list[Listed] = []
         token: str | None = None
+        pages = 0
         while True:
-            query = f"list-type=2&delimiter=%2F&prefix={quote(prefix, safe='')}"
+            pages += 1
+            if max_pages and pages > max_pages:
+                return None
+            query = ("list-type=2" + ("" if recursive else "&delimiter=%2F") + f"&prefix={quote(prefix, safe='')}")
             if token:
                 query += f"&continuation-token={quote(token, safe='')}"
             try:

@@ -21,6 +21,16 @@ from ..core.health import Health
 from ..core.paths import RelPath
 from ..core.types import RemoteEntry, Sink
 
+Folders = dict[RelPath, list[RemoteEntry]]  # every folder below a root, with its entries
+
+
+def _parents(path: RelPath, top: RelPath) -> list[RelPath]:
+    found = []
+    while len(path.parts) > len(top.parts):
+        path = path.parent
+        found.append(path)
+    return found
+
 
 class MemoryUpstream:
     kind = "memory"
@@ -46,6 +56,7 @@ class MemoryUpstream:
         self.stall_after: dict[str, int] = {}  # path -> offset where ranged bodies stop arriving
         self.cut_after: dict[str, int] = {}  # path -> offset where ranged bodies end early, once each
         self.ranges: list[tuple[str, int, int]] = []  # (path, start, end) of every ranged read
+        self.recursive = False  # answers recursive listings (``walk``), as S3 does
 
     # -- test controls --------------------------------------------------------------
     def put(self, path: str, body: bytes) -> None:
@@ -88,12 +99,26 @@ class MemoryUpstream:
             return RemoteEntry(name, True, 0, 0.0, "")
         return None
 
-    async def list(self, rel: RelPath, fresh: bool = False) -> list[RemoteEntry]:
-        await self._answer(f"list {rel}", rel)
+    async def list(self, rel: RelPath, fresh: bool = False, counted: bool = True) -> list[RemoteEntry]:
+        if counted:
+            await self._answer(f"list {rel}", rel)
         prefix = f"{rel}/" if rel.parts else ""
         names = {key[len(prefix):].split("/", 1)[0] for key in self.files if key.startswith(prefix)}
         found = [self._entry(f"{prefix}{name}", name) for name in sorted(names)]
         return [entry for entry in found if entry is not None]
+
+    async def walk(self, rel: RelPath) -> Folders | None:
+        """Every folder below ``rel`` with its entries, in one request (where ``recursive``)."""
+        if not self.recursive:
+            return None
+        await self._answer(f"walk {rel}", rel)
+        prefix = f"{rel}/" if rel.parts else ""
+        folders: dict[RelPath, list[RemoteEntry]] = {}
+        below = {key[len(prefix):] for key in self.files if key.startswith(prefix)}
+        paths = {RelPath.parse(f"{prefix}{key}").parent for key in below} | {rel}
+        for folder in paths | {parent for path in paths for parent in _parents(path, rel)}:
+            folders[folder] = await self.list(folder, counted=False)
+        return folders
 
     async def stat(self, rel: RelPath, fresh: bool = False) -> RemoteEntry:
         await self._answer(f"stat {rel}", rel)

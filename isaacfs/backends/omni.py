@@ -39,6 +39,8 @@ HTTP_TRIES = 3  # tries of one small file's GET (large files retry per part: fet
 
 # (name as listed, None if not UTF-8; how to make its entry once the name is checked)
 Listing = list[tuple[str | None, Callable[[str], RemoteEntry]]]
+# every folder below a root, with its entries
+Folders = dict[RelPath, list[RemoteEntry]]
 
 
 class _RefusedBeforeBody(Exception):
@@ -324,12 +326,49 @@ class OmniUpstream:
         except NotS3 as exc:
             self._http_refused(str(exc).rsplit(": ", 1)[-1])
             return None
+        assert found is not None  # only a recursive listing gives up on a page count
         self._http = True
 
         def maker(is_dir: bool, size: int, mtime: float, etag: str) -> Callable[[str], RemoteEntry]:
             return lambda name: RemoteEntry(name, is_dir, 0 if is_dir else size, mtime, etag)
 
         return [(name, maker(is_dir, size, mtime, etag)) for name, is_dir, size, mtime, etag in found]
+
+    async def walk(self, rel: RelPath, max_files: int = 5000) -> Folders | None:
+        """Every folder below ``rel`` with its entries, from one recursive S3 listing (a
+        request per 1,000 keys, where a walk lists folder by folder: one round trip per level
+        of depth, as rclone copy does). None where that is not how this upstream is listed,
+        or for a tree of more than ``max_files`` files (then a parallel walk is quicker)."""
+        if self.ranges is None or self._http is not True:
+            return None
+        path = "/".join([self._key_root, *rel.parts])
+        what = f"list {rel or '/'} (recursive)"
+        try:
+            found = await self.ranges.list_folder(self.root_url, path, what, recursive=True,
+                                                  max_pages=max(1, max_files // 1000))
+        except NotS3:
+            return None
+        if found is None:
+            return None
+        folders: dict[RelPath, dict[str, RemoteEntry]] = {rel: {}}
+        for key, _is_dir, size, mtime, etag in found:
+            names = key.split("/")
+            try:
+                checked = [check_name(name) for name in names[:-1]]
+                leaf = check_name(names[-1]) if names[-1] else None  # "" ends a folder marker
+            except InvalidPath as exc:
+                log.warning("skipped upstream key %s below %s/: %s", key, rel or "", exc)
+                continue
+            folder = rel
+            for name in checked:
+                folders.setdefault(folder, {}).setdefault(name, RemoteEntry(name, True, 0, 0.0, ""))
+                folder = folder.child(name)
+                folders.setdefault(folder, {})
+            if leaf is not None:
+                known = folders.setdefault(folder, {}).get(leaf)
+                if known is None or not known.is_dir:
+                    folders[folder][leaf] = RemoteEntry(leaf, False, size, mtime, etag)
+        return {folder: list(entries.values()) for folder, entries in folders.items()}
 
     async def _omni_list(self, rel: RelPath, fresh: bool, what: str) -> Listing:
         url = self.url_for(rel)

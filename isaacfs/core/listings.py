@@ -48,6 +48,28 @@ class Listings:
             observer(rel)
         return entries
 
+    async def fetch_tree(self, rel: RelPath) -> dict[RelPath, list[RemoteEntry]] | None:
+        """Every folder below ``rel`` with its entries, in one go where the upstream can
+        (``walk``), each stored as that folder's listing; None where it cannot."""
+        walk = getattr(self.upstream, "walk", None)
+        if walk is None:
+            return None
+        tree: dict[RelPath, list[RemoteEntry]] | None = await walk(rel)
+        if tree is None:
+            return None
+        kept: dict[RelPath, list[RemoteEntry]] = {}
+        for folder, entries in tree.items():
+            if folder.parts[:1] == (STATE_DIR_NAME,):
+                continue
+            if folder.is_root:
+                entries = [entry for entry in entries if entry.name != STATE_DIR_NAME]
+            self.index.store_listing(folder, entries)
+            kept[folder] = entries
+            for observer in self.observers:
+                observer(folder)
+        self.index.count("listings")
+        return kept
+
     async def get(self, rel: RelPath, ttl: float | None = None) -> list[RemoteEntry]:
         """The fresh stored listing, else the upstream's (raises UpstreamError kinds)."""
         fresh = self.fresh(rel, ttl)

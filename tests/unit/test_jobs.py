@@ -65,6 +65,25 @@ def test_category_warm_fetches_exactly_the_category_then_nothing(folder: Path, u
     assert not any(k.startswith("list") for k, n in upstream.requests.items() if n > 1)  # listings reused
 
 
+def test_a_category_is_planned_from_one_recursive_listing_where_the_upstream_has_it(
+        folder: Path, upstream: MemoryUpstream) -> None:
+    """S3 lists every key below a prefix in one request per 1,000: a category's plan costs one
+    round trip, not one per level of folders (bench/bench_wan.py), and each folder's listing
+    is kept for the mount."""
+    upstream.recursive = True
+    result, _ = warm(folder, upstream, WarmSpec(categories=["IsaacLab/Robots"]))
+    expected = {k: v for k, v in upstream.files.items() if k.startswith("Isaac/IsaacLab/Robots/")}
+    assert result.ok and mirrored(folder) == expected
+    assert upstream.requests["walk Isaac/IsaacLab/Robots"] == 1
+    assert not any(k.startswith("list Isaac/IsaacLab/Robots/") for k in upstream.requests)  # no folder by folder
+    index = Index(folder / ".isaacfs" / "index.db", read_only=True)
+    try:
+        stored = index.listing(RelPath.parse("Isaac/IsaacLab/Robots"))
+        assert stored is not None and any(entry.is_dir for entry in stored[1])
+    finally:
+        index.close()
+
+
 def test_dry_run_fetches_nothing(folder: Path, upstream: MemoryUpstream) -> None:
     result, _ = warm(folder, upstream, WarmSpec(categories=["Robots"], dry_run=True))
     assert result.dry_run and sum(g.files for g in result.groups) > 0
