@@ -24,6 +24,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import trio
@@ -140,18 +141,10 @@ class HttpRanges:
             query = ("list-type=2" + ("" if recursive else "&delimiter=%2F") + f"&prefix={quote(prefix, safe='')}")
             if token:
                 query += f"&continuation-token={quote(token, safe='')}"
-            try:
-                reply = self.pool.request("GET", f"{parts.scheme}://{parts.netloc}/?{query}", redirect=True,
-                                          timeout=urllib3.Timeout(connect=self.answer_timeout,
-                                                                  read=self.answer_timeout))
-            except urllib3.exceptions.ReadTimeoutError:
-                # As omni.client's listings: no answer in time counts against the upstream (Health).
-                raise ConnectionLost(f"{what}: upstream did not answer within {self.answer_timeout:g}s") from None
-            except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
-                    urllib3.exceptions.MaxRetryError) as exc:
-                raise ConnectionLost(f"{what}: upstream unavailable ({type(exc).__name__})") from None
-            except urllib3.exceptions.HTTPError as exc:
-                raise Unavailable(f"{what}: {type(exc).__name__}") from None
+            # As omni.client's listings: no answer in time counts against the upstream (Health).
+            reply = self._get(f"{parts.scheme}://{parts.netloc}/?{query}", what,
+                              ConnectionLost(f"{what}: upstream did not answer within {self.answer_timeout:g}s"),
+                              timeout=urllib3.Timeout(connect=self.answer_timeout, read=self.answer_timeout))
             if reply.status >= 500:
                 raise Unavailable(f"{what}: upstream failed (HTTP {reply.status})")
             if reply.status != 200:
@@ -161,17 +154,22 @@ class HttpRanges:
             if not token:
                 return entries
 
-    def _read(self, url: str, start: int, end: int, what: str, deliver: Callable[[bytes], None]) -> None:
+    def _get(self, url: str, what: str, silence: UpstreamError, **options: Any) -> urllib3.BaseHTTPResponse:
+        """A GET on the pool, its failures as the core's kinds; ``silence``: what no answer
+        within the read timeout means for this request."""
         try:
-            reply = self.pool.request("GET", url, headers={"Range": f"bytes={start}-{end - 1}"},
-                                      preload_content=False, redirect=True)
+            return self.pool.request("GET", url, redirect=True, **options)
         except urllib3.exceptions.ReadTimeoutError:
-            raise Unavailable(f"{what}: no answer for {self.stall_timeout:g}s") from None
+            raise silence from None
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
                 urllib3.exceptions.MaxRetryError) as exc:
             raise ConnectionLost(f"{what}: upstream unavailable ({type(exc).__name__})") from None
         except urllib3.exceptions.HTTPError as exc:
             raise Unavailable(f"{what}: {type(exc).__name__}") from None
+
+    def _read(self, url: str, start: int, end: int, what: str, deliver: Callable[[bytes], None]) -> None:
+        reply = self._get(url, what, Unavailable(f"{what}: no answer for {self.stall_timeout:g}s"),
+                          headers={"Range": f"bytes={start}-{end - 1}"}, preload_content=False)
         whole = False
         try:
             if reply.status == 404:
