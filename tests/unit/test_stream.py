@@ -194,6 +194,29 @@ async def test_a_reader_deep_in_a_part_nobody_fetches_yet_waits_for_its_own_byte
 
 
 @trio_test
+async def test_a_part_splits_for_a_jump_not_for_read_ahead(tmp_path: Path) -> None:
+    """The rule itself: a reader (or the kernel's read-ahead) 2 MiB into a part nobody fetches
+    splits it only if the part before is not being fetched either (a jump); behind a part
+    in flight it is read-ahead of an in-order reader, and the part stays whole."""
+    from isaacfs.core.types import RemoteEntry
+    from isaacfs.fetch.stream import RUNNING
+    size = 10 * PART_SIZE
+    for before, splits in ((RUNNING, False), (None, True)):
+        transfer = Transfer(RelPath.parse("Isaac/a.exr"), RemoteEntry("a.exr", False, size, 0.0, ""),
+                            tmp_path / f"t{splits}", PART_SIZE)
+        try:
+            if before is not None:
+                transfer.parts[5].state = before
+            with trio.move_on_after(0.05):  # nothing fetches: it only registers what it waits for
+                await transfer.wait_for(6 * PART_SIZE + 2 * MIB, 64 * 1024)
+            assert (len(transfer.parts) == 11) is splits
+            if splits:
+                assert transfer.parts[7].start == 6 * PART_SIZE + 2 * MIB
+        finally:
+            transfer.close()
+
+
+@trio_test
 async def test_a_reader_reading_on_in_order_does_not_split_parts(mirror: Mirror, index: Index) -> None:
     """The kernel's read-ahead asks 1 MiB past where a sequential reader is: that is not a
     jump, and must not cut the parts ahead into small requests (each a round trip)."""
