@@ -84,12 +84,17 @@ class Mirror:
                 f"mirror folder {self.display} is not writable ({exc.strerror}): isaacfs keeps its files"
                 " and its state there; pick a folder you own with --mirror DIR") from None
         self._lock()
+        leftovers = self._clear_tmp()
+        if leftovers:
+            log.info("removed %d unfinished download(s) left by an earlier stop", leftovers)
+
+    def _clear_tmp(self) -> int:
+        """Remove unfinished downloads (only while this process holds the lock)."""
         leftovers = 0
         for item in self.tmp.iterdir():
             item.unlink(missing_ok=True)
             leftovers += 1
-        if leftovers:
-            log.info("removed %d unfinished download(s) left by an earlier stop", leftovers)
+        return leftovers
 
     def _lock(self) -> None:
         path = self.state / "lock"
@@ -107,6 +112,12 @@ class Mirror:
 
     def close(self) -> None:
         if self._lock_fd is not None:
+            # A Ctrl-C can land between a temporary file's creation and the code that would
+            # discard it; whatever is left, this writer leaves nothing half-written behind.
+            try:
+                self._clear_tmp()
+            except OSError:
+                pass
             os.close(self._lock_fd)
             self._lock_fd = None
         os.close(self.fd)
