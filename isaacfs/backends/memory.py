@@ -107,14 +107,17 @@ class MemoryUpstream:
         found = [self._entry(f"{prefix}{name}", name) for name in sorted(names)]
         return [entry for entry in found if entry is not None]
 
-    async def walk(self, rel: RelPath) -> Folders | None:
-        """Every folder below ``rel`` with its entries, in one request (where ``recursive``)."""
+    async def walk(self, rel: RelPath, max_files: int = 5000) -> Folders | None:
+        """Every folder below ``rel`` with its entries, in one request (where ``recursive``);
+        None over ``max_files`` files (as S3 over that many pages)."""
         if not self.recursive:
             return None
         await self._answer(f"walk {rel}", rel)
         prefix = f"{rel}/" if rel.parts else ""
         folders: dict[RelPath, list[RemoteEntry]] = {}
         below = {key[len(prefix):] for key in self.files if key.startswith(prefix)}
+        if len(below) > max(1000, max_files):
+            return None
         paths = {RelPath.parse(f"{prefix}{key}").parent for key in below} | {rel}
         for folder in paths | {parent for path in paths for parent in _parents(path, rel)}:
             folders[folder] = await self.list(folder, counted=False)

@@ -334,12 +334,24 @@ class OmniUpstream:
 
         return [(name, maker(is_dir, size, mtime, etag)) for name, is_dir, size, mtime, etag in found]
 
+    async def connect_ahead(self, count: int) -> None:
+        """Open up to ``count`` kept-alive connections now, where requests go over isaacfs's
+        own HTTP pool (S3), so a burst of requests that follows pays no handshakes. Before
+        the first listing tells whether the bucket answers anonymous HTTP, they are opened
+        on the chance (a bucket that does not costs a few idle connections)."""
+        if self.ranges is None or self._http is False:
+            return
+        try:
+            await self.ranges.connect_ahead(self.root_url, count)
+        except Exception:  # never worth a failure: the requests open what they need
+            log.debug("opening connections ahead failed", exc_info=True)
+
     async def walk(self, rel: RelPath, max_files: int = 5000) -> Folders | None:
         """Every folder below ``rel`` with its entries, from one recursive S3 listing (a
         request per 1,000 keys, where a walk lists folder by folder: one round trip per level
         of depth, as rclone copy does). None where that is not how this upstream is listed,
         or for a tree of more than ``max_files`` files (then a parallel walk is quicker)."""
-        if self.ranges is None or self._http is not True:
+        if self.ranges is None or self._http is False:
             return None
         path = "/".join([self._key_root, *rel.parts])
         what = f"list {rel or '/'} (recursive)"
@@ -347,7 +359,8 @@ class OmniUpstream:
             found = await self.ranges.list_folder(self.root_url, path, what, recursive=True,
                                                   max_pages=max(1, max_files // 1000))
         except NotS3:
-            return None
+            return None  # the plain listing finds out and tells (before the first one: on the chance)
+        self._http = True
         if found is None:
             return None
         folders: dict[RelPath, dict[str, RemoteEntry]] = {rel: {}}

@@ -54,7 +54,8 @@ class WarmProgress:
                                  console=console, disable=not interactive, transient=True)
         self.overall = self.progress.add_task("planning", total=None)
         self.files: dict[str, TaskID] = {}
-        self.total_files = 0
+        self.total_files = 0  # known once planning ends; downloads start before that
+        self.planned = False
         self.done_files = 0
         self.done_bytes = 0
         self.printed = time.monotonic()
@@ -75,6 +76,7 @@ class WarmProgress:
                 print(f"isaacfs warm: {event['text']}", flush=True)
         elif kind == "plan":
             self.total_files = int(event["files"])
+            self.planned = True
             self.progress.update(self.overall, total=int(event["bytes"]), description=self._overall_text())
             if not self.interactive:
                 print(f"isaacfs warm: {self.total_files:,} files, {int(event['bytes']) / 1e6:,.1f} MB planned",
@@ -92,11 +94,13 @@ class WarmProgress:
             self.progress.update(self.overall, advance=int(event["size"]), description=self._overall_text())
             if not self.interactive and time.monotonic() - self.printed >= PLAIN_EVERY:
                 self.printed = time.monotonic()
-                print(f"isaacfs warm: {self.done_files:,}/{self.total_files:,} files,"
-                      f" {self.done_bytes / 1e6:,.1f} MB", flush=True)
+                print(f"isaacfs warm: {self._count()} files, {self.done_bytes / 1e6:,.1f} MB", flush=True)
+
+    def _count(self) -> str:
+        return f"{self.done_files:,}/{self.total_files:,}" if self.planned else f"{self.done_files:,} (still planning)"
 
     def _overall_text(self) -> str:
-        return f"warming {self.done_files:,}/{self.total_files:,} files"
+        return f"warming {self._count()} files"
 
 
 def render(console: Console, result: WarmResult, mirror: Path, mounted: bool) -> None:

@@ -11,11 +11,22 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import trio
+
 from .paths import STATE_DIR_NAME, RelPath
 from .types import RemoteEntry, Upstream
 
 if TYPE_CHECKING:
     from ..store.index import Index
+
+
+class _Flight:
+    """One listing on its way; those who ask for the same folder meanwhile wait for it."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.entries: list[RemoteEntry] | None = None
+        self.error: Exception | None = None
 
 
 class Listings:
@@ -25,6 +36,7 @@ class Listings:
         self.ttl = ttl
         # Told of every listing stored afresh (the mount's tree merges it on next use).
         self.observers: list[Callable[[RelPath], None]] = []
+        self._flights: dict[RelPath, _Flight] = {}
 
     def stored(self, rel: RelPath) -> tuple[float, list[RemoteEntry]] | None:
         """The listing stored by any earlier run, and when it was fetched (epoch seconds)."""
@@ -37,8 +49,36 @@ class Listings:
             return stored
         return None
 
-    async def fetch(self, rel: RelPath) -> list[RemoteEntry]:
-        """Ask the upstream now and store the answer. Raises UpstreamError kinds."""
+    async def fetch(self, rel: RelPath, limit: trio.CapacityLimiter | None = None) -> list[RemoteEntry]:
+        """Ask the upstream now and store the answer. Raises UpstreamError kinds.
+
+        One request per folder at a time: who asks while a listing of the same folder is on
+        its way gets that listing's answer (a layer's textures all name one folder). Only
+        the request holds a place of ``limit``: those who wait for its answer do not, so
+        a crowd waiting for one folder never holds up the listing of another."""
+        while (flight := self._flights.get(rel)) is not None:
+            await flight.done.wait()
+            if flight.entries is not None:
+                return flight.entries
+            if flight.error is not None:
+                raise flight.error
+            # the one who asked was cancelled: ask again
+        flight = self._flights[rel] = _Flight()
+        try:
+            if limit is None:
+                flight.entries = await self._fetch(rel)
+            else:
+                async with limit:
+                    flight.entries = await self._fetch(rel)
+            return flight.entries
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._flights[rel]
+            flight.done.set()
+
+    async def _fetch(self, rel: RelPath) -> list[RemoteEntry]:
         entries = await self.upstream.list(rel, fresh=True)  # a listing is asked for when the stored one is old
         if rel.is_root:
             entries = [entry for entry in entries if entry.name != STATE_DIR_NAME]
@@ -48,13 +88,14 @@ class Listings:
             observer(rel)
         return entries
 
-    async def fetch_tree(self, rel: RelPath) -> dict[RelPath, list[RemoteEntry]] | None:
+    async def fetch_tree(self, rel: RelPath, max_files: int = 5000) -> dict[RelPath, list[RemoteEntry]] | None:
         """Every folder below ``rel`` with its entries, in one go where the upstream can
-        (``walk``), each stored as that folder's listing; None where it cannot."""
+        (``walk``), each stored as that folder's listing; None where it cannot, or where
+        there are more than about ``max_files`` files below."""
         walk = getattr(self.upstream, "walk", None)
         if walk is None:
             return None
-        tree: dict[RelPath, list[RemoteEntry]] | None = await walk(rel)
+        tree: dict[RelPath, list[RemoteEntry]] | None = await walk(rel, max_files)
         if tree is None:
             return None
         kept: dict[RelPath, list[RemoteEntry]] = {}
@@ -70,7 +111,8 @@ class Listings:
         self.index.count("listings")
         return kept
 
-    async def get(self, rel: RelPath, ttl: float | None = None) -> list[RemoteEntry]:
+    async def get(self, rel: RelPath, ttl: float | None = None,
+                  limit: trio.CapacityLimiter | None = None) -> list[RemoteEntry]:
         """The fresh stored listing, else the upstream's (raises UpstreamError kinds)."""
         fresh = self.fresh(rel, ttl)
-        return fresh[1] if fresh is not None else await self.fetch(rel)
+        return fresh[1] if fresh is not None else await self.fetch(rel, limit)

@@ -48,12 +48,16 @@ class _Ticket:
 
 
 class PriorityLimiter:
-    """At most ``total`` holders; a freed slot goes to the best waiting ticket (lowest
-    priority value, then oldest). A waiting ticket can be promoted. Callers keep the number
-    of waiters small (a warm feeds its files a few at a time), so picking is a scan."""
+    """At most ``total`` holders, and ``express`` places more that only readers and
+    prefetches take, never a bulk warm: a reader's cold open, or a layer a closure must
+    parse before it knows what else to fetch, does not wait for a warm's transfers to end.
+    A freed place goes to the best waiting ticket (lowest priority value, then oldest) that
+    fits. A waiting ticket can be promoted (then ``grant``). Callers keep the number of
+    waiters small (a warm feeds its files a few at a time), so picking is a scan."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, express: int = 0) -> None:
         self.total = total
+        self.express = express
         self.busy = 0
         self._waiting: list[_Ticket] = []
         self._seq = itertools.count()
@@ -65,8 +69,11 @@ class PriorityLimiter:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def _fits(self, ticket: _Ticket) -> bool:
+        return self.busy < self.total + (self.express if ticket.priority < BULK else 0)
+
     async def acquire(self, ticket: _Ticket) -> None:
-        if self.busy < self.total and not self._waiting:
+        if self._fits(ticket) and not any(w.priority <= ticket.priority for w in self._waiting):
             self.busy += 1
             return
         self._waiting.append(ticket)
@@ -74,18 +81,24 @@ class PriorityLimiter:
             await ticket.granted.wait()
         except BaseException:
             if ticket.granted.is_set():
-                self.release()  # handed a slot while being cancelled: pass it on
+                self.release()  # handed a place while being cancelled: pass it on
             else:
                 self._waiting.remove(ticket)
             raise
 
     def release(self) -> None:
-        if self._waiting:
+        self.busy -= 1
+        self.grant()
+
+    def grant(self) -> None:
+        """Hand free places to the best waiting tickets that fit (after a release or a promotion)."""
+        while self._waiting:
             best = min(self._waiting, key=lambda t: (t.priority, t.seq))
+            if not self._fits(best):
+                return  # the best has the most room: no one else fits either
             self._waiting.remove(best)
-            best.granted.set()  # the slot passes to it; busy is unchanged
-        else:
-            self.busy -= 1
+            self.busy += 1
+            best.granted.set()
 
 
 class _Flight:
@@ -108,7 +121,8 @@ class Fetcher:
         self.index = index
         self.upstream = upstream
         self.retries = max(1, retries)
-        self.limit = PriorityLimiter(jobs)
+        # A quarter more places for readers and prefetches, which a bulk warm never fills.
+        self.limit = PriorityLimiter(jobs, express=max(2, jobs // 4))
         self._inflight: dict[RelPath, _Flight] = {}
         self._claimed = 0  # bytes the downloads in flight will write
         self._disk_freed = trio.Event()
@@ -141,7 +155,9 @@ class Fetcher:
             self._nursery.start_soon(self._fly, rel, expected, flight)
         else:
             self.index.count("fetch_joined")
-            flight.ticket.priority = min(flight.ticket.priority, priority)
+            if priority < flight.ticket.priority:
+                flight.ticket.priority = priority
+                self.limit.grant()  # a reader joined a queued bulk download: it may take an express place
         return flight
 
     async def stream(self, rel: RelPath, expected: RemoteEntry, priority: int = READER) -> LocalEntry | Transfer:

@@ -33,6 +33,7 @@ log = logging.getLogger("isaacfs.closure")
 
 # Puts a layer's bytes at a readable path; returns that path.
 FetchLayer = Callable[[RelPath, RemoteEntry, Path], Awaitable[Path]]
+# Size and ETag of a file; bounds its own requests.
 StatPath = Callable[[RelPath], Awaitable[RemoteEntry]]
 
 
@@ -92,10 +93,12 @@ def _inside_root(url: str, root_url: str) -> str | None:
 
 
 async def compute(roots: list[RelPath], entry_of: StatPath, fetch_layer: FetchLayer, root_url: str,
-                  jobs: int, parser: Parser | None = None) -> Closure:
+                  jobs: int, parser: Parser | None = None,
+                  on_file: Callable[[RelPath, RemoteEntry], None] | None = None) -> Closure:
     """Every file the root layers need, transitively. Pipelined: each layer is read by the
     usd-core worker as soon as it has landed, and what it names is looked up and fetched at
-    once; there are no rounds to wait for."""
+    once; there are no rounds to wait for. ``on_file`` hears of each file that is not a
+    layer as soon as it is found (a warm starts its download then)."""
     closure = Closure()
     seen: set[RelPath] = set(roots)
     limit = trio.CapacityLimiter(jobs)
@@ -105,20 +108,22 @@ async def compute(roots: list[RelPath], entry_of: StatPath, fetch_layer: FetchLa
     slots = iter(range(1 << 30))
 
     async def visit(rel: RelPath, nursery: trio.Nursery) -> None:
+        try:
+            entry = await entry_of(rel)  # bounds its own requests (many wait for one listing)
+        except Exception as exc:
+            closure.failures.append((rel, str(exc)))
+            return
+        if entry.is_dir:
+            closure.failures.append((rel, "is a folder, not an asset file"))
+            return
+        closure.files[rel] = entry
+        if not wants_parsing(rel.name):
+            if on_file is not None:
+                on_file(rel, entry)
+            return
+        folder = scratch / str(next(slots))
+        folder.mkdir()
         async with limit:
-            try:
-                entry = await entry_of(rel)
-            except Exception as exc:
-                closure.failures.append((rel, str(exc)))
-                return
-            if entry.is_dir:
-                closure.failures.append((rel, "is a folder, not an asset file"))
-                return
-            closure.files[rel] = entry
-            if not wants_parsing(rel.name):
-                return
-            folder = scratch / str(next(slots))
-            folder.mkdir()
             try:
                 local = await fetch_layer(rel, entry, folder / rel.name)
             except Exception as exc:

@@ -7,6 +7,7 @@ repeated warm asks the upstream nothing it was already told.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ..core.paths import RelPath
 from ..core.types import RemoteEntry, Upstream
 from ..store.mirror import TempWriter
 from . import closure as closures
+from .closure import Closure
 from .spec import WarmSpec, parse_manifest
 from .workspace import Workspace, ensure_present
 
@@ -30,6 +32,14 @@ class Plan:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (group, "path: why")
     notes: list[str] = field(default_factory=list)
     prefetched: set[RelPath] = field(default_factory=set)  # closure layers fetched while planning
+    # Told of each file as soon as it is planned, so its download can start while the
+    # rest is still being listed, stat'ed or parsed (a warm); None for a dry run.
+    found: Callable[[str, RelPath, RemoteEntry], None] | None = None
+
+    def add(self, group: str, rel: RelPath, entry: RemoteEntry) -> None:
+        self.groups.setdefault(group, {})[rel] = entry
+        if self.found is not None:
+            self.found(group, rel, entry)
 
 
 # -- planning -------------------------------------------------------------------------
@@ -106,14 +116,14 @@ async def _plan_categories(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
         files: dict[RelPath, RemoteEntry] = {}
         roots = [RelPath(("Isaac",)), RelPath(("NVIDIA",))] if category == "all" else [category_root(category)]
         for root in roots:
-            if not await _exists(ws, root):
+            unreachable: list[tuple[RelPath, str]] = []
+            found = await _walk_if_there(ws, root, limit, spec.listing_ttl, unreachable)
+            if found is None:
                 if category == "all":
                     continue  # a root without NVIDIA/ (or Isaac/) is still "all" of it
                 known = await _folders(ws.upstream, root.parent)
                 raise UserError(f"unknown category {category!r}; under {root.parent or '/'}/ there are: "
                                 + (", ".join(known) or "no folders"))
-            unreachable: list[tuple[RelPath, str]] = []
-            found = await _walk(ws, root, limit, spec.listing_ttl, unreachable)
             plan.failures.extend((category, f"{folder}/: not listed, its files were not warmed ({why})")
                                  for folder, why in unreachable)
             if spec.subsets:
@@ -123,12 +133,42 @@ async def _plan_categories(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
         if spec.subsets and not files:
             without_subset.append(category)
             continue
-        plan.groups.setdefault(category, {}).update(files)
+        plan.groups.setdefault(category, {})
+        for rel, entry in sorted(files.items(), key=lambda item: item[0].parts):
+            plan.add(category, rel, entry)
     if without_subset and not plan.groups:
         known = await _folders(ws.upstream, category_root(without_subset[0]))
         raise UserError(f"no subset {', '.join(spec.subsets)} in {', '.join(without_subset)}; the folders of"
                         f" {without_subset[0]} are: " + (", ".join(known) or "none"))
     plan.notes.extend(f"no subset {', '.join(spec.subsets)} in {category}" for category in without_subset)
+
+
+async def _walk_if_there(ws: Workspace, root: RelPath, limit: trio.CapacityLimiter, ttl: float | None,
+                         unreachable: list[tuple[RelPath, str]]) -> dict[RelPath, RemoteEntry] | None:
+    """The walk of ``root``, or None if there is no such folder upstream. The walk starts
+    beside the check (a round trip each, which a long link makes worth saving); a walk's
+    failure counts only once the folder is known to be there."""
+    walked: list[dict[RelPath, RemoteEntry]] = []
+    failed: list[UpstreamError] = []
+
+    async def walk() -> None:
+        try:
+            walked.append(await _walk(ws, root, limit, ttl, unreachable))
+        except UpstreamError as exc:
+            failed.append(exc)
+
+    there: list[bool] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(walk)
+        try:
+            there.append(await _exists(ws, root))
+        except UpstreamError as exc:
+            failed.insert(0, exc)  # raised outside the nursery, as itself
+        if not there or not there[0]:
+            nursery.cancel_scope.cancel()
+    if failed and (not there or there[0]):
+        raise failed[0]
+    return walked[0] if there[0] else None
 
 
 async def _exists(ws: Workspace, root: RelPath) -> bool:
@@ -142,25 +182,41 @@ async def _exists(ws: Workspace, root: RelPath) -> bool:
         return False
 
 
-async def _plan_paths(ws: Workspace, paths: list[RelPath], plan: Plan) -> None:
-    """Listed paths (manifest, misses): stat each upstream, grouped by category."""
+async def _entry_of(ws: Workspace, rel: RelPath, ttl: float | None, limit: trio.CapacityLimiter) -> RemoteEntry:
+    """Size and ETag of ``rel`` from its folder's listing (one request per folder, shared by
+    all its files, from the index when fresh); a stat where the listing does not have it.
+    Raises UpstreamError kinds (NotFound)."""
+    if not rel.is_root:
+        try:
+            listed = await ws.listings.get(rel.parent, ttl, limit)
+        except UpstreamError:
+            listed = []
+        found = next((entry for entry in listed if entry.name == rel.name), None)
+        if found is not None:
+            return found
+    async with limit:
+        return await ws.upstream.stat(rel)
+
+
+async def _plan_paths(ws: Workspace, paths: list[RelPath], plan: Plan, ttl: float | None) -> None:
+    """Listed paths (manifest, misses): each looked up upstream, grouped by category; each
+    file's download starts as soon as it is found (``plan.found``)."""
     limit = trio.CapacityLimiter(max(ws.jobs, 8))
 
     async def one(rel: RelPath) -> None:
         group = category_of(rel)[0]
-        async with limit:
-            try:
-                entry = await ws.upstream.stat(rel)
-            except NotFound:
-                plan.failures.append((group, f"{rel}: not found upstream"))
-                return
-            except UpstreamError as exc:
-                plan.failures.append((group, f"{rel}: {exc}"))
-                return
+        try:
+            entry = await _entry_of(ws, rel, ttl, limit)
+        except NotFound:
+            plan.failures.append((group, f"{rel}: not found upstream"))
+            return
+        except UpstreamError as exc:
+            plan.failures.append((group, f"{rel}: {exc}"))
+            return
         if entry.is_dir:
             plan.notes.append(f"{rel} is a folder: use --categories {rel} for a whole folder")
             return
-        plan.groups.setdefault(group, {})[rel] = entry
+        plan.add(group, rel, entry)
 
     async with trio.open_nursery() as nursery:
         for rel in dict.fromkeys(paths):
@@ -190,40 +246,52 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
             plan.prefetched.add(rel)
         return Path(f"/proc/{os.getpid()}/fd/{ws.mirror.fd}/{rel}")  # the mirror, as the worker sees it
 
-    async def entry_of(rel: RelPath) -> RemoteEntry:
-        # One listing per folder (from the index when fresh) gives size and ETag for every
-        # file in it: no request per file.
-        if not rel.is_root:
-            try:
-                listed = await ws.listings.get(rel.parent, spec.listing_ttl)
-            except UpstreamError:
-                listed = []
-            found = next((entry for entry in listed if entry.name == rel.name), None)
-            if found is not None:
-                return found
-        return await ws.upstream.stat(rel)
+    asks = trio.CapacityLimiter(max(ws.jobs, 16))
 
-    found = await closures.compute(roots, entry_of, fetch_layer, ws.upstream.root_url, max(ws.jobs, 16))
+    async def entry_of(rel: RelPath) -> RemoteEntry:
+        return await _entry_of(ws, rel, spec.listing_ttl, asks)
+
+    def leaf(rel: RelPath, entry: RemoteEntry) -> None:
+        plan.add(category_of(rel)[0], rel, entry)  # a texture or mesh: its download starts now
+
+    async def folder_tree(folder: RelPath) -> None:
+        # A robot's folder holds most of what its layers name (Props/, Textures/,
+        # Materials/): one recursive listing of it, beside the root layer's own, spares a
+        # round trip per level of folders on the way down. Skipped over 1,000 files.
+        try:
+            await ws.listings.fetch_tree(folder, max_files=1000)
+        except UpstreamError:
+            pass  # the folders are listed one by one as they are met
+
+    found = Closure()
+    async with trio.open_nursery() as nursery:
+        for folder in dict.fromkeys(root.parent for root in roots):
+            if ws.listings.fresh(folder, spec.listing_ttl) is None:
+                nursery.start_soon(folder_tree, folder)
+        found = await closures.compute(roots, entry_of, fetch_layer, ws.upstream.root_url, max(ws.jobs, 16),
+                                       on_file=None if spec.dry_run else leaf)
+        nursery.cancel_scope.cancel()
     for rel, entry in found.files.items():
-        plan.groups.setdefault(category_of(rel)[0], {})[rel] = entry
+        plan.add(category_of(rel)[0], rel, entry)
     for rel, why in found.failures:
         plan.failures.append((category_of(rel)[0], f"{rel}: {why}"))
     plan.notes.extend(f"not available offline: {line}" for line in found.not_offline)
 
 
-async def make_plan(ws: Workspace, spec: WarmSpec) -> Plan:
-    plan = Plan()
+async def make_plan(ws: Workspace, spec: WarmSpec, plan: Plan | None = None) -> Plan:
+    """What ``spec`` names, into ``plan`` (whose ``found`` hears of each file as it is planned)."""
+    plan = Plan() if plan is None else plan
     try:
         await _plan_categories(ws, spec, plan)
         if spec.manifest is not None:
             paths, problems = parse_manifest(spec.manifest, spec.manifest_name or "manifest")
             plan.notes.extend(problems)
-            await _plan_paths(ws, paths, plan)
+            await _plan_paths(ws, paths, plan, spec.listing_ttl)
         if spec.from_misses:
             misses = [RelPath.parse(path) for path, *_rest in ws.index.misses()]
             if not misses:
                 plan.notes.append("no misses are recorded: nothing to fetch")
-            await _plan_paths(ws, misses, plan)
+            await _plan_paths(ws, misses, plan, spec.listing_ttl)
         if spec.closure:
             await _plan_closure(ws, spec, plan)
     except UpstreamError as exc:

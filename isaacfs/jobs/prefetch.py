@@ -116,8 +116,7 @@ class Prefetcher:
                 self.index.count("prefetch_over_budget")
                 return
             budget.files += 1  # taken now: the tasks running beside this one see it
-            async with self._limit:
-                entry = await self._entry(rel)
+            entry = await self._entry(rel)
             if entry is None or entry.is_dir:
                 budget.files -= 1
                 return
@@ -137,7 +136,9 @@ class Prefetcher:
             log.exception("prefetch of %s failed", rel)
 
     async def _entry(self, rel: RelPath) -> RemoteEntry | None:
-        listing = await self.listings.get(rel.parent)
+        # Only the listing's request takes a place: the files waiting for their folder's
+        # listing do not hold up the listing of another folder (a deeper layer's).
+        listing = await self.listings.get(rel.parent, limit=self._limit)
         return next((entry for entry in listing if entry.name == rel.name), None)
 
     async def aclose(self) -> None:

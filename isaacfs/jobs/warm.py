@@ -14,15 +14,16 @@ leaves only temporary files, which the next run or mount removes.
 from __future__ import annotations
 
 import errno
+import math
 import time
 
 import trio
 
-from ..core.errors import FetchFailed
+from ..core.errors import FetchFailed, UserError
 from ..core.paths import RelPath
 from ..core.types import RemoteEntry
 from ..fetch.fetcher import BULK
-from .plan import Planned, make_plan
+from .plan import Plan, Planned, make_plan
 from .spec import Emit, GroupReport, WarmResult, WarmSpec
 from .workspace import Workspace
 
@@ -42,53 +43,86 @@ def _local_sizes(ws: Workspace, planned: Planned) -> dict[RelPath, int]:
 async def run(ws: Workspace, spec: WarmSpec, emit: Emit) -> WarmResult:
     started = time.monotonic()
     emit({"event": "phase", "text": f"planning: {spec.describe()}"})
-    plan = await make_plan(ws, spec)
-    reports = {name: GroupReport(name, len(files), sum(e.size for e in files.values()))
-               for name, files in plan.groups.items()}
-    result = WarmResult(notes=plan.notes, dry_run=spec.dry_run)
+    result = WarmResult(dry_run=spec.dry_run)
+    reports: dict[str, GroupReport] = {}
+    plan = Plan()
+    if spec.dry_run:
+        await make_plan(ws, spec, plan)
+        local = await trio.to_thread.run_sync(_local_sizes, ws, plan.groups)
+        for name, files in plan.groups.items():
+            reports[name] = GroupReport(name, skipped=sum(1 for rel, e in files.items() if local.get(rel) == e.size))
+    else:
+        # Each file's download starts as soon as the plan names it (a closure's textures while
+        # its layers are still parsed, a manifest's files as each is looked up), handed to the
+        # fetcher a few at a time at bulk priority, so a reader's cold open never queues
+        # behind a whole category.
+        send, receive = trio.open_memory_channel[tuple[str, RelPath, RemoteEntry]](math.inf)
+        sent: set[tuple[str, RelPath]] = set()
+
+        def found(group: str, rel: RelPath, entry: RemoteEntry) -> None:
+            if (group, rel) not in sent:
+                sent.add((group, rel))
+                send.send_nowait((group, rel, entry))
+
+        plan.found = found
+        refused: list[UserError] = []
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                connect_ahead = getattr(ws.upstream, "connect_ahead", None)
+                if connect_ahead is not None:
+                    nursery.start_soon(connect_ahead, ws.jobs)  # while the plan's first listings go
+                async with receive:
+                    for _ in range(max(2 * ws.jobs, 4)):
+                        nursery.start_soon(_worker, ws, plan, receive.clone(), reports, result, emit, scope)
+                async with send:
+                    try:
+                        await make_plan(ws, spec, plan)
+                    except UserError as exc:
+                        refused.append(exc)  # raised below, outside the nursery, as itself
+                        nursery.cancel_scope.cancel()
+                    _announce(plan, emit)
+        if refused:
+            raise refused[0]
+    if spec.dry_run:
+        _announce(plan, emit)
+    for name, files in plan.groups.items():
+        report = reports.setdefault(name, GroupReport(name))
+        report.files, report.size = len(files), sum(e.size for e in files.values())
     for group, failure in plan.failures:
         reports.setdefault(group, GroupReport(group)).failed += 1
         result.failures.append(failure)
-    total_files = sum(r.files for r in reports.values())
-    total_bytes = sum(r.size for r in reports.values())
-    emit({"event": "plan", "files": total_files, "bytes": total_bytes})
-    local = await trio.to_thread.run_sync(_local_sizes, ws, plan.groups)
-    if spec.dry_run:
-        for name, files in plan.groups.items():
-            reports[name].skipped = sum(1 for rel, e in files.items() if local.get(rel) == e.size)
-    else:
-        # Downloads are handed to the fetcher a few at a time (at bulk priority), so a reader's
-        # cold open never queues behind a whole category.
-        feed = trio.Semaphore(max(2 * ws.jobs, 4))
-        with trio.CancelScope() as scope:
-            async with trio.open_nursery() as nursery:
-                for name, files in plan.groups.items():
-                    for rel, entry in sorted(files.items(), key=lambda item: item[0].parts):
-                        if rel in plan.prefetched:
-                            state = "prefetched"
-                        elif rel not in local:
-                            state = "missing"
-                        else:
-                            state = "present" if local[rel] == entry.size else "different"
-                            if state == "different" and (ws.index.file_record(rel) or ("", "", ""))[2] == "adopted":
-                                state = "present"  # an adopted tree is the user's: never rewritten
-                        held = state in ("missing", "different")
-                        if held:
-                            await feed.acquire()
-                        nursery.start_soon(_one, ws, rel, entry, reports[name], result, emit, scope, state,
-                                           feed if held else None)
+    result.notes = plan.notes + result.notes
     result.groups = sorted(reports.values(), key=lambda r: r.name)
     result.elapsed = time.monotonic() - started
     return result
 
 
-async def _one(ws: Workspace, rel: RelPath, entry: RemoteEntry, report: GroupReport, result: WarmResult,
-               emit: Emit, scope: trio.CancelScope, state: str, feed: trio.Semaphore | None) -> None:
-    try:
-        await _fetch_one(ws, rel, entry, report, result, emit, scope, state)
-    finally:
-        if feed is not None:
-            feed.release()
+def _announce(plan: Plan, emit: Emit) -> None:
+    emit({"event": "plan", "files": sum(len(files) for files in plan.groups.values()),
+          "bytes": sum(e.size for files in plan.groups.values() for e in files.values())})
+
+
+def _state(ws: Workspace, plan: Plan, rel: RelPath, entry: RemoteEntry) -> str:
+    """What the mirror holds of a planned file: prefetched (by the plan itself), missing,
+    present, or different (another size: a stale or broken copy, replaced)."""
+    if rel in plan.prefetched:
+        return "prefetched"
+    local = ws.mirror.entry(rel)
+    if local is None or local.is_dir:
+        return "missing"
+    if local.size == entry.size:
+        return "present"
+    if (ws.index.file_record(rel) or ("", "", ""))[2] == "adopted":
+        return "present"  # an adopted tree is the user's: never rewritten
+    return "different"
+
+
+async def _worker(ws: Workspace, plan: Plan, receive: trio.MemoryReceiveChannel[tuple[str, RelPath, RemoteEntry]],
+                  reports: dict[str, GroupReport], result: WarmResult, emit: Emit, scope: trio.CancelScope) -> None:
+    async with receive:
+        async for group, rel, entry in receive:
+            report = reports.setdefault(group, GroupReport(group))
+            await _fetch_one(ws, rel, entry, report, result, emit, scope, _state(ws, plan, rel, entry))
 
 
 async def _fetch_one(ws: Workspace, rel: RelPath, entry: RemoteEntry, report: GroupReport, result: WarmResult,
