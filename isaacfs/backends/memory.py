@@ -4,7 +4,8 @@ It behaves as the S3 cloud root does through omni.client: folders are implied by
 ETags are the MD5 of the body, a missing path is ``NotFound``. Tests flip ``down`` to
 make every request fail as a dead host does, set ``fail[path]`` to make one path fail
 with a given error, ``corrupt`` to flip a byte of a body in transit, ``delay`` to
-answer late, and read ``requests`` to count what was asked.
+answer late (``slow[path]``: requests about one path or folder), and read ``requests``
+to count what was asked.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class MemoryUpstream:
         self.fail: dict[str, UpstreamError] = {}
         self.corrupt: set[str] = set()
         self.delay = 0.0
+        self.slow: dict[str, float] = {}  # path -> seconds more for any request about it
         self.requests: Counter[str] = Counter()  # "list a/b", "stat a/b", "get a/b", "range a/b"
         # Ranged reads (as S3 serves them): files stream through fetch/stream.py.
         self.ranged = ranged
@@ -77,8 +79,8 @@ class MemoryUpstream:
         if not resting_ok:
             self.health.check(what)
         self.requests[f"{what.split()[0]} {rel}"] += 1
-        if self.delay:
-            await trio.sleep(self.delay)
+        if self.delay or str(rel) in self.slow:
+            await trio.sleep(self.delay + self.slow.get(str(rel), 0.0))
         problem: UpstreamError | None = None
         if self.down:
             problem = ConnectionLost(f"{what}: upstream unavailable (ERROR_CONNECTION)")

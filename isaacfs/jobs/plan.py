@@ -268,7 +268,10 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
         for folder in dict.fromkeys(root.parent for root in roots):
             if ws.listings.fresh(folder, spec.listing_ttl) is None:
                 nursery.start_soon(folder_tree, folder)
-        found = await closures.compute(roots, entry_of, fetch_layer, ws.upstream.root_url, max(ws.jobs, 16),
+        # Layers go through the fetcher, which bounds the transfers itself (with express places
+        # ahead of the textures): the closure's own bound is only for a dry run's scratch reads.
+        jobs = max(ws.jobs, 16) * (1 if spec.dry_run else 4)
+        found = await closures.compute(roots, entry_of, fetch_layer, ws.upstream.root_url, jobs,
                                        on_file=None if spec.dry_run else leaf)
         nursery.cancel_scope.cancel()
     for rel, entry in found.files.items():

@@ -70,7 +70,8 @@ async def run(ws: Workspace, spec: WarmSpec, emit: Emit) -> WarmResult:
             async with trio.open_nursery() as nursery:
                 connect_ahead = getattr(ws.upstream, "connect_ahead", None)
                 if connect_ahead is not None:
-                    nursery.start_soon(connect_ahead, ws.jobs)  # while the plan's first listings go
+                    # while the plan's first listings go; the express places too
+                    nursery.start_soon(connect_ahead, ws.jobs + ws.fetcher.limit.express)
                 async with receive:
                     for _ in range(max(2 * ws.jobs, 4)):
                         nursery.start_soon(_worker, ws, plan, receive.clone(), reports, result, emit, scope)

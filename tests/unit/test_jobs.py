@@ -291,3 +291,36 @@ def test_a_folder_that_cannot_be_listed_costs_only_its_files(folder: Path, upstr
     assert not result.ok and any("Go2/Props/: not listed" in failure for failure in result.failures)
     assert upstream.requests["list Isaac/IsaacLab/Robots/Unitree/Go2/Props"] == 3  # tried again with backoff
     assert (folder / GO2).exists()  # the rest was warmed
+
+
+def _before_plan(events: list[dict[str, Any]]) -> set[str]:
+    """The files whose download ended before planning did."""
+    done: set[str] = set()
+    for event in events:
+        if event["event"] == "plan":
+            return done
+        if event["event"] == "done" and event["outcome"] == "fetched":
+            done.add(str(event["path"]))
+    raise AssertionError("no plan event")
+
+
+def test_a_closure_fetches_what_it_found_while_it_still_parses(folder: Path, upstream: MemoryUpstream) -> None:
+    """Over a long link a closure is as deep as its layers: the textures a layer names are
+    fetched as soon as it is parsed, not after the last layer (bench/bench_wan.py)."""
+    upstream.slow["NVIDIA/Materials/Base/Metals"] = 1.0  # the MDL's folder answers late
+    result, events = warm(folder, upstream, WarmSpec(closure=[GO2]))
+    assert result.ok, result.failures
+    assert "Isaac/IsaacLab/Robots/Unitree/Go2/Textures/go2_body_albedo.png" in _before_plan(events)
+    assert sum(g.fetched for g in result.groups) == 7  # counted once each, planned ones included
+
+
+def test_a_manifest_fetches_each_file_as_soon_as_it_is_looked_up(folder: Path, upstream: MemoryUpstream) -> None:
+    manifest = folder.parent / "list.txt"
+    manifest.write_text(f"{GO2}\n{FRANKA}\n")
+    upstream.slow["Isaac/Robots/FrankaRobotics/FrankaPanda"] = 1.0
+    result, events = warm(folder, upstream, WarmSpec(manifest=manifest.read_text().splitlines(), manifest_name="list.txt"))
+    assert result.ok, result.failures
+    assert _before_plan(events) == {GO2}
+    assert sum(g.fetched for g in result.groups) == 2
+    # Looked up from the folders' listings: no stat per file.
+    assert not any(key.startswith("stat ") for key in upstream.requests)

@@ -6,7 +6,7 @@ import trio
 
 from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.paths import RelPath
-from isaacfs.fetch.fetcher import BULK, READER, PriorityLimiter
+from isaacfs.fetch.fetcher import BULK, PREFETCH, READER, PriorityLimiter
 from isaacfs.jobs.spec import WarmSpec
 from isaacfs.jobs.warm import run
 from isaacfs.store.index import Index
@@ -77,3 +77,63 @@ async def test_a_reader_behind_a_warm_waits_one_transfer(mirror: Mirror, index: 
     # Behind 100 queued files at 2 at a time (1.5 s of transfers), the reader waited for one
     # slot to free up and its own transfer.
     assert waited[0] < 3 * transfer + 0.1, waited
+
+
+@trio_test
+async def test_express_places_are_for_readers_and_prefetches_never_for_bulk() -> None:
+    """A warm fills its places; a reader (or a layer a closure must parse) still starts at
+    once, in one of the express places, which no bulk transfer ever takes."""
+    limiter = PriorityLimiter(2, express=1)
+    for _ in range(2):
+        await limiter.acquire(limiter.ticket(BULK))
+    waiting_bulk = limiter.ticket(BULK)
+    granted: list[str] = []
+
+    async def wait(name: str, ticket: object) -> None:
+        await limiter.acquire(ticket)  # type: ignore[arg-type]
+        granted.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait, "bulk", waiting_bulk)
+        await trio.sleep(0.01)
+        assert granted == [] and limiter.waiting == 1  # no express place for bulk
+        with trio.fail_after(1):
+            await limiter.acquire(limiter.ticket(PREFETCH))  # at once, past the waiting bulk
+        assert limiter.busy == 3
+        nursery.start_soon(wait, "reader", limiter.ticket(READER))
+        await trio.sleep(0.01)
+        assert granted == [] and limiter.waiting == 2  # the express place is taken
+        limiter.release()  # the prefetch ends: the reader, not the bulk, gets its place
+        await trio.sleep(0.01)
+        assert granted == ["reader"]
+        limiter.release()
+        limiter.release()  # busy is 1 now: the bulk fits within the two ordinary places
+        await trio.sleep(0.01)
+        assert granted == ["reader", "bulk"]
+        limiter.release()
+        limiter.release()
+    assert limiter.busy == 0
+
+
+@trio_test
+async def test_a_promoted_ticket_takes_an_express_place_at_once() -> None:
+    """A reader that joins a queued bulk download promotes it: it starts now, not after a
+    warm's transfers."""
+    limiter = PriorityLimiter(1, express=1)
+    await limiter.acquire(limiter.ticket(BULK))
+    queued = limiter.ticket(BULK)
+    granted: list[str] = []
+
+    async def wait() -> None:
+        await limiter.acquire(queued)
+        granted.append("promoted")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait)
+        await trio.sleep(0.01)
+        queued.priority = READER
+        limiter.grant()
+        await trio.sleep(0.01)
+        assert granted == ["promoted"] and limiter.busy == 2
+        limiter.release()
+        limiter.release()

@@ -1,0 +1,100 @@
+"""Folder listings: one request per folder at a time, and waiting for one holds no place."""
+
+from __future__ import annotations
+
+import trio
+
+from isaacfs.backends.memory import MemoryUpstream
+from isaacfs.core.errors import Unavailable
+from isaacfs.core.listings import Listings
+from isaacfs.core.paths import RelPath
+from isaacfs.store.index import Index
+from tests.unit.conftest import trio_test
+
+TEXTURES = "Isaac/IsaacLab/Robots/Unitree/Go2/Textures"
+PROPS = "Isaac/IsaacLab/Robots/Unitree/Go2/Props"
+
+
+@trio_test
+async def test_many_asking_for_one_folder_make_one_request(index: Index, upstream: MemoryUpstream) -> None:
+    """A layer naming 36 textures of one folder: one listing, not 36 (bench_wan saw 16)."""
+    listings = Listings(index, upstream, ttl=3600)
+    upstream.delay = 0.05
+    answers: list[int] = []
+
+    async def ask() -> None:
+        answers.append(len(await listings.get(RelPath.parse(TEXTURES))))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(ask)
+    assert upstream.requests[f"list {TEXTURES}"] == 1
+    assert answers == [answers[0]] * 10 and answers[0] > 0
+
+
+@trio_test
+async def test_waiting_for_a_listing_holds_no_place(index: Index, upstream: MemoryUpstream) -> None:
+    """Many files waiting for a slow folder's listing do not hold up another folder's."""
+    listings = Listings(index, upstream, ttl=3600)
+    limit = trio.CapacityLimiter(2)
+    upstream.slow[TEXTURES] = 0.5
+    finished: list[str] = []
+
+    async def ask(folder: str) -> None:
+        await listings.get(RelPath.parse(folder), limit=limit)
+        finished.append(folder)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(ask, TEXTURES)
+        await trio.sleep(0.01)
+        nursery.start_soon(ask, PROPS)
+    assert finished[0] == PROPS
+
+
+@trio_test
+async def test_a_failed_listing_fails_those_waiting_and_the_next_ask_tries_again(
+        index: Index, upstream: MemoryUpstream) -> None:
+    listings = Listings(index, upstream, ttl=3600)
+    upstream.delay = 0.05
+    upstream.fail[TEXTURES] = Unavailable("list: upstream failed (HTTP 503)")
+    errors: list[str] = []
+
+    async def ask() -> None:
+        try:
+            await listings.get(RelPath.parse(TEXTURES))
+        except Unavailable as exc:
+            errors.append(str(exc))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(ask)
+    assert len(errors) == 3 and upstream.requests[f"list {TEXTURES}"] == 1
+    del upstream.fail[TEXTURES]
+    assert await listings.get(RelPath.parse(TEXTURES))
+    assert upstream.requests[f"list {TEXTURES}"] == 2
+
+
+@trio_test
+async def test_a_cancelled_asker_does_not_leave_the_others_waiting(index: Index, upstream: MemoryUpstream) -> None:
+    listings = Listings(index, upstream, ttl=3600)
+    upstream.delay = 0.2
+    got: list[int] = []
+    first = trio.CancelScope()
+
+    async def leader() -> None:
+        with first:
+            await listings.get(RelPath.parse(TEXTURES))
+
+    async def follower() -> None:
+        got.append(len(await listings.get(RelPath.parse(TEXTURES))))
+
+    with trio.fail_after(2):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(leader)
+            await trio.sleep(0.01)
+            nursery.start_soon(follower)  # waits for the leader's listing
+            await trio.sleep(0.05)
+            first.cancel()  # the leader gives up: the follower asks itself
+    assert got and got[0] > 0
+    assert upstream.requests[f"list {TEXTURES}"] == 2
