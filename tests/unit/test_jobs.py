@@ -315,10 +315,8 @@ def test_a_closure_fetches_what_it_found_while_it_still_parses(folder: Path, ups
 
 
 def test_a_manifest_fetches_each_file_as_soon_as_it_is_looked_up(folder: Path, upstream: MemoryUpstream) -> None:
-    manifest = folder.parent / "list.txt"
-    manifest.write_text(f"{GO2}\n{FRANKA}\n")
     upstream.slow["Isaac/Robots/FrankaRobotics/FrankaPanda"] = 1.0
-    result, events = warm(folder, upstream, WarmSpec(manifest=manifest.read_text().splitlines(), manifest_name="list.txt"))
+    result, events = warm(folder, upstream, WarmSpec(manifest=[GO2, FRANKA], manifest_name="list.txt"))
     assert result.ok, result.failures
     assert _before_plan(events) == {GO2}
     assert sum(g.fetched for g in result.groups) == 2
