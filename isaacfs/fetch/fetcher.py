@@ -32,6 +32,9 @@ MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 # Room left free on the mirror's disk beyond the file itself, so a fetch never fills it:
 # 64 MiB, or a twentieth of a small disk.
 DISK_RESERVE = 64 * 1024 * 1024
+# Bodies read ahead into memory (``Fetcher.preload``): in all, and per file.
+PRELOAD_BYTES = 64 * 1024 * 1024
+PRELOAD_FILE_BYTES = 16 * 1024 * 1024
 
 
 # Priority classes: a reader's demand first, then prefetch, then bulk warm.
@@ -101,6 +104,22 @@ class PriorityLimiter:
             best.granted.set()
 
 
+class _Preload:
+    """A body read into memory ahead of its ensure()."""
+
+    __slots__ = ("body", "done", "scope", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.body: bytearray | None = None
+        self.done = trio.Event()
+        self.scope = trio.CancelScope()
+
+    async def write(self, data: bytes | memoryview) -> None:  # a Sink
+        assert self.body is not None
+        self.body += data
+
+
 class _Flight:
     __slots__ = ("done", "error", "result", "streaming", "ticket", "transfer")
 
@@ -124,6 +143,8 @@ class Fetcher:
         # A quarter more places for readers and prefetches, which a bulk warm never fills.
         self.limit = PriorityLimiter(jobs, express=max(2, jobs // 4))
         self._inflight: dict[RelPath, _Flight] = {}
+        self._preloads: dict[RelPath, _Preload] = {}
+        self._preloaded_bytes = 0
         self._claimed = 0  # bytes the downloads in flight will write
         self._disk_freed = trio.Event()
         # Told when bytes a reader may have seen turned out wrong (the kernel drops its pages).
@@ -194,8 +215,79 @@ class Fetcher:
         assert flight.result is not None
         return flight.result
 
+    # -- reading ahead ----------------------------------------------------------------
+    def preload(self, rel: RelPath, expected: RemoteEntry) -> bool:
+        """Start reading ``rel`` into memory now, at prefetch priority, ahead of an ensure()
+        that may come: a closure reads ahead the layers listed in a robot's folder, so its
+        chain of layers (root, payload, meshes) costs one round trip, not one per level.
+        The body is only used by an ensure() of the same size, and goes through the same
+        checks and atomic install as any download; one nobody asks for is dropped by
+        ``drop_preloads``. Bounded (PRELOAD_BYTES in all, PRELOAD_FILE_BYTES a file);
+        False where it is not started."""
+        if (self._nursery is None or rel in self._preloads or rel in self._inflight
+                or expected.size > PRELOAD_FILE_BYTES or self._preloaded_bytes + expected.size > PRELOAD_BYTES):
+            return False
+        local = self.mirror.entry(rel)
+        if local is not None and not local.is_dir and local.size == expected.size:
+            return False
+        preload = self._preloads[rel] = _Preload(expected.size)
+        self._preloaded_bytes += expected.size
+        self._nursery.start_soon(self._read_ahead, rel, expected, preload)
+        return True
+
+    async def _read_ahead(self, rel: RelPath, expected: RemoteEntry, preload: _Preload) -> None:
+        ticket = self.limit.ticket(PREFETCH)
+        try:
+            with preload.scope:
+                await self.limit.acquire(ticket)
+                try:
+                    preload.body = bytearray()
+                    await self.upstream.download(rel, expected.size, preload)
+                finally:
+                    self.limit.release()
+        except UpstreamError as exc:
+            log.debug("read-ahead of %s did not happen: %s", rel, exc)  # its ensure() downloads it
+            preload.body = None
+        except Exception:
+            log.exception("read-ahead of %s failed", rel)
+            preload.body = None
+        finally:
+            if preload.scope.cancelled_caught:
+                preload.body = None
+            preload.done.set()
+
+    def drop_preloads(self) -> int:
+        """Forget the bodies read ahead that nobody asked for (cancelling those still coming);
+        returns how many."""
+        dropped = len(self._preloads)
+        for preload in self._preloads.values():
+            preload.scope.cancel()
+            preload.body = None
+            self._preloaded_bytes -= preload.size
+        self._preloads.clear()
+        return dropped
+
+    async def _take_preload(self, rel: RelPath, expected: RemoteEntry) -> bytearray | None:
+        """The body read ahead for ``rel`` if it has the expected size (waiting for it to land)."""
+        preload = self._preloads.pop(rel, None)
+        if preload is None:
+            return None
+        try:
+            await preload.done.wait()
+        finally:
+            self._preloaded_bytes -= preload.size
+        body = preload.body
+        if body is None or len(body) != expected.size:
+            return None
+        self.index.count("read_ahead_used")
+        return body
+
     async def _fly(self, rel: RelPath, expected: RemoteEntry, flight: _Flight) -> None:
         try:
+            body = await self._take_preload(rel, expected)
+            if body is not None:
+                flight.result = await self._download(rel, expected, body)  # no request: no place taken
+                return
             await self.limit.acquire(flight.ticket)
             try:
                 # Ranged parts for a file of more than one part; a small file is one request
@@ -313,7 +405,8 @@ class Fetcher:
         for observer in self.on_fetched:
             observer(rel, entry)
 
-    async def _download(self, rel: RelPath, expected: RemoteEntry) -> LocalEntry:
+    async def _download(self, rel: RelPath, expected: RemoteEntry, body: bytearray | None = None) -> LocalEntry:
+        """The whole body in one request (or from ``body``, read ahead, on the first try)."""
         for attempt in range(1, self.retries + 1):
             claimed = expected.size
             await self._claim_disk(claimed)
@@ -321,7 +414,10 @@ class Fetcher:
             writer = None
             try:
                 writer = self.mirror.writer()
-                await self.upstream.download(rel, expected.size, writer)
+                if body is not None and attempt == 1:
+                    await writer.write(memoryview(body))
+                else:
+                    await self.upstream.download(rel, expected.size, writer)
                 digest = await writer.finish()
                 outcome: LocalEntry | str | None = self._check(writer.size, expected, digest)
                 if outcome is None:

@@ -21,6 +21,7 @@ from ..store.mirror import TempWriter
 from . import closure as closures
 from .closure import Closure
 from .spec import WarmSpec, parse_manifest
+from .usd_deps import wants_parsing
 from .workspace import Workspace, ensure_present
 
 Planned = dict[str, dict[RelPath, RemoteEntry]]
@@ -259,9 +260,18 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
         # Materials/): one recursive listing of it, beside the root layer's own, spares a
         # round trip per level of folders on the way down. Skipped over 1,000 files.
         try:
-            await ws.listings.fetch_tree(folder, max_files=1000)
+            tree = await ws.listings.fetch_tree(folder, max_files=1000)
         except UpstreamError:
-            pass  # the folders are listed one by one as they are met
+            return  # the folders are listed one by one as they are met
+        if tree is None or spec.dry_run:
+            return
+        # And the layers in it are read ahead into memory (bounded; only those the closure
+        # then reaches are installed), so the chain root -> payload -> meshes costs one round
+        # trip, not one per level.
+        for below, entries in tree.items():
+            for entry in entries:
+                if not entry.is_dir and wants_parsing(entry.name):
+                    ws.fetcher.preload(below.child(entry.name), entry)
 
     found = Closure()
     async with trio.open_nursery() as nursery:
@@ -271,9 +281,12 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
         # Layers go through the fetcher, which bounds the transfers itself (with express places
         # ahead of the textures): the closure's own bound is only for a dry run's scratch reads.
         jobs = max(ws.jobs, 16) * (1 if spec.dry_run else 4)
-        found = await closures.compute(roots, entry_of, fetch_layer, ws.upstream.root_url, jobs,
-                                       on_file=None if spec.dry_run else leaf)
-        nursery.cancel_scope.cancel()
+        try:
+            found = await closures.compute(roots, entry_of, fetch_layer, ws.upstream.root_url, jobs,
+                                           on_file=None if spec.dry_run else leaf)
+        finally:
+            nursery.cancel_scope.cancel()
+            ws.fetcher.drop_preloads()  # the folder's layers the closure did not reach
     for rel, entry in found.files.items():
         plan.add(category_of(rel)[0], rel, entry)
     for rel, why in found.failures:

@@ -126,3 +126,54 @@ async def test_a_full_disk_is_enospc_before_downloading(
             await ws.fetcher.ensure(rel, entry)
     assert caught.value.errno == errno.ENOSPC and "full" in str(caught.value)
     assert upstream.requests[f"get {GO2}"] == 0
+
+
+@trio_test
+async def test_a_body_read_ahead_serves_its_ensure_with_one_request(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    rel = RelPath.parse(GO2)
+    entry = await upstream.stat(rel)
+    upstream.delay = 0.05
+    async with Running(mirror, index, upstream) as ws:
+        assert ws.fetcher.preload(rel, entry)
+        assert not ws.fetcher.preload(rel, entry)  # once
+        await trio.sleep(0.2)  # it has landed in memory
+        upstream.down = True  # the ensure asks the upstream nothing
+        await ws.fetcher.ensure(rel, entry)
+    assert upstream.requests[f"get {GO2}"] == 1 and index.session["read_ahead_used"] == 1
+    assert Path(mirror.display, GO2).read_bytes() == upstream.files[GO2]
+    assert index.file_record(rel) == (entry.size, entry.etag, "upstream")
+
+
+@trio_test
+async def test_a_body_read_ahead_goes_through_the_same_checks(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    """A body read ahead that is not what the listing said (the object changed since, same
+    size) fails the MD5 check like any download; the file is fetched again, as it is now."""
+    rel = RelPath.parse(GO2)
+    entry = await upstream.stat(rel)
+    async with Running(mirror, index, upstream) as ws:
+        upstream.corrupt.add(GO2)
+        assert ws.fetcher.preload(rel, entry)
+        await trio.sleep(0.05)
+        upstream.corrupt.discard(GO2)
+        await ws.fetcher.ensure(rel, entry)
+    assert upstream.requests[f"get {GO2}"] == 2 and index.session["read_ahead_used"] == 1
+    assert Path(mirror.display, GO2).read_bytes() == upstream.files[GO2]
+
+
+@trio_test
+async def test_bodies_read_ahead_that_nobody_asks_for_are_dropped(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    rel = RelPath.parse(GO2)
+    entry = await upstream.stat(rel)
+    upstream.delay = 0.5
+    async with Running(mirror, index, upstream) as ws:
+        assert ws.fetcher.preload(rel, entry)
+        await trio.sleep(0.01)
+        assert ws.fetcher.drop_preloads() == 1  # still coming: cancelled
+        upstream.delay = 0.0
+        await ws.fetcher.ensure(rel, entry)  # downloads it itself
+        assert ws.fetcher.limit.busy == 0
+    assert upstream.requests[f"get {GO2}"] == 2 and index.session["read_ahead_used"] == 0
+    assert mirror.entry(rel) is not None and list(mirror.tmp.iterdir()) == []

@@ -322,3 +322,25 @@ def test_a_manifest_fetches_each_file_as_soon_as_it_is_looked_up(folder: Path, u
     assert sum(g.fetched for g in result.groups) == 2
     # Looked up from the folders' listings: no stat per file.
     assert not any(key.startswith("stat ") for key in upstream.requests)
+
+
+def test_a_closure_reads_the_robot_folders_layers_ahead_and_installs_only_what_it_reaches(
+        folder: Path, upstream: MemoryUpstream) -> None:
+    """With a recursive listing of the robot's folder, its layers are read into memory at
+    once, so the chain root -> sublayers -> meshes costs one round trip; each body is read
+    once, and a layer of that folder the robot does not name is never installed."""
+    from tests.unit.test_prefetch import GO2_DEPENDENCIES
+
+    upstream.recursive = True
+    variant = "Isaac/IsaacLab/Robots/Unitree/Go2/go2_variant.usda"
+    upstream.put(variant, b"#usda 1.0\n")
+    result, _ = warm(folder, upstream, WarmSpec(closure=[GO2]))
+    assert result.ok, result.failures
+    assert set(mirrored(folder)) == GO2_DEPENDENCIES | {GO2}
+    assert all(n == 1 for key, n in upstream.requests.items() if key.startswith("get "))
+    index = Index(folder / ".isaacfs" / "index.db", read_only=True)
+    try:
+        counters = dict(index.counters())
+    finally:
+        index.close()
+    assert counters.get("read_ahead_used", 0) >= 3  # the sublayers and the meshes layer
