@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import trio
@@ -256,15 +256,17 @@ class Fetcher:
                 preload.body = None
             preload.done.set()
 
-    def drop_preloads(self) -> int:
-        """Forget the bodies read ahead that nobody asked for (cancelling those still coming);
-        returns how many."""
-        dropped = len(self._preloads)
-        for preload in self._preloads.values():
-            preload.scope.cancel()
-            preload.body = None
-            self._preloaded_bytes -= preload.size
-        self._preloads.clear()
+    def drop_preloads(self, rels: Iterable[RelPath]) -> int:
+        """Forget the bodies read ahead for ``rels`` that nobody asked for (cancelling those
+        still coming); returns how many. Another job's read-aheads are left alone."""
+        dropped = 0
+        for rel in rels:
+            preload = self._preloads.pop(rel, None)
+            if preload is not None:
+                preload.scope.cancel()
+                preload.body = None
+                self._preloaded_bytes -= preload.size
+                dropped += 1
         return dropped
 
     async def _take_preload(self, rel: RelPath, expected: RemoteEntry) -> bytearray | None:

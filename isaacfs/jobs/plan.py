@@ -255,6 +255,8 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
     def leaf(rel: RelPath, entry: RemoteEntry) -> None:
         plan.add(category_of(rel)[0], rel, entry)  # a texture or mesh: its download starts now
 
+    read_ahead: list[RelPath] = []
+
     async def folder_tree(folder: RelPath) -> None:
         # A robot's folder holds most of what its layers name (Props/, Textures/,
         # Materials/): one recursive listing of it, beside the root layer's own, spares a
@@ -270,8 +272,9 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
         # trip, not one per level.
         for below, entries in tree.items():
             for entry in entries:
-                if not entry.is_dir and wants_parsing(entry.name):
-                    ws.fetcher.preload(below.child(entry.name), entry)
+                layer = below.child(entry.name)
+                if not entry.is_dir and wants_parsing(entry.name) and ws.fetcher.preload(layer, entry):
+                    read_ahead.append(layer)
 
     found = Closure()
     async with trio.open_nursery() as nursery:
@@ -286,7 +289,7 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
                                            on_file=None if spec.dry_run else leaf)
         finally:
             nursery.cancel_scope.cancel()
-            ws.fetcher.drop_preloads()  # the folder's layers the closure did not reach
+            ws.fetcher.drop_preloads(read_ahead)  # the folder's layers the closure did not reach
     for rel, entry in found.files.items():
         plan.add(category_of(rel)[0], rel, entry)
     for rel, why in found.failures:

@@ -14,7 +14,7 @@ from isaacfs.core.errors import AccessDenied, FetchFailed
 from isaacfs.core.paths import RelPath
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
-from tests.unit.conftest import GO2, Running, trio_test
+from tests.unit.conftest import FRANKA, GO2, Running, trio_test
 
 
 @trio_test
@@ -171,7 +171,7 @@ async def test_bodies_read_ahead_that_nobody_asks_for_are_dropped(
     async with Running(mirror, index, upstream) as ws:
         assert ws.fetcher.preload(rel, entry)
         await trio.sleep(0.01)
-        assert ws.fetcher.drop_preloads() == 1  # still coming: cancelled
+        assert ws.fetcher.drop_preloads([RelPath.parse(FRANKA), rel]) == 1  # still coming: cancelled
         upstream.delay = 0.0
         await ws.fetcher.ensure(rel, entry)  # downloads it itself
         assert ws.fetcher.limit.busy == 0
