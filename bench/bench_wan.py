@@ -122,7 +122,8 @@ def make_robot(source: Path, run: int) -> list[str]:
             f' @{back}NVIDIA/Materials/Bench/Walker{run}/Mat{index}.mdl@\n'
             + "\n".join(inputs) + '\n        }\n    }\n')
     (folder / "walker_payload.usda").write_text(
-        '#usda 1.0\ndef Xform "Walker" (\n    prepend references = @./Props/instanceable_meshes.usda@\n)\n{\n'
+        '#usda 1.0\n(\n    defaultPrim = "Walker"\n)\ndef Xform "Walker" (\n'
+        '    prepend references = @./Props/instanceable_meshes.usda@\n)\n{\n'
         '    def Scope "Looks"\n    {\n' + "".join(shaders) + '    }\n}\n')
     files.append((rel.parent / "walker_payload.usda").as_posix())
     meshes = ", ".join(f"@./mesh{k}.usda@" for k in range(8))
@@ -138,12 +139,19 @@ def make_robot(source: Path, run: int) -> list[str]:
     return files
 
 
+LAYERS, ASSETS = 15, 48  # what the generated robot composes to (its 62 files; the session layer counts)
+
+
 def load(path: Path) -> float:
     out = subprocess.run([sys.executable, "-c", LOAD, str(path)], capture_output=True, text=True, env=ENV,
                          timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"loading {path} failed: {out.stderr[-2000:]}")
     report = json.loads(out.stdout.strip().splitlines()[-1])
+    # A robot that does not compose whole (an unresolved payload) would time a fraction of it.
+    if (report["layers"], report["assets"]) != (LAYERS, ASSETS):
+        raise SystemExit(f"loading {path} composed {report['layers']} layers and {report['assets']} assets,"
+                         f" not {LAYERS} and {ASSETS}: {out.stderr[-2000:]}")
     return float(report["seconds"])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import resource
 import signal
@@ -21,6 +22,7 @@ from ..control.commands import DaemonCommands
 from ..core.config import Settings, redact
 from ..core.errors import MountError, UserError
 from ..core.namespace import Tree
+from ..core.paths import RelPath
 from ..fetch.fetcher import Fetcher
 from ..jobs.parser import Parser
 from ..jobs.prefetch import Prefetcher
@@ -33,6 +35,7 @@ from .operations import AssetFS
 log = logging.getLogger("isaacfs")
 
 INDEX_FLUSH_SECONDS = 10.0
+POOL_WARM_EVERY = 60.0  # seconds between two rounds of connections opened ahead
 # Requests served at once. Opens waiting on downloads each hold one; trio tasks are cheap,
 # so thousands of blocked readers never keep a mirrored read from being answered.
 MAX_FUSE_TASKS = 10_000
@@ -244,8 +247,28 @@ class Daemon:
                 self.prefetcher.attach(downloads)
                 if tree.mode == "permissive":  # usd-core loads now, not when the first robot is opened
                     downloads.start_soon(_guarded, "starting the usd-core worker", self.prefetcher.parser.start)
+            connect_ahead = getattr(tree.upstream, "connect_ahead", None)
+            if connect_ahead is not None:
+                tree.listings.observers.append(self._pool_warmer(tree, downloads, connect_ahead))
             task_status.started(downloads)
             await trio.sleep_forever()
+
+    def _pool_warmer(self, tree: Tree, downloads: trio.Nursery,
+                     connect_ahead: Callable[[int], Awaitable[None]]) -> Callable[[RelPath], None]:
+        """A reader's first lookups after a quiet spell (a folder listed upstream) start a burst:
+        the path's folders one by one, then the robot's layers and textures all at once. The
+        connections for that burst are opened during the lookups (each costs two round trips
+        on its own), at most once a minute."""
+        last = [-math.inf]
+        places = tree.fetcher.limit.total + tree.fetcher.limit.express
+
+        def listed(_rel: RelPath) -> None:
+            now = trio.current_time()
+            if tree.mode == "permissive" and now - last[0] >= POOL_WARM_EVERY:
+                last[0] = now
+                downloads.start_soon(_guarded, "opening connections ahead", connect_ahead, places)
+
+        return listed
 
     def _discard_downloads(self, tree: Tree, downloads: trio.Nursery) -> None:
         # Cancelled downloads delete their temporary files; their readers get EINTR.

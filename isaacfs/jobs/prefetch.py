@@ -68,6 +68,7 @@ class Prefetcher:
     _budgets: dict[RelPath, _Budget] = field(default_factory=dict)
     _roots: dict[RelPath, RelPath] = field(default_factory=dict)  # a queued file -> the layer that led to it
     _folders_read: set[RelPath] = field(default_factory=set)  # folders whose layers were read ahead
+    _ancestors_listed: set[RelPath] = field(default_factory=set)  # folders above prefetched files, listed
     _limit: trio.CapacityLimiter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -141,7 +142,30 @@ class Prefetcher:
             if isinstance(target, RelPath) and target not in self._queued and not target.is_state():
                 self._queued.add(target)
                 self._roots[target] = root
+                self._list_ancestors(target)
                 self._nursery.start_soon(self._prefetch, target, root)
+
+    def _list_ancestors(self, rel: RelPath) -> None:
+        """List the folders above ``rel``'s own, all at once, where not fresh: a reader's path
+        lookups go down one folder at a time (NVIDIA/, Materials/, Base/ ...), a round trip
+        each; with their listings stored, the kernel's lookups answer locally."""
+        assert self._nursery is not None
+        folder = rel.parent
+        while not folder.is_root:
+            folder = folder.parent
+            if folder.is_root or folder in self._ancestors_listed:
+                break
+            self._ancestors_listed.add(folder)
+            if self.listings.fresh(folder) is None:
+                self._nursery.start_soon(self._list_quietly, folder)
+
+    async def _list_quietly(self, folder: RelPath) -> None:
+        try:
+            await self.listings.get(folder, limit=self._limit)
+        except UpstreamError as exc:
+            log.info("prefetch: listing %s/ did not happen: %s", folder, exc)
+        except Exception:
+            log.exception("prefetch: listing %s/ failed", folder)
 
     async def _prefetch(self, rel: RelPath, root: RelPath) -> None:
         try:
