@@ -75,11 +75,18 @@ class _Stop(Exception):
 
 
 class HttpRanges:
-    def __init__(self, health: Health, connect_timeout: float, stall_timeout: float, connections: int = 32) -> None:
+    def __init__(self, health: Health, connect_timeout: float, stall_timeout: float, connections: int = 160) -> None:
+        # ``connections`` kept per host: a warm of small files keeps four requests in flight
+        # per place (fetch.fetcher.SMALL_PER_PLACE), more than that beyond (the pool does not
+        # block; a connection it cannot keep is closed after its request).
         self.health = health
         self.stall_timeout = stall_timeout
         self.answer_timeout = connect_timeout  # a listing not answered within it: the upstream is not answering
         self.maxsize = connections
+        # Its own worker threads: a range read holds one while it hands each block to the
+        # trio loop, whose write to the mirror takes a thread of trio's default limiter (40).
+        # Sharing that limiter, 40 reads in flight would wait for writes that wait for a thread.
+        self.threads = trio.CapacityLimiter(connections)
         self.pool = urllib3.PoolManager(
             num_pools=4, maxsize=connections, block=False, retries=False,
             timeout=urllib3.Timeout(connect=connect_timeout, read=stall_timeout),
@@ -108,7 +115,7 @@ class HttpRanges:
         answered = [False] * min(count, self.maxsize)
 
         async def one(index: int) -> None:
-            answered[index] = await trio.to_thread.run_sync(head, abandon_on_cancel=True)
+            answered[index] = await trio.to_thread.run_sync(head, abandon_on_cancel=True, limiter=self.threads)
 
         async with trio.open_nursery() as nursery:
             for index in range(len(answered)):
@@ -129,7 +136,8 @@ class HttpRanges:
             trio.from_thread.run(on_data, block, trio_token=token)
 
         try:
-            await trio.to_thread.run_sync(self._read, url, start, end, what, deliver, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(self._read, url, start, end, what, deliver, abandon_on_cancel=True,
+                                         limiter=self.threads)
         except ConnectionLost as exc:
             self.health.mark(exc)
             raise
@@ -148,7 +156,7 @@ class HttpRanges:
         self.health.check(what)
         try:
             found = await trio.to_thread.run_sync(self._list, root_url, path, what, recursive, max_pages,
-                                                  abandon_on_cancel=True)
+                                                  abandon_on_cancel=True, limiter=self.threads)
         except ConnectionLost as exc:
             self.health.mark(exc)
             raise

@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(warm)
     warm.add_argument("--mirror", metavar="DIR", help="the mirror or live mount (default $ISAACFS_MIRROR"
                       f" or {config.DEFAULT_MOUNTPOINT})")
-    warm.add_argument("--jobs", dest="fetch_jobs", type=int, metavar="N", help="parallel downloads (default 8)")
+    warm.add_argument("--jobs", dest="fetch_jobs", type=int, metavar="N",
+                      help="parallel downloads (default 8; files of 256 KiB or less go four to a place)")
     warm.add_argument("--upstream-timeout", type=float, metavar="S")
     warm.add_argument("--listing-ttl", type=float, metavar="S",
                       help="reuse upstream listings the mirror's index got within S seconds (default 86400;"

@@ -102,8 +102,7 @@ class DaemonCommands:
         if not self.settings.prefetch:
             return None
         return {"prefetched": counters["prefetched"], "prefetched_bytes": counters["prefetched_bytes"],
-                "read_after_prefetch": counters["prefetch_read"], "over_budget": counters["prefetch_over_budget"],
-                "read_ahead": counters["read_ahead"], "read_ahead_used": counters["read_ahead_used"]}
+                "read_after_prefetch": counters["prefetch_read"], "over_budget": counters["prefetch_over_budget"]}
 
     async def status(self, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
         upstream = self.tree.upstream

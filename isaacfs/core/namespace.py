@@ -97,8 +97,6 @@ class Tree:
         fetcher.on_fetched.append(self._fetched)
         # Told of every open of a file (the prefetcher reads what a layer names).
         self.opened: list[Callable[[RelPath], None]] = []
-        # Told when a reader's open starts a fetch (permissive mode), before it lands.
-        self.fetching: list[Callable[[RelPath], None]] = []
         self.misses = policy.MissReporter(index, mount_display)
         self._inodes = itertools.count(ROOT_INODE + 1)
         self.root = Node(ROOT_INODE, None, "", True)
@@ -433,8 +431,6 @@ class Tree:
                     self._miss(rel, node.parent, mode)
                     raise FetchFailed(errno.ENOENT, f"{rel} is not in the mirror")
                 self.index.count("misses_fetched")
-                for observer in self.fetching:
-                    observer(rel)
                 if self.fetcher.ranged:
                     got = await self.fetcher.stream(rel, node.remote)
                     if not isinstance(got, LocalEntry):

@@ -39,14 +39,21 @@ PRELOAD_FILE_BYTES = 16 * 1024 * 1024
 
 # Priority classes: a reader's demand first, then prefetch, then bulk warm.
 READER, PREFETCH, BULK = 0, 1, 2
+# A place (of ``jobs``) is one transfer of a file that is bound by bandwidth. A file of at
+# most SMALL_FILE bytes is bound by its round trip instead (its body takes less time than
+# the round trip on any link worth a cache), so SMALL_PER_PLACE of them share a place: a
+# warm of small files keeps enough requests in flight to use the link (bench_wan.py).
+SMALL_FILE = 256 * 1024
+SMALL_PER_PLACE = 4
 
 
 class _Ticket:
-    __slots__ = ("granted", "priority", "seq")
+    __slots__ = ("granted", "priority", "seq", "units")
 
-    def __init__(self, priority: int, seq: int) -> None:
+    def __init__(self, priority: int, seq: int, units: int) -> None:
         self.priority = priority
         self.seq = seq
+        self.units = units  # of a place's SMALL_PER_PLACE
         self.granted = trio.Event()
 
 
@@ -61,46 +68,50 @@ class PriorityLimiter:
     def __init__(self, total: int, express: int = 0) -> None:
         self.total = total
         self.express = express
-        self.busy = 0
+        self.busy = 0  # in units: a place is SMALL_PER_PLACE units
         self._waiting: list[_Ticket] = []
         self._seq = itertools.count()
 
-    def ticket(self, priority: int) -> _Ticket:
-        return _Ticket(priority, next(self._seq))
+    def ticket(self, priority: int, size: int | None = None) -> _Ticket:
+        """A ticket for one transfer: a whole place, or a share of one for a small file."""
+        units = 1 if size is not None and size <= SMALL_FILE else SMALL_PER_PLACE
+        return _Ticket(priority, next(self._seq), units)
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
 
     def _fits(self, ticket: _Ticket) -> bool:
-        return self.busy < self.total + (self.express if ticket.priority < BULK else 0)
+        places = self.total + (self.express if ticket.priority < BULK else 0)
+        return self.busy + ticket.units <= places * SMALL_PER_PLACE
 
     async def acquire(self, ticket: _Ticket) -> None:
         if self._fits(ticket) and not any(w.priority <= ticket.priority for w in self._waiting):
-            self.busy += 1
+            self.busy += ticket.units
             return
         self._waiting.append(ticket)
         try:
             await ticket.granted.wait()
         except BaseException:
             if ticket.granted.is_set():
-                self.release()  # handed a place while being cancelled: pass it on
+                self.release(ticket)  # handed a place while being cancelled: pass it on
             else:
                 self._waiting.remove(ticket)
             raise
 
-    def release(self) -> None:
-        self.busy -= 1
+    def release(self, ticket: _Ticket) -> None:
+        self.busy -= ticket.units
         self.grant()
 
     def grant(self) -> None:
-        """Hand free places to the best waiting tickets that fit (after a release or a promotion)."""
+        """Hand free places to the best waiting tickets that fit (after a release or a
+        promotion), in order: the best ticket that does not fit yet holds the others back."""
         while self._waiting:
             best = min(self._waiting, key=lambda t: (t.priority, t.seq))
             if not self._fits(best):
-                return  # the best has the most room: no one else fits either
+                return
             self._waiting.remove(best)
-            self.busy += 1
+            self.busy += best.units
             best.granted.set()
 
 
@@ -172,7 +183,7 @@ class Fetcher:
         if flight is None:
             if self._nursery is None:
                 raise RuntimeError("Fetcher.attach() was not called")
-            flight = self._inflight[rel] = _Flight(self.limit.ticket(priority))
+            flight = self._inflight[rel] = _Flight(self.limit.ticket(priority, expected.size))
             self._nursery.start_soon(self._fly, rel, expected, flight)
         else:
             self.index.count("fetch_joined")
@@ -236,7 +247,7 @@ class Fetcher:
         return True
 
     async def _read_ahead(self, rel: RelPath, expected: RemoteEntry, preload: _Preload) -> None:
-        ticket = self.limit.ticket(PREFETCH)
+        ticket = self.limit.ticket(PREFETCH, expected.size)
         try:
             with preload.scope:
                 await self.limit.acquire(ticket)
@@ -244,7 +255,7 @@ class Fetcher:
                     preload.body = bytearray()
                     await self.upstream.download(rel, expected.size, preload)
                 finally:
-                    self.limit.release()
+                    self.limit.release(ticket)
         except UpstreamError as exc:
             log.debug("read-ahead of %s did not happen: %s", rel, exc)  # its ensure() downloads it
             preload.body = None
@@ -299,7 +310,7 @@ class Fetcher:
                 else:
                     flight.result = await self._download(rel, expected)
             finally:
-                self.limit.release()
+                self.limit.release(flight.ticket)
         except FetchFailed as exc:
             flight.error = exc
             self.index.count("fetch_errors")

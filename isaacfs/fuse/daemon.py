@@ -183,7 +183,6 @@ class Daemon:
                                          s.prefetch_mb * 1024 * 1024)
             fetcher.on_fetched.append(self.prefetcher.fetched)
             tree.opened.append(self.prefetcher.opened)
-            tree.fetching.append(self.prefetcher.fetching)
         socket_path = control.socket_path_for(self.mountpoint)
         root_info = {"pid": str(os.getpid()), "upstream": redact(s.upstream), "mirror": str(mirror.display),
                      "log": str(self.request.log_path or "stderr"), "control": str(socket_path)}

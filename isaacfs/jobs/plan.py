@@ -7,6 +7,7 @@ repeated warm asks the upstream nothing it was already told.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,15 +200,19 @@ async def _entry_of(ws: Workspace, rel: RelPath, ttl: float | None, limit: trio.
         return await ws.upstream.stat(rel)
 
 
-async def _plan_paths(ws: Workspace, paths: list[RelPath], plan: Plan, ttl: float | None) -> None:
-    """Listed paths (manifest, misses): each looked up upstream, grouped by category; each
-    file's download starts as soon as it is found (``plan.found``)."""
+async def _plan_paths(ws: Workspace, paths: list[RelPath], plan: Plan) -> None:
+    """Listed paths (manifest, misses): each looked up upstream now, grouped by category;
+    each file's download starts as soon as it is found (``plan.found``). A folder's listing
+    is asked for once in this warm and shared by its files (a stat each before): a listing
+    stored before the warm began is not trusted, so a manifest warm sees what the upstream
+    holds now, as a stat did."""
     limit = trio.CapacityLimiter(max(ws.jobs, 8))
+    began = time.time()
 
     async def one(rel: RelPath) -> None:
         group = category_of(rel)[0]
         try:
-            entry = await _entry_of(ws, rel, ttl, limit)
+            entry = await _entry_of(ws, rel, time.time() - began, limit)
         except NotFound:
             plan.failures.append((group, f"{rel}: not found upstream"))
             return
@@ -305,12 +310,12 @@ async def make_plan(ws: Workspace, spec: WarmSpec, plan: Plan | None = None) -> 
         if spec.manifest is not None:
             paths, problems = parse_manifest(spec.manifest, spec.manifest_name or "manifest")
             plan.notes.extend(problems)
-            await _plan_paths(ws, paths, plan, spec.listing_ttl)
+            await _plan_paths(ws, paths, plan)
         if spec.from_misses:
             misses = [RelPath.parse(path) for path, *_rest in ws.index.misses()]
             if not misses:
                 plan.notes.append("no misses are recorded: nothing to fetch")
-            await _plan_paths(ws, misses, plan, spec.listing_ttl)
+            await _plan_paths(ws, misses, plan)
         if spec.closure:
             await _plan_closure(ws, spec, plan)
     except UpstreamError as exc:

@@ -2,12 +2,6 @@
 before anyone asks for it, recursively, so a robot arrives in about as many round trips
 as its dependency chain is deep.
 
-A reader's cold open of a layer also has the layers of that layer's folder (one recursive
-listing, at most 1,000 files) read into memory at once, beside its own download, so the
-chain of layers below it (payload, meshes) costs one round trip rather than one per level;
-only those then asked for are installed (through the fetcher's checks), the rest are
-dropped after READ_AHEAD_KEEP seconds.
-
 Each layer that is fetched or opened is read by a long-lived usd-core worker (``parser``);
 each asset it names is resolved under the asset root, its folder's listing fetched (in
 parallel, from the index when fresh) and the file fetched at prefetch priority: behind
@@ -38,9 +32,6 @@ from .usd_deps import wants_parsing
 
 log = logging.getLogger("isaacfs.prefetch")
 
-READ_AHEAD_KEEP = 60.0  # seconds a layer read ahead into memory waits to be asked for
-READ_AHEAD_FILES = 1000  # a folder holding more is not read ahead (its recursive listing alone is pages)
-
 
 @dataclass
 class _Budget:
@@ -67,7 +58,6 @@ class Prefetcher:
     _read: set[RelPath] = field(default_factory=set)
     _budgets: dict[RelPath, _Budget] = field(default_factory=dict)
     _roots: dict[RelPath, RelPath] = field(default_factory=dict)  # a queued file -> the layer that led to it
-    _folders_read: set[RelPath] = field(default_factory=set)  # folders whose layers were read ahead
     _ancestors_listed: set[RelPath] = field(default_factory=set)  # folders above prefetched files, listed
     _limit: trio.CapacityLimiter = field(init=False)
 
@@ -88,35 +78,6 @@ class Prefetcher:
             self._read.add(rel)
             self.index.count("prefetch_read")
         self._consider(rel, self._roots.get(rel, rel))
-
-    def fetching(self, rel: RelPath) -> None:
-        """A reader's open started fetching ``rel``: if it is a layer no prefetch led to (a
-        robot's root layer), read its folder's layers ahead while it downloads."""
-        if (self._nursery is None or not self.active() or rel in self._queued or not wants_parsing(rel.name)
-                or rel.parent in self._folders_read):
-            return
-        self._folders_read.add(rel.parent)
-        self._nursery.start_soon(self._read_ahead, rel.parent)
-
-    async def _read_ahead(self, folder: RelPath) -> None:
-        try:
-            async with self._limit:
-                tree = await self.listings.fetch_tree(folder, max_files=READ_AHEAD_FILES)
-        except UpstreamError as exc:
-            log.info("read-ahead of %s/ did not happen: %s", folder, exc)
-            return
-        except Exception:
-            log.exception("read-ahead of %s/ failed", folder)
-            return
-        if tree is None or not self.active():
-            return
-        started = [below.child(entry.name) for below, entries in tree.items() for entry in entries
-                   if not entry.is_dir and wants_parsing(entry.name)
-                   and self.fetcher.preload(below.child(entry.name), entry)]
-        if started:
-            self.index.count("read_ahead", len(started))
-            await trio.sleep(READ_AHEAD_KEEP)
-            self.fetcher.drop_preloads(started)
 
     def _consider(self, rel: RelPath, root: RelPath) -> None:
         if self._nursery is None or not self.active() or rel in self._parsed or not wants_parsing(rel.name):

@@ -115,9 +115,6 @@ def render_status(report: dict[str, Any]) -> list[str]:
         if prefetch:
             lines.append(f"prefetch   {plural(prefetch['prefetched'], 'file')} ({size(prefetch['prefetched_bytes'])})"
                          f" fetched ahead of readers, {prefetch['read_after_prefetch']:,} of them read since")
-            if prefetch.get("read_ahead"):
-                lines.append(f"read-ahead {plural(prefetch['read_ahead'], 'layer')} of robots' folders read into"
-                             f" memory, {prefetch.get('read_ahead_used', 0):,} of them then installed")
         elif "prefetch" in report:
             lines.append("prefetch   off (prefetch = false)")
         if "nodes" in report:

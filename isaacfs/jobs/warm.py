@@ -22,7 +22,7 @@ import trio
 from ..core.errors import FetchFailed, UserError
 from ..core.paths import RelPath
 from ..core.types import RemoteEntry
-from ..fetch.fetcher import BULK
+from ..fetch.fetcher import BULK, SMALL_PER_PLACE
 from .plan import Plan, Planned, make_plan
 from .spec import Emit, GroupReport, WarmResult, WarmSpec
 from .workspace import Workspace
@@ -73,7 +73,8 @@ async def run(ws: Workspace, spec: WarmSpec, emit: Emit) -> WarmResult:
                     # while the plan's first listings go; the express places too
                     nursery.start_soon(connect_ahead, ws.jobs + ws.fetcher.limit.express)
                 async with receive:
-                    for _ in range(max(2 * ws.jobs, 4)):
+                    # Enough to fill every place with small files (a share of a place each).
+                    for _ in range(max((SMALL_PER_PLACE + 1) * ws.jobs, 8)):
                         nursery.start_soon(_worker, ws, plan, receive.clone(), reports, result, emit, scope)
                 async with send:
                     try:

@@ -303,3 +303,27 @@ def test_connections_opened_ahead_serve_the_burst_that_follows(tmp_path: Path, m
         server.stop()
     # One round trip each, all at once; a handshake would add two more (0.9 s in all).
     assert took[0] < 2.5 * rtt, (took, opened)
+
+
+def test_a_warm_of_many_large_files_does_not_run_out_of_threads(tmp_path: Path) -> None:
+    """16 multi-part files at once are 48 ranged reads, each in a worker thread that hands
+    its blocks to the trio loop, whose writes to the mirror take worker threads too. With
+    trio's default 40 threads for both, the reads held them all and the writes waited for
+    ever. test_faults' 64 readers found it once small files shared places; the reads have
+    their own threads now."""
+    source = copy_sample(tmp_path / "source")
+    folder = source / "Isaac" / "Props" / "Heavy"
+    folder.mkdir(parents=True)
+    for index in range(20):
+        (folder / f"h{index:02}.bin").write_bytes(os.urandom(12 * 1024 * 1024))
+    server = start_s3(source, tmp_path / "s3", keepalive=True)
+    try:
+        mirror = tmp_path / "mirror"
+        result = isaacfs("warm", "--mirror", str(mirror), "--upstream", server.url, "--categories", "Props/Heavy",
+                         "--jobs", "16", env=server.env, timeout=180)
+        assert result.returncode == 0, result.stdout + result.stderr
+        for index in range(20):
+            rel = f"Isaac/Props/Heavy/h{index:02}.bin"
+            assert sha256(mirror / rel) == sha256(source / rel)
+    finally:
+        server.stop()

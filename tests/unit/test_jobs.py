@@ -344,3 +344,15 @@ def test_a_closure_reads_the_robot_folders_layers_ahead_and_installs_only_what_i
     finally:
         index.close()
     assert counters.get("read_ahead_used", 0) >= 3  # the sublayers and the meshes layer
+
+
+def test_a_manifest_warm_sees_what_the_upstream_holds_now(folder: Path, upstream: MemoryUpstream) -> None:
+    """Looked up from folder listings, but not from one stored before the warm: a manifest
+    warm after an upstream change replaces the file, as a stat per file did (a CI run of
+    tests/mount/test_integrity.py caught the version that trusted stored listings)."""
+    first, _ = warm(folder, upstream, WarmSpec(manifest=[GO2], manifest_name="list.txt"))
+    assert first.ok and (folder / GO2).read_bytes() == upstream.files[GO2]
+    upstream.put(GO2, upstream.files[GO2] + b"\n# changed upstream\n")
+    again, _ = warm(folder, upstream, WarmSpec(manifest=[GO2], manifest_name="list.txt"))
+    assert again.ok and sum(g.fetched for g in again.groups) == 1
+    assert (folder / GO2).read_bytes() == upstream.files[GO2]

@@ -43,7 +43,6 @@ def build(running: Running, mode: str = "permissive", max_files: int = 2000) -> 
                             lambda: tree.mode == "permissive", max_files)
     ws.fetcher.on_fetched.append(prefetcher.fetched)
     tree.opened.append(prefetcher.opened)
-    tree.fetching.append(prefetcher.fetching)
     prefetcher.attach(running._nursery)
     return tree, prefetcher
 
@@ -105,27 +104,3 @@ async def test_a_layer_the_parser_cannot_read_costs_only_its_answer(tmp_path: Pa
         assert await parser.dependencies(str(good)) == ["./part.usda"]
     finally:
         await parser.aclose()
-
-
-@trio_test
-async def test_a_readers_cold_open_of_a_layer_reads_its_folders_layers_ahead(
-        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
-    """The chain below a robot's root layer (sublayers, the payload's meshes) arrives in one
-    round trip: its folder's layers are read into memory while the root downloads. Only
-    what the robot names is installed; each body is read once."""
-    upstream.recursive = True
-    variant = "Isaac/IsaacLab/Robots/Unitree/Go2/go2_variant.usda"
-    upstream.put(variant, b"#usda 1.0\n")
-    running = Running(mirror, index, upstream)
-    async with running:
-        tree, prefetcher = build(running)
-        node = await walk(tree, GO2)
-        os.close((await tree.open(node))[0])  # type: ignore[arg-type]
-        with trio.fail_after(30):
-            while not mirrored(mirror) >= GO2_DEPENDENCIES:
-                await trio.sleep(0.05)
-        assert running.fetcher.drop_preloads([RelPath.parse(variant)]) == 1  # read ahead, never asked for
-        await prefetcher.aclose()
-    assert mirrored(mirror) == GO2_DEPENDENCIES | {GO2}
-    assert index.session["read_ahead"] >= 4 and index.session["read_ahead_used"] >= 3
-    assert all(n == 1 for key, n in upstream.requests.items() if key.startswith("get "))

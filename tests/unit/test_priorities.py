@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.paths import RelPath
-from isaacfs.fetch.fetcher import BULK, PREFETCH, READER, PriorityLimiter
+from isaacfs.fetch.fetcher import BULK, PREFETCH, READER, SMALL_FILE, SMALL_PER_PLACE, PriorityLimiter
 from isaacfs.jobs.spec import WarmSpec
 from isaacfs.jobs.warm import run
 from isaacfs.store.index import Index
@@ -18,13 +20,14 @@ from tests.unit.conftest import GO2, Running, trio_test
 async def test_a_freed_slot_goes_to_the_best_ticket_and_promotion_counts() -> None:
     limiter = PriorityLimiter(1)
     order: list[str] = []
-    await limiter.acquire(limiter.ticket(BULK))  # the one slot is taken
+    first = limiter.ticket(BULK)
+    await limiter.acquire(first)  # the one slot is taken
     tickets = {name: limiter.ticket(BULK) for name in ("b1", "b2", "b3")}
 
-    async def wait(name: str, ticket: object) -> None:
-        await limiter.acquire(ticket)  # type: ignore[arg-type]
+    async def wait(name: str, ticket: Any) -> None:
+        await limiter.acquire(ticket)
         order.append(name)
-        limiter.release()
+        limiter.release(ticket)
 
     async with trio.open_nursery() as nursery:
         for name, ticket in tickets.items():
@@ -34,7 +37,7 @@ async def test_a_freed_slot_goes_to_the_best_ticket_and_promotion_counts() -> No
         await trio.sleep(0.01)
         tickets["b3"].priority = READER  # a reader joined b3's download
         assert limiter.waiting == 4
-        limiter.release()
+        limiter.release(first)
     assert order == ["b3", "reader", "b1", "b2"]  # b3 is older than the reader's ticket
     assert limiter.busy == 0
 
@@ -42,11 +45,12 @@ async def test_a_freed_slot_goes_to_the_best_ticket_and_promotion_counts() -> No
 @trio_test
 async def test_cancelled_waiters_give_their_place_back() -> None:
     limiter = PriorityLimiter(1)
-    await limiter.acquire(limiter.ticket(BULK))
+    first = limiter.ticket(BULK)
+    await limiter.acquire(first)
     with trio.move_on_after(0.01):
         await limiter.acquire(limiter.ticket(READER))
     assert limiter.waiting == 0
-    limiter.release()
+    limiter.release(first)
     assert limiter.busy == 0
 
 
@@ -84,34 +88,36 @@ async def test_express_places_are_for_readers_and_prefetches_never_for_bulk() ->
     """A warm fills its places; a reader (or a layer a closure must parse) still starts at
     once, in one of the express places, which no bulk transfer ever takes."""
     limiter = PriorityLimiter(2, express=1)
-    for _ in range(2):
-        await limiter.acquire(limiter.ticket(BULK))
+    held = [limiter.ticket(BULK) for _ in range(2)]
+    for ticket in held:
+        await limiter.acquire(ticket)
     waiting_bulk = limiter.ticket(BULK)
     granted: list[str] = []
 
-    async def wait(name: str, ticket: object) -> None:
-        await limiter.acquire(ticket)  # type: ignore[arg-type]
+    async def wait(name: str, ticket: Any) -> None:
+        await limiter.acquire(ticket)
         granted.append(name)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(wait, "bulk", waiting_bulk)
         await trio.sleep(0.01)
         assert granted == [] and limiter.waiting == 1  # no express place for bulk
+        prefetch = limiter.ticket(PREFETCH)
         with trio.fail_after(1):
-            await limiter.acquire(limiter.ticket(PREFETCH))  # at once, past the waiting bulk
-        assert limiter.busy == 3
-        nursery.start_soon(wait, "reader", limiter.ticket(READER))
+            await limiter.acquire(prefetch)  # at once, past the waiting bulk
+        reader = limiter.ticket(READER)
+        nursery.start_soon(wait, "reader", reader)
         await trio.sleep(0.01)
         assert granted == [] and limiter.waiting == 2  # the express place is taken
-        limiter.release()  # the prefetch ends: the reader, not the bulk, gets its place
+        limiter.release(prefetch)  # the prefetch ends: the reader, not the bulk, gets its place
         await trio.sleep(0.01)
         assert granted == ["reader"]
-        limiter.release()
-        limiter.release()  # busy is 1 now: the bulk fits within the two ordinary places
+        limiter.release(reader)
+        limiter.release(held[0])  # one ordinary place free: the bulk fits
         await trio.sleep(0.01)
         assert granted == ["reader", "bulk"]
-        limiter.release()
-        limiter.release()
+        limiter.release(held[1])
+        limiter.release(waiting_bulk)
     assert limiter.busy == 0
 
 
@@ -120,7 +126,8 @@ async def test_a_promoted_ticket_takes_an_express_place_at_once() -> None:
     """A reader that joins a queued bulk download promotes it: it starts now, not after a
     warm's transfers."""
     limiter = PriorityLimiter(1, express=1)
-    await limiter.acquire(limiter.ticket(BULK))
+    first = limiter.ticket(BULK)
+    await limiter.acquire(first)
     queued = limiter.ticket(BULK)
     granted: list[str] = []
 
@@ -134,6 +141,31 @@ async def test_a_promoted_ticket_takes_an_express_place_at_once() -> None:
         queued.priority = READER
         limiter.grant()
         await trio.sleep(0.01)
-        assert granted == ["promoted"] and limiter.busy == 2
-        limiter.release()
-        limiter.release()
+        assert granted == ["promoted"]
+        limiter.release(first)
+        limiter.release(queued)
+    assert limiter.busy == 0
+
+
+@trio_test
+async def test_small_files_share_a_place() -> None:
+    """A small file is bound by its round trip, not the link: SMALL_PER_PLACE of them take
+    one place, so a warm of small files keeps enough requests in flight (bench_wan.py's
+    category warm); a large file still takes a whole place."""
+    limiter = PriorityLimiter(2)
+    small = [limiter.ticket(BULK, SMALL_FILE) for _ in range(2 * SMALL_PER_PLACE)]
+    with trio.fail_after(1):
+        for ticket in small:
+            await limiter.acquire(ticket)  # all at once
+    large = limiter.ticket(BULK, SMALL_FILE + 1)
+    with trio.move_on_after(0.05) as waited:
+        await limiter.acquire(large)
+    assert waited.cancelled_caught and limiter.busy == 2 * SMALL_PER_PLACE
+    for ticket in small[:SMALL_PER_PLACE]:
+        limiter.release(ticket)  # a whole place is free again
+    with trio.fail_after(1):
+        await limiter.acquire(large)
+    limiter.release(large)
+    for ticket in small[SMALL_PER_PLACE:]:
+        limiter.release(ticket)
+    assert limiter.busy == 0
