@@ -20,7 +20,6 @@ from ..core.paths import RelPath
 from ..core.types import RemoteEntry, Upstream
 from ..store.mirror import TempWriter
 from . import closure as closures
-from .closure import Closure
 from .spec import WarmSpec, parse_manifest
 from .usd_deps import wants_parsing
 from .workspace import Workspace, ensure_present
@@ -281,7 +280,6 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
                 if not entry.is_dir and wants_parsing(entry.name) and ws.fetcher.preload(layer, entry):
                     read_ahead.append(layer)
 
-    found = Closure()
     async with trio.open_nursery() as nursery:
         for folder in dict.fromkeys(root.parent for root in roots):
             if ws.listings.fresh(folder, spec.listing_ttl) is None:
