@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .. import sample_assets
 from ..system.launch import python_module
 
-SAMPLE = Path(__file__).resolve().parent / "sample_assets"
 STAGE = "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd"
 
 OPEN_STAGE = r"""
@@ -71,7 +71,7 @@ def mirror_table(mirror: Path) -> Table:
 def run(work: Path) -> None:
     upstream = work / "upstream"
     mountpoint = work / "offline_assets"
-    shutil.copytree(SAMPLE, upstream)
+    shutil.copytree(sample_assets(), upstream)
     mountpoint.mkdir()
     total = sum(1 for p in upstream.rglob("*") if p.is_file())
     console.rule("1. an upstream asset root")

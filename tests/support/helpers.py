@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from isaacfs import sample_assets
 from isaacfs.system import logs, mounts
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-SAMPLE = REPO / "isaacfs" / "sample_assets"
+SAMPLE = sample_assets()
 S3_PREFIX = "Assets/Isaac/5.1"
 # Files of the embedded sample asset root the tests read.
 GO2 = "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd"

@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 import trio
 
+from isaacfs import sample_assets
 from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.fetch.fetcher import Fetcher
 from isaacfs.jobs.workspace import Workspace
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
 
-SAMPLE = Path(__file__).resolve().parents[2] / "isaacfs" / "sample_assets"
+SAMPLE = sample_assets()
 GO2 = "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd"
 FRANKA = "Isaac/Robots/FrankaRobotics/FrankaPanda/franka.usda"
 
