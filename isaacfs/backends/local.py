@@ -12,7 +12,6 @@ other work (the index, hashing, the mirror) needs.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import threading
@@ -21,7 +20,7 @@ from typing import TypeVar
 
 import trio
 
-from ..core.errors import AccessDenied, NotFound, Unavailable
+from ..core.errors import AccessDenied, NotFound, Unavailable, is_missing
 
 BLOCK = 1024 * 1024
 THREADS = 16
@@ -74,7 +73,7 @@ def _open_regular(path: str) -> _File:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.ENOENT, "not a regular file")
+            raise FileNotFoundError("not a regular file")
     except BaseException:
         os.close(fd)
         raise
@@ -97,7 +96,7 @@ class LocalRanges:
             except PermissionError:
                 raise AccessDenied(f"{what}: permission denied in the upstream folder") from None
             except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                if is_missing(exc):
                     raise NotFound(f"{what}: {exc.strerror}") from None
                 raise Unavailable(f"{what}: {exc.strerror or exc}") from None
         raise Unavailable(f"{what}: the upstream folder gave nothing for {self.stall_timeout:g}s"

@@ -28,13 +28,14 @@ from ..core.config import Settings, redact
 from ..core.errors import AccessDenied, ConnectionLost, InvalidPath, NotFound, Unavailable, UpstreamError
 from ..core.health import Health
 from ..core.paths import RelPath, check_name, shown
+from ..core.retry import RetryPolicy, retrying
 from ..core.types import RemoteEntry, Sink
 from .http import HttpRanges, NotS3
 from .local import LocalRanges
 
 log = logging.getLogger("isaacfs.upstream")
 
-HTTP_TRIES = 3  # tries of one small file's GET (large files retry per part: fetch/stream.py)
+HTTP_RETRY = RetryPolicy(tries=3)  # one small file's GET, from the byte it stopped at (large files: per part)
 
 
 # (name as listed, None if not UTF-8; how to make its entry once the name is checked)
@@ -45,6 +46,10 @@ Folders = dict[RelPath, list[RemoteEntry]]
 
 class _RefusedBeforeBody(Exception):
     """An anonymous GET was refused before any byte came: omni.client (with credentials) fetches."""
+
+
+class _ShortBody(Unavailable):
+    """A body that ended before its size: tried again from where it stopped."""
 
 import omni.client as oc  # noqa: E402  (the only import of omni.client in isaacfs)
 
@@ -441,7 +446,7 @@ class OmniUpstream:
 
     async def _http_download(self, rel: RelPath, size: int, sink: Sink, what: str, first: bool = False) -> None:
         """One GET; a 5xx, a reset or a body cut short is tried again from the byte it stopped
-        at (as omni.client retries internally), three tries in all. A body of another size than
+        at (as omni.client retries internally), under the one retry policy. A body of another size than
         the listing said fails the fetcher's size and hash checks, which list afresh and retry."""
         assert self.ranges is not None
         url = self.url_for(rel)
@@ -452,27 +457,21 @@ class OmniUpstream:
             await sink.write(block)
             landed += len(block)
 
-        for attempt in range(1, HTTP_TRIES + 1):
+        async def attempt(_number: int) -> None:
             try:
-                await self.ranges.read(url, landed, size, what, on_data)
-                if landed >= size:
-                    return
-                problem = f"the body ended at byte {landed} of {size}"
+                await self.ranges.read(url, landed, size, what, on_data)  # type: ignore[union-attr]
             except AccessDenied as exc:
                 if landed == 0:
                     self._http_refused(str(exc).rsplit(": ", 1)[-1])
                     raise _RefusedBeforeBody from None
                 raise
-            except (NotFound, ConnectionLost):
-                raise
-            except UpstreamError as exc:
-                if attempt == HTTP_TRIES:
-                    raise
-                problem = str(exc)
-            if attempt == HTTP_TRIES:
-                return  # short: the fetcher's size check reports it
-            log.info("%s, try %d/%d: %s; trying again from byte %d", what, attempt, HTTP_TRIES, problem, landed)
-            await trio.sleep(0.25 * attempt)
+            if landed < size:
+                raise _ShortBody(f"{what}: the body ended at byte {landed} of {size}")
+
+        try:
+            await retrying(attempt, what, HTTP_RETRY)
+        except _ShortBody:
+            return  # short after every try: the fetcher's size check reports it and lists afresh
 
     async def download(self, rel: RelPath, size: int, sink: Sink) -> None:
         """Hand the body of ``rel`` (``size`` bytes) to ``sink``.

@@ -14,7 +14,6 @@ knows nothing of FUSE: the fuse layer turns its answers into replies.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import os
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import policy
-from .errors import FetchFailed, NotFound, Unavailable, UpstreamError
+from .errors import FetchFailed, NotFound, NotInMirror, Unavailable, UpstreamError
 from .listings import Listings
 from .paths import RelPath
 from .types import LocalEntry, Mode, RemoteEntry, Upstream
@@ -429,7 +428,7 @@ class Tree:
                 mode = mode_of() if mode_of is not None else self.mode
                 if mode != "permissive" or node.remote is None:
                     self._miss(rel, node.parent, mode)
-                    raise FetchFailed(errno.ENOENT, f"{rel} is not in the mirror")
+                    raise FetchFailed(f"{rel} is not in the mirror", NotInMirror(rel))
                 self.index.count("misses_fetched")
                 if self.fetcher.ranged:
                     got = await self.fetcher.stream(rel, node.remote)
@@ -461,7 +460,7 @@ class Tree:
             self.index.count("opens")
             self._tell_opened(rel)
             return fd, None
-        raise FetchFailed(errno.ENOENT, f"{rel} vanished from the mirror")
+        raise FetchFailed(f"{rel} vanished from the mirror", NotInMirror(rel))
 
     def _miss(self, rel: RelPath, parent: Node | None, mode: Mode) -> None:
         upstream_down = parent is not None and parent.remote is not None and not self.upstream.available

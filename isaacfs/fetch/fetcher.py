@@ -8,27 +8,26 @@ ETag is one, match what the upstream listed.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import trio
 
-from ..core.errors import AccessDenied, FetchFailed, NotFound, Unavailable, UpstreamError
+from ..core.errors import FetchFailed, IntegrityError, MirrorFull, Stopping, UpstreamError, is_disk_full
 from ..core.paths import RelPath
+from ..core.retry import RetryPolicy, retrying
 from ..core.types import LocalEntry, RemoteEntry, Upstream
 from ..store.index import Index
 from ..store.mirror import Mirror
-from .stream import PART_SIZE, Transfer
+from .integrity import BodyHash
+from .stream import PART_SIZE, ReadRange, Transfer
 
 log = logging.getLogger("isaacfs.fetch")
 
-MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 # Room left free on the mirror's disk beyond the file itself, so a fetch never fills it:
 # 64 MiB, or a twentieth of a small disk.
 DISK_RESERVE = 64 * 1024 * 1024
@@ -147,10 +146,10 @@ class Fetcher:
     def __init__(self, mirror: Mirror, index: Index, upstream: Upstream, jobs: int, retries: int,
                  stall_timeout: float = 30.0) -> None:
         self.stall_timeout = stall_timeout
+        self.retry = RetryPolicy(tries=max(1, retries))
         self.mirror = mirror
         self.index = index
         self.upstream = upstream
-        self.retries = max(1, retries)
         # A quarter more places for readers and prefetches, which a bulk warm never fills.
         self.limit = PriorityLimiter(jobs, express=max(2, jobs // 4))
         self._inflight: dict[RelPath, _Flight] = {}
@@ -299,16 +298,11 @@ class Fetcher:
         try:
             body = await self._take_preload(rel, expected)
             if body is not None:
-                flight.result = await self._download(rel, expected, body)  # no request: no place taken
+                flight.result = await self._fetch(rel, expected, flight, body)  # no request: no place taken
                 return
             await self.limit.acquire(flight.ticket)
             try:
-                # Ranged parts for a file of more than one part; a small file is one request
-                # either way, and omni.client's is the quicker of the two (bench/bench_wan.py).
-                if self.ranged and expected.size > PART_SIZE:
-                    flight.result = await self._stream_download(rel, expected, flight)
-                else:
-                    flight.result = await self._download(rel, expected)
+                flight.result = await self._fetch(rel, expected, flight)
             finally:
                 self.limit.release(flight.ticket)
         except FetchFailed as exc:
@@ -316,11 +310,11 @@ class Fetcher:
             self.index.count("fetch_errors")
             log.warning("could not fetch %s: %s", rel, exc)
         except trio.Cancelled:
-            flight.error = FetchFailed(errno.EINTR, f"fetch of {rel} discarded: isaacfs is stopping")
+            flight.error = FetchFailed(f"fetch of {rel} discarded: isaacfs is stopping", Stopping())
             raise
         except Exception as exc:  # a bug costs this fetch, never the downloads' nursery
             log.exception("fetch of %s failed unexpectedly", rel)
-            flight.error = FetchFailed(errno.EIO, f"fetch of {rel} failed: {exc!r}")
+            flight.error = FetchFailed(f"fetch of {rel} failed: {exc!r}", exc)
             self.index.count("fetch_errors")
         finally:
             del self._inflight[rel]
@@ -330,7 +324,7 @@ class Fetcher:
     async def _claim_disk(self, size: int) -> None:
         """Room on the mirror's disk for ``size`` more bytes, counting what the downloads in
         flight will still write. If it is there only once they are done, wait for them; if it
-        is not there even with none in flight, the disk is full (ENOSPC)."""
+        is not there even with none in flight, the disk is full (MirrorFull: ENOSPC)."""
         while True:
             free, total = self.mirror.free_and_total_bytes()
             reserve = min(DISK_RESERVE, total // 20)
@@ -338,8 +332,8 @@ class Fetcher:
                 self._claimed += size
                 return
             if not self._claimed:
-                raise FetchFailed(errno.ENOSPC, f"mirror disk is full: {size} bytes needed,"
-                                  f" {max(0, free - reserve)} usable in {self.mirror.display}")
+                raise MirrorFull(f"mirror disk is full: {size} bytes needed,"
+                                 f" {max(0, free - reserve)} usable in {self.mirror.display}")
             await self._disk_freed.wait()
 
     def _release_disk(self, size: int) -> None:
@@ -347,60 +341,114 @@ class Fetcher:
         self._disk_freed.set()
         self._disk_freed = trio.Event()
 
-    async def _stream_download(self, rel: RelPath, expected: RemoteEntry, flight: _Flight) -> LocalEntry:
-        """Ranged parts into the temporary file, readers following; checked, then installed."""
-        for attempt in range(1, self.retries + 1):
-            claimed = expected.size
-            await self._claim_disk(claimed)
-            started = time.monotonic()
-            transfer: Transfer | None = None
-            installed = False
-            try:
-                transfer = Transfer(rel, expected, self.mirror.new_temp(), PART_SIZE, self.stall_timeout)
-                flight.transfer = transfer
-                flight.streaming.set()
-                await transfer.run(self.upstream.read_range)  # type: ignore[attr-defined]
-                await trio.to_thread.run_sync(os.fsync, transfer.fd)
-                problem = transfer.problem()
-                if problem is None:
-                    entry = await trio.to_thread.run_sync(self.mirror.install, Path(transfer.path), rel,
-                                                          expected.mtime)
-                    installed = True
-                    transfer.complete = True
-                    self._installed(rel, entry, expected, transfer.md5, started)
-                    transfer.settled.set()
-                    return entry
-                log.warning("fetch %s attempt %d/%d: %s", rel, attempt, self.retries, problem)
-                self._discard(transfer, FetchFailed(errno.EIO, f"{rel} failed its integrity check: {problem}"))
-                expected = await self._refresh(rel, expected)
-            except NotFound as exc:
-                raise self._discard(transfer, FetchFailed(errno.ENOENT, str(exc))) from None
-            except AccessDenied as exc:
-                raise self._discard(transfer, FetchFailed(errno.EACCES, str(exc))) from None
-            except UpstreamError as exc:
-                raise self._discard(transfer, FetchFailed(errno.EIO, str(exc))) from None
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise self._discard(transfer, FetchFailed(errno.ENOSPC,
-                                        f"mirror disk filled up while fetching {rel}")) from None
-                raise self._discard(transfer, FetchFailed(exc.errno or errno.EIO,
-                                                          f"mirror write failed for {rel}: {exc}")) from None
-            except BaseException:
-                # Stopping (or a bug): readers get an error now. No page invalidation here: with
-                # a read of this file in flight, it would wait on the kernel, which waits on us.
-                if transfer is not None:
-                    transfer.fail(FetchFailed(errno.EINTR, f"fetch of {rel} discarded"))
-                raise
-            finally:
-                if transfer is not None:
-                    transfer.close()
-                    if not installed:
-                        Path(transfer.path).unlink(missing_ok=True)
-                self._release_disk(claimed)
-            await trio.sleep(min(4.0, 0.25 * 2**attempt))
-        raise FetchFailed(errno.EIO, f"{rel} failed its integrity check {self.retries} times")
+    # -- the one download pipeline ------------------------------------------------------
+    async def _fetch(self, rel: RelPath, expected: RemoteEntry, flight: _Flight,
+                     body: bytearray | None = None) -> LocalEntry:
+        """Tries under the one retry policy; each try claims room on the disk, moves the body
+        into a temporary file by one of two strategies (a file of more than one part from a
+        ranged upstream: ranged parts that readers follow as they land; anything else: the
+        whole body in one request, or the body read ahead), checks it (``integrity``) and
+        installs it, then tells every listener (``on_fetched``). A body that failed its check
+        is tried again after the upstream is asked afresh what the file is."""
+        current = expected
 
-    def _discard(self, transfer: Transfer | None, error: FetchFailed) -> FetchFailed:
+        async def attempt(number: int) -> LocalEntry:
+            started = time.monotonic()
+            await self._claim_disk(current.size)
+            try:
+                if body is not None and number == 1:
+                    entry, digest = await self._whole(rel, current, body)
+                elif self.ranged and current.size > PART_SIZE:
+                    entry, digest = await self._ranged(rel, current, flight)
+                else:
+                    entry, digest = await self._whole(rel, current, None)
+            finally:
+                self._release_disk(current.size)
+            self._installed(rel, entry, current, digest, started)
+            return entry
+
+        async def refresh(exc: BaseException) -> None:
+            nonlocal current
+            if isinstance(exc, IntegrityError):
+                log.warning("fetch %s: %s", rel, exc)
+                current = await self._refresh(rel, current)
+
+        try:
+            return await retrying(attempt, f"fetch {rel}", self.retry, between=refresh)
+        except IntegrityError as exc:
+            raise FetchFailed(f"{rel} failed its integrity check {self.retry.tries} times: {exc}", exc) from None
+        except UpstreamError as exc:
+            raise FetchFailed(str(exc), exc) from None
+        except MirrorFull as exc:
+            raise FetchFailed(str(exc), exc) from None
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise FetchFailed(f"mirror disk filled up while fetching {rel}", MirrorFull(str(exc))) from None
+            raise FetchFailed(f"mirror write failed for {rel}: {exc}", exc) from None
+
+    async def _whole(self, rel: RelPath, expected: RemoteEntry, body: bytearray | None) -> tuple[LocalEntry, str]:
+        """Strategy one: the whole body in one request (or ``body``, read ahead) into a
+        temporary file, hashed as it is written; checked and installed."""
+        writer = self.mirror.writer(BodyHash(expected))
+        try:
+            if body is not None:
+                await writer.write(memoryview(body))
+            else:
+                await self.upstream.download(rel, expected.size, writer)
+            await writer.finish()
+            hashed = writer.hasher
+            assert isinstance(hashed, BodyHash)
+            problem = hashed.problem()
+            if problem is not None:
+                raise IntegrityError(problem)
+            entry = await trio.to_thread.run_sync(self.mirror.install, writer.path, rel, expected.mtime)
+            return entry, hashed.md5
+        finally:
+            writer.discard()
+
+    async def _ranged(self, rel: RelPath, expected: RemoteEntry, flight: _Flight) -> tuple[LocalEntry, str]:
+        """Strategy two: ranged parts into the temporary file, readers following as bytes land
+        (``stream.Transfer``); checked, then installed. A failed try fails its readers (their
+        pages are dropped: ``on_discarded``)."""
+        transfer: Transfer | None = None
+        installed = False
+        try:
+            transfer = Transfer(rel, expected, self.mirror.new_temp(), PART_SIZE, self.stall_timeout, self.retry)
+            flight.transfer = transfer
+            flight.streaming.set()
+            await transfer.run(self._read_range)
+            await trio.to_thread.run_sync(os.fsync, transfer.fd)
+            problem = transfer.problem()
+            if problem is not None:
+                raise IntegrityError(problem)
+            entry = await trio.to_thread.run_sync(self.mirror.install, Path(transfer.path), rel, expected.mtime)
+            installed = True
+            transfer.complete = True
+            transfer.settled.set()
+            return entry, transfer.hash.md5
+        except Exception as exc:
+            self._discard(transfer, FetchFailed(f"fetch of {rel}: {exc}", exc))
+            raise
+        except BaseException:
+            # Stopping: readers get an error now. No page invalidation here: with a read of
+            # this file in flight, it would wait on the kernel, which waits on us.
+            if transfer is not None:
+                transfer.fail(FetchFailed(f"fetch of {rel} discarded", Stopping()))
+            raise
+        finally:
+            if transfer is not None:
+                transfer.close()
+                if not installed:
+                    Path(transfer.path).unlink(missing_ok=True)
+
+    @property
+    def _read_range(self) -> ReadRange:
+        read_range: ReadRange | None = getattr(self.upstream, "read_range", None)
+        if read_range is None:
+            raise RuntimeError("a ranged upstream without read_range")
+        return read_range
+
+    def _discard(self, transfer: Transfer | None, error: FetchFailed) -> None:
         """Readers of a failed transfer get ``error`` on their next read; pages they may have
         been served are dropped."""
         if transfer is not None and transfer.error is None:
@@ -408,73 +456,16 @@ class Fetcher:
             if transfer.readers:
                 self.index.count("streamed_then_failed")
                 self.on_discarded(transfer.rel)
-        return error
 
     def _installed(self, rel: RelPath, entry: LocalEntry, expected: RemoteEntry, digest: str, started: float) -> None:
+        """The one announcement of an installed file, whatever the strategy: the index first
+        (an install is recorded before it counts), then every listener."""
         self.index.record_file(rel, entry.size, expected.mtime, expected.etag, "upstream", digest)
         self.index.count("fetches")
         self.index.count("bytes_fetched", entry.size)
         log.info("fetched %s (%d bytes in %.2fs)", rel, entry.size, time.monotonic() - started)
         for observer in self.on_fetched:
             observer(rel, entry)
-
-    async def _download(self, rel: RelPath, expected: RemoteEntry, body: bytearray | None = None) -> LocalEntry:
-        """The whole body in one request (or from ``body``, read ahead, on the first try)."""
-        for attempt in range(1, self.retries + 1):
-            claimed = expected.size
-            await self._claim_disk(claimed)
-            started = time.monotonic()
-            writer = None
-            try:
-                writer = self.mirror.writer()
-                if body is not None and attempt == 1:
-                    await writer.write(memoryview(body))
-                else:
-                    await self.upstream.download(rel, expected.size, writer)
-                digest = await writer.finish()
-                outcome: LocalEntry | str | None = self._check(writer.size, expected, digest)
-                if outcome is None:
-                    outcome = await trio.to_thread.run_sync(self.mirror.install, writer.path, rel, expected.mtime)
-                if isinstance(outcome, LocalEntry):
-                    entry = outcome
-                    elapsed = time.monotonic() - started
-                    self.index.record_file(rel, entry.size, expected.mtime, expected.etag, "upstream", digest)
-                    self.index.count("fetches")
-                    self.index.count("bytes_fetched", entry.size)
-                    log.info("fetched %s (%d bytes in %.2fs)", rel, entry.size, elapsed)
-                    return entry
-                log.warning("fetch %s attempt %d/%d: %s", rel, attempt, self.retries, outcome)
-                expected = await self._refresh(rel, expected)
-            except NotFound as exc:
-                raise FetchFailed(errno.ENOENT, str(exc)) from None
-            except AccessDenied as exc:
-                raise FetchFailed(errno.EACCES, str(exc)) from None
-            except Unavailable as exc:
-                # omni.client already retried the transfer itself; more tries only add waiting.
-                raise FetchFailed(errno.EIO, str(exc)) from None
-            except UpstreamError as exc:
-                if attempt == self.retries:
-                    raise FetchFailed(errno.EIO, str(exc)) from None
-                log.warning("fetch %s attempt %d/%d: %s", rel, attempt, self.retries, exc)
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise FetchFailed(errno.ENOSPC, f"mirror disk filled up while fetching {rel}") from None
-                raise FetchFailed(exc.errno or errno.EIO, f"mirror write failed for {rel}: {exc}") from None
-            finally:
-                if writer is not None:
-                    writer.discard()
-                self._release_disk(claimed)
-            await trio.sleep(min(4.0, 0.25 * 2**attempt))
-        raise FetchFailed(errno.EIO, f"{rel} failed its integrity check {self.retries} times")
-
-    @staticmethod
-    def _check(size: int, expected: RemoteEntry, digest: str) -> str | None:
-        """What is wrong with a download (size, or MD5 where the ETag is one), or None."""
-        if size != expected.size:
-            return f"size {size} differs from the listed {expected.size}"
-        if MD5_ETAG.match(expected.etag) and digest != expected.etag:
-            return f"MD5 {digest} differs from the ETag {expected.etag}"
-        return None
 
     async def _refresh(self, rel: RelPath, expected: RemoteEntry) -> RemoteEntry:
         try:

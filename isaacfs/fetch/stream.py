@@ -17,21 +17,21 @@ dropped, and the next open fetches it again (docs/how-it-works.md).
 from __future__ import annotations
 
 import bisect
-import errno
-import hashlib
 import logging
 import math
 import os
-import re
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import cast
 
 import trio
 
-from ..core.errors import ConnectionLost, FetchFailed, NotFound, Unavailable, UpstreamError
+from ..core.errors import FetchFailed, IntegrityError, Unavailable
 from ..core.paths import RelPath
+from ..core.retry import DEFAULT as DEFAULT_RETRY
+from ..core.retry import RetryPolicy, retrying
 from ..core.types import RemoteEntry
+from .integrity import BodyHash
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -44,9 +44,6 @@ URGENT_WORKERS = 2  # extra workers, only for parts a reader waits for while the
 FLUSH_BYTES = 256 * 1024  # bytes buffered per part before they are written and readers told
 WAITED_FLUSH_BYTES = 64 * 1024  # the same, while a reader waits on the part
 SPLIT_BYTES = 1024 * 1024  # a reader this far into a part nobody fetches yet: that part splits at its offset
-PART_TRIES = 3
-MULTIPART_ETAG = re.compile(r"^([0-9a-f]{32})-(\d+)$")
-MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 MIB = 1024 * 1024
 CRATE_SUFFIXES = (".usd", ".usdc")  # a crate file reads its table of contents at the end first
 
@@ -70,56 +67,14 @@ class _Part:
 ReadRange = Callable[[RelPath, int, int, Callable[[bytes], Awaitable[None]]], Awaitable[None]]
 
 
-def multipart_candidates(size: int, parts: int) -> list[int]:
-    """Part sizes (whole MiB, or exactly size/parts) that split ``size`` into ``parts`` parts."""
-    if parts <= 1:
-        return [max(size, 1)]
-    low = math.ceil(size / parts)
-    high = (size - 1) // (parts - 1)
-    found = {low} if math.ceil(size / low) == parts else set()
-    first = max(1, math.ceil(low / MIB))
-    for mib in range(first, first + 4096):
-        candidate = mib * MIB
-        if candidate > high:
-            break
-        if math.ceil(size / candidate) == parts:
-            found.add(candidate)
-        if len(found) >= 8:
-            break
-    return sorted(found)
-
-
-class _PartHashes:
-    """The MD5 of each part of a candidate multipart split, fed the file in order."""
-
-    def __init__(self, part_size: int) -> None:
-        self.part_size = part_size
-        self.digests: list[bytes] = []
-        self._current = hashlib.md5(usedforsecurity=False)
-        self._filled = 0
-
-    def update(self, data: memoryview) -> None:
-        while data:
-            room = self.part_size - self._filled
-            piece, data = data[:room], data[room:]
-            self._current.update(piece)
-            self._filled += len(piece)
-            if self._filled == self.part_size:
-                self.digests.append(self._current.digest())
-                self._current, self._filled = hashlib.md5(usedforsecurity=False), 0
-
-    def etag(self) -> str:
-        digests = self.digests + ([self._current.digest()] if self._filled else [])
-        return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
-
-
 class Transfer:
     """One file being streamed into its temporary file."""
 
     def __init__(self, rel: RelPath, expected: RemoteEntry, path: os.PathLike[str] | str, part_size: int,
-                 stall_timeout: float = 30.0) -> None:
+                 stall_timeout: float = 30.0, retry: RetryPolicy = DEFAULT_RETRY) -> None:
         self.rel = rel
         self.stall_timeout = stall_timeout  # seconds without a byte before a part is tried again
+        self.retry = retry
         self.expected = expected
         self.size = expected.size
         self.path = path
@@ -132,8 +87,7 @@ class Transfer:
         self.error: FetchFailed | None = None
         self.complete = False  # every byte landed and hashed
         self.settled = trio.Event()  # installed after its check, or failed
-        self.md5 = ""
-        self.multipart = ""  # the multipart ETag the bytes give, where the upstream's is one
+        self.hash = BodyHash(expected)  # fed the file in order as its parts land
         self.readers = 0
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -254,17 +208,9 @@ class Transfer:
     async def _work(self, read_range: ReadRange, urgent: bool) -> None:
         while (part := self._next_part(urgent)) is not None:
             part.state = RUNNING
-            for attempt in range(1, PART_TRIES + 1):
-                try:
-                    await self._fetch_part(part, read_range)
-                    break
-                except (NotFound, ConnectionLost):
-                    raise
-                except (Unavailable, UpstreamError) as exc:
-                    if attempt == PART_TRIES:
-                        raise
-                    log.warning("part at byte %d of %s, try %d/%d: %s; trying again from byte %d", part.start,
-                                self.rel, attempt, PART_TRIES, exc, part.start + part.landed)
+            # A part tried again goes on from the byte it stopped at (the one retry policy).
+            await retrying(lambda _n: self._fetch_part(part, read_range),
+                           f"fetch {self.rel}: part from byte {part.start}", self.retry)
             part.state = LANDED
             self.wanted.discard(part)
             self._notify()
@@ -317,9 +263,6 @@ class Transfer:
                               f" {start + part.landed} of {stop}")
 
     async def _hasher(self) -> None:
-        md5 = hashlib.md5(usedforsecurity=False)
-        match = MULTIPART_ETAG.match(self.expected.etag)
-        splits = [_PartHashes(size) for size in multipart_candidates(self.size, int(match.group(2)))] if match else []
         position = 0
         while position < self.size:
             part = self.parts[self._index(position)]
@@ -327,23 +270,12 @@ class Transfer:
                 await self._changed.wait()
             # Read back from the page cache and hashed in a worker thread (hashlib lets go of
             # the GIL), one part at a time, in order.
-            await trio.to_thread.run_sync(_hash_range, self.fd, position, part.stop, md5, splits)
+            await trio.to_thread.run_sync(_hash_range, self.fd, position, part.stop, self.hash)
             position = part.stop
-        self.md5 = md5.hexdigest()
-        if match:
-            etags = [split.etag() for split in splits]
-            self.multipart = self.expected.etag if self.expected.etag in etags else (etags[0] if etags else "?")
 
     def problem(self) -> str | None:
         """What is wrong with the landed file (size, MD5 or multipart ETag), or None."""
-        if os.fstat(self.fd).st_size != self.size:
-            return f"size {os.fstat(self.fd).st_size} differs from the listed {self.size}"
-        etag = self.expected.etag
-        if MD5_ETAG.match(etag) and self.md5 != etag:
-            return f"MD5 {self.md5} differs from the ETag {etag}"
-        if MULTIPART_ETAG.match(etag) and self.multipart != etag:
-            return f"multipart ETag {self.multipart} differs from the upstream's {etag}"
-        return None
+        return self.hash.problem(os.fstat(self.fd).st_size)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -360,16 +292,13 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return cast(BaseException, group)
 
 
-def _hash_range(fd: int, start: int, stop: int, md5: Any, splits: list[_PartHashes]) -> None:
+def _hash_range(fd: int, start: int, stop: int, hasher: BodyHash) -> None:
     offset = start
     while offset < stop:
         data = os.pread(fd, min(4 * 1024 * 1024, stop - offset), offset)
         if not data:
-            raise OSError(errno.EIO, "the temporary file ended early")
-        view = memoryview(data)
-        md5.update(view)
-        for split in splits:
-            split.update(view)
+            raise IntegrityError("the temporary file ended early")
+        hasher.update(data)
         offset += len(data)
 
 

@@ -16,7 +16,6 @@ Every node handed to the kernel (a lookup, a readdirplus entry) is counted, and
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -29,7 +28,17 @@ import pyfuse3
 import trio
 
 from ..core.categories import warm_command
-from ..core.errors import FetchFailed, errno_for
+from ..core.errors import (
+    FetchFailed,
+    IsAFolder,
+    NoSuchAttribute,
+    NotAFolder,
+    NotInMirror,
+    ReadOnly,
+    answer_for,
+    errno_for,
+    is_missing,
+)
 from ..core.namespace import Node, Tree
 from ..core.paths import RelPath, name_from_bytes
 from ..core.policy import is_probe
@@ -95,14 +104,12 @@ def answers(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corouti
         except (pyfuse3.FUSEError, trio.Cancelled):
             raise
         except Exception as exc:
-            number = errno_for(exc)
-            if number is None:
+            if errno_for(exc) is None:
                 where = (handler.__name__, type(exc).__name__)
                 if where not in _logged_bugs:
                     _logged_bugs.add(where)
                     log.exception("bug: %s failed with %r; answered EIO (logged once per kind)", *where[:1], exc)
-                number = errno.EIO
-            raise pyfuse3.FUSEError(number) from None
+            raise pyfuse3.FUSEError(answer_for(exc)) from None
 
     return wrapper
 
@@ -152,14 +159,14 @@ class AssetFS(pyfuse3.Operations):
         try:
             return self.tree.nodes[inode]
         except KeyError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
+            raise NotInMirror(f"inode {inode} is not known (forgotten)") from None
 
     # -- names ----------------------------------------------------------------------
     @answers
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
         if not parent.is_dir:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+            raise NotAFolder(self.tree.rel(parent))
         text = name_from_bytes(name)  # InvalidPath: ENOENT
         asked = _Asked(self, ctx)
         node = await self.tree.lookup(parent, text, asked)
@@ -167,7 +174,7 @@ class AssetFS(pyfuse3.Operations):
             if asked.run is not None:
                 self._report_miss(asked.run, self.tree.rel(parent).child(text))
             if asked.overridden or self.runs.overriding(self.tree.mode):
-                raise pyfuse3.FUSEError(errno.ENOENT)  # this process's answer only: never cached
+                raise NotInMirror(text)  # this process's answer only: never cached
             self.kernel.told_missing((parent_inode, name))  # to take back when it becomes wrong
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0  # a cached "no such name": repeated probes stay in the kernel
@@ -201,7 +208,7 @@ class AssetFS(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: Any) -> int:
         node = self._node(inode)
         if not node.is_dir:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+            raise NotAFolder(self.tree.rel(node))
         asked = _Asked(self, ctx)
         # A folder's listing differs per mode: the process is asked only while a run in its own
         # mode is registered (a plain listing costs no /proc reads).
@@ -238,10 +245,10 @@ class AssetFS(pyfuse3.Operations):
     @answers
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         if flags & WRITE_FLAGS:
-            raise pyfuse3.FUSEError(errno.EROFS)
+            raise ReadOnly("isaacfs is read-only")
         node = self._node(inode)
         if node.is_dir:
-            raise pyfuse3.FUSEError(errno.EISDIR)
+            raise IsAFolder(self.tree.rel(node))
         told = self._attrs.get(node.inode)  # what the kernel holds of this inode
         asked = _Asked(self, ctx)
         run = asked.run_now() if self.runs.runs else None  # per-run counts only while runs exist
@@ -251,7 +258,7 @@ class AssetFS(pyfuse3.Operations):
             fd, transfer = await self.tree.open(node, asked)
         except FetchFailed as exc:
             run = run or asked.run
-            if run is not None and exc.errno == errno.ENOENT:
+            if run is not None and is_missing(exc):
                 self._report_miss(run, self.tree.rel(node))
             raise
         except OSError as exc:
@@ -326,7 +333,7 @@ class AssetFS(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         value = self._xattrs(self._node(inode)).get(name)
         if value is None:
-            raise pyfuse3.FUSEError(errno.ENODATA)
+            raise NoSuchAttribute(name)
         return value.encode("utf-8", "surrogateescape")
 
     @answers

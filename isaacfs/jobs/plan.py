@@ -17,6 +17,7 @@ import trio
 from ..core.categories import category_of, category_root
 from ..core.errors import InvalidPath, NotFound, UpstreamError, UserError
 from ..core.paths import RelPath
+from ..core.retry import RetryPolicy, retrying
 from ..core.types import RemoteEntry, Upstream
 from ..store.mirror import TempWriter
 from . import closure as closures
@@ -44,7 +45,7 @@ class Plan:
 
 
 # -- planning -------------------------------------------------------------------------
-LIST_TRIES = 3
+LIST_RETRY = RetryPolicy(tries=3, base=1.0)  # a folder listing during a walk
 
 
 async def _walk(ws: Workspace, root: RelPath, limit: trio.CapacityLimiter,
@@ -67,17 +68,11 @@ async def _walk(ws: Workspace, root: RelPath, limit: trio.CapacityLimiter,
                     for entry in entries if not entry.is_dir}
 
     async def listing(folder: RelPath) -> list[RemoteEntry]:
-        for attempt in range(1, LIST_TRIES + 1):
-            try:
-                async with limit:
-                    return await ws.listings.get(folder, ttl)
-            except (NotFound, UserError):
-                raise
-            except UpstreamError:
-                if attempt == LIST_TRIES:
-                    raise
-                await trio.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
+        async def attempt(_number: int) -> list[RemoteEntry]:
+            async with limit:
+                return await ws.listings.get(folder, ttl)
+
+        return await retrying(attempt, f"list {folder}", LIST_RETRY)
 
     async def visit(folder: RelPath, nursery: trio.Nursery) -> None:
         try:

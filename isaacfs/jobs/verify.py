@@ -27,7 +27,8 @@ import trio
 from ..core.errors import FetchFailed, InvalidPath, NotFound, UpstreamError
 from ..core.paths import RelPath
 from ..core.types import RemoteEntry
-from ..fetch.fetcher import BULK, MD5_ETAG
+from ..fetch.fetcher import BULK
+from ..fetch.integrity import MD5_ETAG
 from ..store.index import FileRecord, Index
 from ..store.mirror import md5_of
 from .reports import off_loop

@@ -13,13 +13,12 @@ leaves only temporary files, which the next run or mount removes.
 
 from __future__ import annotations
 
-import errno
 import math
 import time
 
 import trio
 
-from ..core.errors import FetchFailed, UserError
+from ..core.errors import FetchFailed, MirrorFull, UserError
 from ..core.paths import RelPath
 from ..core.types import RemoteEntry
 from ..fetch.fetcher import BULK, SMALL_PER_PLACE
@@ -149,7 +148,7 @@ async def _fetch_one(ws: Workspace, rel: RelPath, entry: RemoteEntry, report: Gr
             report.failed += 1
             result.failures.append(f"{rel}: {exc}")
             outcome = "failed"
-            if exc.errno == errno.ENOSPC and not result.stopped:
+            if isinstance(exc.cause, MirrorFull) and not result.stopped:
                 result.stopped = f"stopped: {exc}; free space on the mirror's disk and run the same command again"
                 scope.cancel()
     emit({"event": "done", "path": str(rel), "size": entry.size, "outcome": outcome})

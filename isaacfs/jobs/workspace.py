@@ -89,15 +89,17 @@ def reconcile_upstream(index: Index, settings: Settings) -> Settings:
 
 
 def run_on_mirror(settings: Settings, mirror_dir: Path, job: Callable[[Workspace], Awaitable[T]],
-                  read_only: bool = False, upstream: Upstream | None = None) -> T:
+                  read_only: bool = False, upstream: Upstream | None = None,
+                  clock: trio.abc.Clock | None = None) -> T:
     """Run ``job`` on the mirror in ``mirror_dir``, against ``upstream`` (default: the
     settings' upstream, reconciled with the one the mirror records, through its backend).
 
-    ``read_only`` (a dry run) neither takes the lock nor saves the index.
+    ``read_only`` (a dry run) neither takes the lock nor saves the index. ``clock``: trio's
+    clock for the run (tests pass a MockClock, so backoffs and timeouts take no real time).
     """
     if upstream is not None:
         given = upstream
-        return trio.run(_run, settings, mirror_dir, job, read_only, lambda _settings: given)
+        return trio.run(_run, settings, mirror_dir, job, read_only, lambda _settings: given, clock=clock)
     from ..backends import client_session, open_upstream
 
     with client_session():

@@ -12,7 +12,6 @@ start removes.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import logging
@@ -21,6 +20,7 @@ import stat
 import threading
 import uuid
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -175,9 +175,10 @@ class Mirror:
     def new_temp(self) -> Path:
         return self.tmp / f"{uuid.uuid4().hex}.part"
 
-    def writer(self) -> TempWriter:
-        """A new temporary file in the state folder to receive a download (a ``Sink``)."""
-        return TempWriter(self.new_temp())
+    def writer(self, hasher: Hasher | None = None) -> TempWriter:
+        """A new temporary file in the state folder to receive a download (a ``Sink``), its
+        bytes fed to ``hasher`` (default: an MD5) as they are written."""
+        return TempWriter(self.new_temp(), hasher)
 
     def install(self, temp: Path, rel: RelPath, mtime: float) -> LocalEntry:
         """Make a checked, fsynced temporary file the mirror's copy of ``rel``, atomically."""
@@ -208,7 +209,7 @@ class Mirror:
                 current.mkdir(mode=0o755)
             except FileExistsError:
                 if not current.is_dir():
-                    raise OSError(errno.ENOTDIR, f"{current.name} is a file in the mirror") from None
+                    raise NotADirectoryError(f"{current.name} is a file in the mirror") from None
 
     def walk_files(self) -> list[tuple[str, int, float]]:
         """Every file in the tree as (path, size, mtime), for indexing an adopted folder."""
@@ -250,7 +251,28 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_hashed(fd: int, view: memoryview, md5: hashlib._Hash) -> None:
+class Hasher(Protocol):
+    """What a download's bytes are fed to as they are written (``fetch.integrity.BodyHash``)."""
+
+    def update(self, data: memoryview) -> None: ...
+
+    @property
+    def md5(self) -> str: ...
+
+
+class Md5:
+    def __init__(self) -> None:
+        self._md5 = hashlib.md5(usedforsecurity=False)
+
+    def update(self, data: memoryview) -> None:
+        self._md5.update(data)
+
+    @property
+    def md5(self) -> str:
+        return self._md5.hexdigest()
+
+
+def _write_hashed(fd: int, view: memoryview, md5: Hasher) -> None:
     """Append ``view`` to ``fd`` and feed it to ``md5``; a large piece is hashed in a second
     thread while this one writes (hashlib and os.write both release the GIL)."""
     hasher = threading.Thread(target=md5.update, args=(view,)) if len(view) >= PARALLEL_HASH_BYTES else None
@@ -271,22 +293,22 @@ class TempWriter:
     """A download's temporary file: written in order, MD5 computed as it is written, fsynced
     by ``finish``. Removed by ``discard`` (always call it; it is a no-op after install)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, hasher: Hasher | None = None) -> None:
         self.path = path
         self.size = 0
-        self._md5 = hashlib.md5(usedforsecurity=False)
+        self.hasher = hasher if hasher is not None else Md5()
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
 
     async def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        await trio.to_thread.run_sync(_write_hashed, self._fd, view, self._md5)
+        await trio.to_thread.run_sync(_write_hashed, self._fd, view, self.hasher)
         self.size += len(view)
 
     async def finish(self) -> str:
         """fsync and close the file; its MD5."""
         await trio.to_thread.run_sync(os.fsync, self._fd)
         self._close()
-        return self._md5.hexdigest()
+        return self.hasher.md5
 
     def _close(self) -> None:
         if self._fd >= 0:

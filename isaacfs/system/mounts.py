@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import subprocess
@@ -10,7 +9,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import MountError
+from ..core.errors import MountError, is_disconnected
 
 FSTYPE = "fuse.isaacfs"
 
@@ -58,7 +57,7 @@ def is_stale(path: Path) -> bool:
     try:
         os.statvfs(path)
     except OSError as exc:
-        return exc.errno == errno.ENOTCONN
+        return is_disconnected(exc)
     return False
 
 
@@ -90,7 +89,7 @@ def answers(path: Path, timeout: float) -> bool | None:
             os.statvfs(path)
             outcome.append(True)
         except OSError as exc:
-            outcome.append(exc.errno != errno.ENOTCONN)
+            outcome.append(not is_disconnected(exc))
 
     asker = threading.Thread(target=ask, daemon=True)
     asker.start()

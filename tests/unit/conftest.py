@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from isaacfs import sample_assets
 from isaacfs.backends.memory import MemoryUpstream
@@ -29,12 +30,35 @@ def sample_files() -> dict[str, bytes]:
             for path in sorted(SAMPLE.rglob("*")) if path.is_file()}
 
 
-def trio_test(body: Callable[..., Awaitable[None]]) -> Callable[..., None]:
-    """Run an async test body under trio (the project's event loop)."""
+# Real seconds the loop must sit idle (every task waiting) before the mock clock jumps to the
+# next deadline: long enough for a worker thread's disk write, short enough that backoffs,
+# timeouts and stall watchdogs cost nothing.
+AUTOJUMP_AFTER = 0.05
 
+
+def mock_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=AUTOJUMP_AFTER)
+
+
+def trio_test(body: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async test body under trio (the project's event loop) with trio's MockClock:
+    waits (retry backoff, timeouts, stall watchdogs) pass in virtual time, so a test that
+    waits for a deadline takes no real time and says so in virtual seconds."""
+    return _under_trio(body, mock=True)
+
+
+def trio_test_real_clock(body: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """The same on the real clock, for a test whose subject is a child process (the usd-core
+    worker) or a link paced chunk by chunk: under the mock clock, their real time would
+    jump deadlines."""
+    return _under_trio(body, mock=False)
+
+
+def _under_trio(body: Callable[..., Awaitable[None]], mock: bool) -> Callable[..., None]:
     @functools.wraps(body)
     def run(*args: Any, **kwargs: Any) -> None:
-        trio.run(functools.partial(body, *args, **kwargs))
+        clock = mock_clock() if mock else None
+        trio.run(functools.partial(body, *args, **kwargs), clock=clock)
 
     return run
 

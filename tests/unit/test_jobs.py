@@ -19,7 +19,7 @@ from isaacfs.jobs.verify import VerifyResult, verify
 from isaacfs.jobs.warm import run
 from isaacfs.jobs.workspace import Workspace, run_on_mirror
 from isaacfs.store.index import Index
-from tests.unit.conftest import FRANKA, GO2
+from tests.unit.conftest import FRANKA, GO2, mock_clock
 
 SETTINGS = Settings(upstream="memory://assets")
 
@@ -30,14 +30,16 @@ def warm(folder: Path, upstream: MemoryUpstream, spec: WarmSpec) -> tuple[WarmRe
     async def job(ws: Workspace) -> WarmResult:
         return await run(ws, spec, events.append)
 
-    return run_on_mirror(SETTINGS, folder, job, read_only=spec.dry_run, upstream=upstream), events
+    # A closure's subject is the usd-core worker, a child process: its real time must not jump deadlines.
+    clock = None if spec.closure else mock_clock()
+    return run_on_mirror(SETTINGS, folder, job, read_only=spec.dry_run, upstream=upstream, clock=clock), events
 
 
 def check(folder: Path, upstream: MemoryUpstream, repair: bool = False) -> VerifyResult:
     async def job(ws: Workspace) -> VerifyResult:
         return await verify(ws, repair, lambda event: None)
 
-    return run_on_mirror(SETTINGS, folder, job, upstream=upstream)
+    return run_on_mirror(SETTINGS, folder, job, upstream=upstream, clock=mock_clock())
 
 
 @pytest.fixture
@@ -208,7 +210,7 @@ def check_upstream(folder: Path, upstream: MemoryUpstream, repair: bool = False)
     async def job(ws: Workspace) -> VerifyResult:
         return await verify(ws, repair, lambda event: None, upstream=True)
 
-    return run_on_mirror(SETTINGS, folder, job, upstream=upstream)
+    return run_on_mirror(SETTINGS, folder, job, upstream=upstream, clock=mock_clock())
 
 
 def test_verify_finds_a_flipped_byte_without_etags(folder: Path) -> None:

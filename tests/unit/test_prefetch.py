@@ -14,7 +14,7 @@ from isaacfs.jobs.parser import ParseFailed, Parser
 from isaacfs.jobs.prefetch import Prefetcher
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
-from tests.unit.conftest import GO2, Running, trio_test
+from tests.unit.conftest import GO2, Running, trio_test, trio_test_real_clock
 
 # What the sample Go2 stage names, directly or through its layers (tests/mount/test_usd_stage.py).
 GO2_DEPENDENCIES = {
@@ -69,7 +69,7 @@ async def test_opening_a_robot_fetches_what_it_names_before_anyone_asks(
     assert mirrored(mirror) == GO2_DEPENDENCIES | {GO2}
 
 
-@trio_test
+@trio_test_real_clock
 async def test_prefetch_is_bounded_and_off_in_strict_mode(mirror: Mirror, index: Index,
                                                          upstream: MemoryUpstream) -> None:
     running = Running(mirror, index, upstream)
@@ -88,7 +88,7 @@ async def test_prefetch_is_bounded_and_off_in_strict_mode(mirror: Mirror, index:
         await prefetcher.aclose()
 
 
-@trio_test
+@trio_test_real_clock
 async def test_a_layer_the_parser_cannot_read_costs_only_its_answer(tmp_path: Path) -> None:
     bad = tmp_path / "broken.usda"
     bad.write_text("#usda 1.0\n(\n  subLayers = [ @a.usda@ \n")  # cut short

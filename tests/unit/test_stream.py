@@ -13,10 +13,11 @@ import trio
 from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.errors import FetchFailed
 from isaacfs.core.paths import RelPath
-from isaacfs.fetch.stream import PART_SIZE, Transfer, multipart_candidates
+from isaacfs.fetch.integrity import multipart_candidates
+from isaacfs.fetch.stream import PART_SIZE, Transfer
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
-from tests.unit.conftest import Running, trio_test
+from tests.unit.conftest import Running, trio_test, trio_test_real_clock
 
 BIG = "Isaac/Environments/Sky/dome.exr"
 CRATE = "Isaac/Environments/Sky/stage.usd"
@@ -56,7 +57,7 @@ async def test_a_large_file_arrives_in_ranged_parts_checked_and_hashed(
     assert list(mirror.tmp.iterdir()) == []
 
 
-@trio_test
+@trio_test_real_clock
 async def test_a_reader_gets_its_first_bytes_before_the_file_is_whole(
         mirror: Mirror, index: Index, ranged: MemoryUpstream) -> None:
     ranged.chunk_delay = 0.01  # 64 KiB per 10 ms: 20 MiB take seconds
@@ -164,7 +165,7 @@ async def test_64_readers_of_one_cold_file_share_one_transfer(mirror: Mirror, in
     assert len([r for r in ranged.ranges if r[0] == BIG]) == -(-20 * MIB // PART_SIZE)  # each part fetched once
 
 
-@trio_test
+@trio_test_real_clock
 async def test_a_reader_deep_in_a_part_nobody_fetches_yet_waits_for_its_own_bytes(
         mirror: Mirror, index: Index) -> None:
     """The last 64 KiB of a file of 10 parts (a USD crate's table of contents, an EXR's tail):
@@ -216,7 +217,7 @@ async def test_a_part_splits_for_a_jump_not_for_read_ahead(tmp_path: Path) -> No
             transfer.close()
 
 
-@trio_test
+@trio_test_real_clock
 async def test_a_reader_reading_on_in_order_does_not_split_parts(mirror: Mirror, index: Index) -> None:
     """The kernel's read-ahead asks 1 MiB past where a sequential reader is: that is not a
     jump, and must not cut the parts ahead into small requests (each a round trip)."""
