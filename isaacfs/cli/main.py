@@ -27,7 +27,8 @@ UMOUNT_PROBE_SECONDS = 3.0  # a daemon that does not answer a statfs in this tim
 
 
 def _mountpoint(text: str | None) -> Path:
-    return Path(text or config.DEFAULT_MOUNTPOINT).expanduser().absolute()
+    """The mount a command acts on: the argument, else $ISAACFS_MOUNTPOINT, else the default."""
+    return config.mountpoint(text, os.environ)
 
 
 def _add_mount_settings(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         "warm", help="fetch chosen assets into the mirror (through a live mount's daemon, or directly)")
     warm.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT",
                       help="the live mount or mirror folder to fill (put it before the options;"
-                      f" default $ISAACFS_MIRROR or {config.DEFAULT_MOUNTPOINT})")
+                      f" default $ISAACFS_MOUNTPOINT or {config.DEFAULT_MOUNTPOINT})")
     warm.add_argument("--categories", nargs="+", default=[], metavar="C",
                       help="folders under Isaac/ (Robots, IsaacLab/Robots), paths from the root"
                       " (NVIDIA/Materials), or all")
@@ -88,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--from-misses", action="store_true", help="fetch what strict mode recorded as missing")
     warm.add_argument("--dry-run", action="store_true", help="list what would be fetched, from listings alone")
     _add_source(warm)
-    warm.add_argument("--mirror", metavar="DIR", help="the mirror or live mount (default $ISAACFS_MIRROR"
-                      f" or {config.DEFAULT_MOUNTPOINT})")
+    warm.add_argument("--mirror", metavar="DIR", help="an unmounted mirror folder to fill (default: the"
+                      " mount's: $ISAACFS_MIRROR, else the mountpoint's own folder)")
     warm.add_argument("--jobs", dest="fetch_jobs", type=int, metavar="N",
                       help="parallel downloads (default 8; files of 256 KiB or less go four to a place)")
     warm.add_argument("--upstream-timeout", type=float, metavar="S")
@@ -158,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="this command sees only the mirror (a miss fails at once, shown here)")
     run_mode.add_argument("--offline-permissive", dest="run_mode", action="store_const", const="permissive",
                           help="this command fetches what the mirror lacks (each fetch shown here)")
-    run.add_argument("--mount", metavar="MOUNTPOINT", help=f"the mount to use (default {config.DEFAULT_MOUNTPOINT};"
+    run.add_argument("--mount", metavar="MOUNTPOINT", help="the mount to use (default $ISAACFS_MOUNTPOINT, else"
+                     f" {config.DEFAULT_MOUNTPOINT};"
                      " mounted for the run if it is not)")
     run.add_argument("command_args", nargs=argparse.REMAINDER, metavar="COMMAND",
                      help="the command and its arguments, after --")
@@ -195,11 +197,15 @@ def _finish_help(parser: argparse.ArgumentParser) -> None:
             action.help = SHARED_HELP[action.dest]
 
 
+# Settings a flag gives, with the flag as the user types it (errors name the real flag).
+SETTING_FLAGS = {"upstream": "--upstream", "release": "--release", "mode": "--mode", "mirror": "--mirror",
+                 "upstream_timeout": "--upstream-timeout", "listing_ttl": "--listing-ttl", "fetch_jobs": "--jobs",
+                 "log_level": "--log-level", "allow_other": "--allow-other", "new_upstream": "--new-upstream"}
+
+
 def settings_from(args: argparse.Namespace) -> config.Settings:
-    keys = ("upstream", "release", "mode", "mirror", "upstream_timeout", "listing_ttl", "fetch_jobs",
-            "log_level", "allow_other", "new_upstream")
-    flags: dict[str, Any] = {key: getattr(args, key, None) for key in keys}
-    return config.load(flags)
+    flags: dict[str, Any] = {key: getattr(args, key, None) for key in SETTING_FLAGS}
+    return config.load(flags, flag_names=SETTING_FLAGS)
 
 
 def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
@@ -281,13 +287,15 @@ def _read_lines(name: str) -> list[str]:
 
 
 def _mirror_arg(args: argparse.Namespace, settings: config.Settings) -> Path:
-    """The folder a command works on: --mirror, else MOUNTPOINT, else $ISAACFS_MIRROR, else the default."""
-    given = getattr(args, "mountpoint", None)
+    """The folder a command works on: --mirror DIR; else the mount (MOUNTPOINT, else
+    $ISAACFS_MOUNTPOINT, else the default) while it is mounted; unmounted, that mount's
+    mirror: the configured one ($ISAACFS_MIRROR, the config file's ``mirror``) or its own folder."""
     if getattr(args, "mirror", None):
         return Path(args.mirror).expanduser().absolute()
-    if given:
-        return _mountpoint(given)
-    return settings.mirror or _mountpoint(None)
+    mountpoint = _mountpoint(getattr(args, "mountpoint", None))
+    if mounts.find_mount(mountpoint) is None and settings.mirror is not None:
+        return settings.mirror
+    return mountpoint
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -325,7 +333,7 @@ def cmd_mode(args: argparse.Namespace) -> int:
 
 
 def _mount_for_isaaclab(text: str | None) -> Path:
-    mountpoint = _mountpoint(text or os.environ.get("ISAACFS_MIRROR"))
+    mountpoint = _mountpoint(text)
     if mounts.find_mount(mountpoint) is None:
         print(f"isaacfs: note: {mountpoint} is not mounted now; mount it with: isaacfs mount {mountpoint}",
               file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,12 @@ else:  # Python 3.10 (Ubuntu 22.04): the same parser, from PyPI
 CLOUD_ROOT = "https://omniverse-content-production.s3-us-west-2.amazonaws.com/Assets/Isaac"
 DEFAULT_RELEASE = "6.2"  # Isaac Sim 6.x / Isaac Lab 3.0; Isaac Lab 2.3 uses 5.1.
 DEFAULT_MOUNTPOINT = Path("~/IsaacLab/offline_assets")
+
+
+def mountpoint(given: str | None, env: Mapping[str, str]) -> Path:
+    """The mount a command acts on: ``given``, else $ISAACFS_MOUNTPOINT, else the default.
+    (``ISAACFS_MIRROR`` is never a mountpoint: it says where a mount keeps its mirror.)"""
+    return Path(given or env.get("ISAACFS_MOUNTPOINT") or DEFAULT_MOUNTPOINT).expanduser().absolute()
 UPSTREAM_SCHEMES = ("https", "omniverse", "omni", "file")
 RELEASE = re.compile(r"^\d+\.\d+$")
 
@@ -150,8 +157,10 @@ def load(
     flags: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
     config_file: Path | None = None,
+    flag_names: dict[str, str] | None = None,
 ) -> Settings:
-    """Resolve settings. ``flags`` holds only options the user actually gave."""
+    """Resolve settings. ``flags`` holds only options the user actually gave; ``flag_names``
+    says how the user typed each (an error names the flag, not the setting)."""
     env = dict(os.environ if env is None else env)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -185,7 +194,7 @@ def load(
             values["upstream"] = release_root(str(value))
             sources["upstream"] = "--release"
             continue
-        values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
+        values[key] = _coerce(key, value, (flag_names or {}).get(key, f"--{key.replace('_', '-')}"))
         sources[key] = "flag"
     return replace(Settings(), **values, sources=sources)
 
