@@ -27,7 +27,7 @@ from . import policy
 from .errors import FetchFailed, NotFound, NotInMirror, Unavailable, UpstreamError
 from .listings import Listings
 from .paths import RelPath
-from .types import LocalEntry, Mode, RemoteEntry, Upstream
+from .types import Installed, LocalEntry, Mode, RemoteEntry, Upstream
 
 if TYPE_CHECKING:
     from ..fetch.fetcher import Fetcher
@@ -94,8 +94,9 @@ class Tree:
         self.listings = Listings(index, upstream, listing_ttl)
         self.listings.observers.append(self._relisted)
         fetcher.on_fetched.append(self._fetched)
-        # Told of every open of a file (the prefetcher reads what a layer names).
-        self.opened: list[Callable[[RelPath], None]] = []
+        # Told of every open of a file, with the asker's mode (the prefetcher reads what a
+        # layer names, for a permissive asker only): (path, a callable giving that mode).
+        self.opened: list[Callable[[RelPath, Callable[[], Mode]], None]] = []
         self.misses = policy.MissReporter(index, mount_display)
         self._inodes = itertools.count(ROOT_INODE + 1)
         self.root = Node(ROOT_INODE, None, "", True)
@@ -224,15 +225,16 @@ class Tree:
                 node.listed_at, entries = listing
                 self._merge_remote(node, entries)
 
-    def _tell_opened(self, rel: RelPath) -> None:
+    def _tell_opened(self, rel: RelPath, mode_of: Callable[[], Mode] | None) -> None:
+        asker: Callable[[], Mode] = mode_of if mode_of is not None else (lambda: self.mode)
         for observer in self.opened:
-            observer(rel)
+            observer(rel, asker)
 
-    def _fetched(self, rel: RelPath, local: LocalEntry) -> None:
-        """A streamed file was installed while readers went on: its node is mirrored now."""
-        node = self._find(rel)
+    def _fetched(self, event: Installed) -> None:
+        """A file was installed (a streamed one while readers went on): its node is mirrored now."""
+        node = self._find(event.rel)
         if node is not None and not node.cached:
-            self._set_local(node, local)
+            self._set_local(node, event.local)
             self._mark_ancestors_cached(node)
             self._scanned_after_install(node.parent)
 
@@ -442,7 +444,7 @@ class Tree:
                             continue
                         got.readers += 1
                         self.index.count("opens")
-                        self._tell_opened(rel)
+                        self._tell_opened(rel, mode_of)
                         return fd, got
                     local = got
                 else:
@@ -458,7 +460,7 @@ class Tree:
                 continue
             self.index.touch(rel)
             self.index.count("opens")
-            self._tell_opened(rel)
+            self._tell_opened(rel, mode_of)
             return fd, None
         raise FetchFailed(f"{rel} vanished from the mirror", NotInMirror(rel))
 

@@ -15,6 +15,9 @@ from .paths import RelPath
 Mode = Literal["strict", "permissive"]
 MODES: tuple[Mode, ...] = ("strict", "permissive")
 
+# Fetch priorities: a reader's demand first, then prefetch, then bulk warm.
+READER, PREFETCH, BULK = 0, 1, 2
+
 
 @dataclass(frozen=True, slots=True)
 class RemoteEntry:
@@ -35,6 +38,17 @@ class LocalEntry:
     is_dir: bool
     size: int
     mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    """The one announcement of a file put in the mirror (checked, indexed, renamed into
+    place), whatever the strategy that moved it: every listener hears this and only this.
+    ``priority``: the download's at install time (a reader that joined a warm's promotes it)."""
+
+    rel: RelPath
+    local: LocalEntry
+    priority: int
 
 
 class Sink(Protocol):

@@ -20,7 +20,7 @@ import trio
 from ..core.errors import FetchFailed, IntegrityError, MirrorFull, Stopping, UpstreamError, is_disk_full
 from ..core.paths import RelPath
 from ..core.retry import RetryPolicy, retrying
-from ..core.types import LocalEntry, RemoteEntry, Upstream
+from ..core.types import BULK, PREFETCH, READER, Installed, LocalEntry, RemoteEntry, Upstream
 from ..store.index import Index
 from ..store.mirror import Mirror
 from .integrity import BodyHash
@@ -36,8 +36,7 @@ PRELOAD_BYTES = 64 * 1024 * 1024
 PRELOAD_FILE_BYTES = 16 * 1024 * 1024
 
 
-# Priority classes: a reader's demand first, then prefetch, then bulk warm.
-READER, PREFETCH, BULK = 0, 1, 2
+# Priority classes (core.types): a reader's demand first, then prefetch, then bulk warm.
 # A place (of ``jobs``) is one transfer of a file that is bound by bandwidth. A file of at
 # most SMALL_FILE bytes is bound by its round trip instead (its body takes less time than
 # the round trip on any link worth a cache), so SMALL_PER_PLACE of them share a place: a
@@ -159,8 +158,9 @@ class Fetcher:
         self._disk_freed = trio.Event()
         # Told when bytes a reader may have seen turned out wrong (the kernel drops its pages).
         self.on_discarded: Callable[[RelPath], None] = lambda rel: None
-        # Told of every file installed (the mount's tree marks the node mirrored).
-        self.on_fetched: list[Callable[[RelPath, LocalEntry], None]] = []
+        # Told of every file installed, once (the mount's tree marks the node mirrored, the
+        # prefetcher reads what a layer names).
+        self.on_fetched: list[Callable[[Installed], None]] = []
         self._nursery: trio.Nursery | None = None
 
     def attach(self, nursery: trio.Nursery) -> None:
@@ -364,7 +364,7 @@ class Fetcher:
                     entry, digest = await self._whole(rel, current, None)
             finally:
                 self._release_disk(current.size)
-            self._installed(rel, entry, current, digest, started)
+            self._installed(rel, entry, current, digest, started, flight.ticket.priority)
             return entry
 
         async def refresh(exc: BaseException) -> None:
@@ -457,15 +457,17 @@ class Fetcher:
                 self.index.count("streamed_then_failed")
                 self.on_discarded(transfer.rel)
 
-    def _installed(self, rel: RelPath, entry: LocalEntry, expected: RemoteEntry, digest: str, started: float) -> None:
+    def _installed(self, rel: RelPath, entry: LocalEntry, expected: RemoteEntry, digest: str, started: float,
+                   priority: int) -> None:
         """The one announcement of an installed file, whatever the strategy: the index first
         (an install is recorded before it counts), then every listener."""
         self.index.record_file(rel, entry.size, expected.mtime, expected.etag, "upstream", digest)
         self.index.count("fetches")
         self.index.count("bytes_fetched", entry.size)
         log.info("fetched %s (%d bytes in %.2fs)", rel, entry.size, time.monotonic() - started)
+        event = Installed(rel, entry, priority)
         for observer in self.on_fetched:
-            observer(rel, entry)
+            observer(event)
 
     async def _refresh(self, rel: RelPath, expected: RemoteEntry) -> RemoteEntry:
         try:

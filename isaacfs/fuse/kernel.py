@@ -9,6 +9,7 @@ here, so the next lookup reaches the daemon again.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 import pyfuse3
@@ -32,18 +33,37 @@ def encoded(name: str) -> bytes:
 
 
 class KernelCache:
-    def __init__(self, tree: Tree) -> None:
+    def __init__(self, tree: Tree, clock: Callable[[], float] = time.monotonic) -> None:
         self.tree = tree
-        # (parent inode, name) -> when the kernel was told the name does not exist (or is a ghost).
-        self._negatives: dict[Key, float] = {}
+        self._clock = clock
+        # (parent inode, name) -> when the kernel was told the name does not exist (or is a
+        # ghost), oldest first: expired entries leave from the front, and a full memo evicts
+        # its oldest, so each answer and each install costs O(1), never a scan.
+        self._negatives: OrderedDict[Key, float] = OrderedDict()
 
     def told_missing(self, key: Key) -> None:
         """The kernel was told ``key`` does not exist (or is a short-lived ghost folder)."""
-        if len(self._negatives) >= MAX_NEGATIVES:
-            self._take_back(lambda key: False)  # drop the expired ones
-            if len(self._negatives) >= MAX_NEGATIVES:
-                self._negatives.clear()  # a probe storm; these expire in the kernel anyway
-        self._negatives[key] = time.monotonic()
+        now = self._clock()
+        self._expire(now)
+        self._negatives[key] = now
+        self._negatives.move_to_end(key)
+        while len(self._negatives) > MAX_NEGATIVES:
+            # A probe storm: the oldest answer the kernel may still hold is taken back from it
+            # now, so nothing it keeps can go stale unseen.
+            oldest, _told = self._negatives.popitem(last=False)
+            self._forget_entry(*oldest)
+
+    def _expire(self, now: float) -> None:
+        """Forget the answers the kernel itself has dropped by now."""
+        horizon = now - NEGATIVE_TIMEOUT
+        while self._negatives:
+            key, told = next(iter(self._negatives.items()))
+            if told >= horizon:
+                return
+            del self._negatives[key]
+
+    def __len__(self) -> int:
+        return len(self._negatives)
 
     def set_mode(self, mode: Mode) -> None:
         """Switch strict/permissive for the next lookup; open files are not touched."""
@@ -62,14 +82,15 @@ class KernelCache:
         open handles keep the old inode, its pages and its file."""
         node: Node | None = self.tree.root
         parent: Node | None = None
-        chain: set[Key] = set()
+        self._expire(self._clock())
         for part in rel.parts:
             if node is None:
                 break
-            chain.add((node.inode, encoded(part)))
+            key = (node.inode, encoded(part))
+            if self._negatives.pop(key, None) is not None:  # one look-up per level, not a scan
+                self._forget_entry(*key)
             parent = node
             node = node.children.get(part) if node.children is not None else None
-        self._take_back(chain.__contains__)
         if replaced and parent is not None:
             self._forget_entry(parent.inode, encoded(rel.name))
         elif node is not None and node.cached:
@@ -95,13 +116,11 @@ class KernelCache:
         trio.lowlevel.spawn_system_task(invalidate_inode, inode)
 
     def _take_back(self, wanted: Callable[[Key], bool]) -> None:
-        horizon = time.monotonic() - NEGATIVE_TIMEOUT
-        for key, told in list(self._negatives.items()):
-            if told < horizon:
-                del self._negatives[key]
-            elif wanted(key):
-                del self._negatives[key]
-                self._forget_entry(*key)
+        """Take back every live answer ``wanted`` picks (a mode switch: all of them)."""
+        self._expire(self._clock())
+        for key in [key for key in self._negatives if wanted(key)]:
+            del self._negatives[key]
+            self._forget_entry(*key)
 
     @staticmethod
     def _forget_entry(parent_inode: int, name: bytes) -> None:

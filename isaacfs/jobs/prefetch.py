@@ -7,23 +7,31 @@ each asset it names is resolved under the asset root, its folder's listing fetch
 parallel, from the index when fresh) and the file fetched at prefetch priority: behind
 every reader, ahead of bulk warms. A reader that opens a file being prefetched joins that
 download and promotes it; a failed prefetch costs nobody an error. Bounded per root layer
-(files, bytes) and in concurrency; off with ``prefetch = false``.
+(files, bytes: a reference over budget is dropped when its layer is read, never queued),
+in concurrency, and in memory (what it remembers is kept in bounded, oldest-first sets);
+off with ``prefetch = false``.
+
+It works for permissive askers only: a layer opened by a strict process (``isaacfs run
+--offline``) is not expanded, whatever the mount's mode, and a bulk warm's installs are
+the warm's own business (it fetches what it was asked, not what that names).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import trio
 
 from ..core.errors import FetchFailed, UpstreamError
 from ..core.listings import Listings
 from ..core.paths import RelPath
-from ..core.types import LocalEntry, RemoteEntry
-from ..fetch.fetcher import PREFETCH, Fetcher
+from ..core.types import BULK, PREFETCH, Installed, Mode, RemoteEntry
+from ..fetch.fetcher import Fetcher
 from ..store.index import Index
 from ..store.mirror import Mirror
 from .closure import resolve
@@ -31,6 +39,41 @@ from .parser import ParseFailed, Parser
 from .usd_deps import wants_parsing
 
 log = logging.getLogger("isaacfs.prefetch")
+
+
+# What the prefetcher remembers (layers parsed, files queued, folders listed, budgets):
+# at most this many of each, the oldest forgotten first. Forgetting costs at most a parse
+# or a listing again, never a wrong answer.
+REMEMBERED = 50_000
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Bounded(Generic[K, V]):
+    """A map of at most ``cap`` entries; adding past it forgets the oldest."""
+
+    def __init__(self, cap: int = REMEMBERED) -> None:
+        self.cap = cap
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K) -> V | None:
+        return self._items.get(key)
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.cap:
+            self._items.popitem(last=False)
+
+    def add(self, key: K) -> None:  # as a set
+        self.put(key, None)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -51,37 +94,65 @@ class Prefetcher:
     max_files: int = 2000  # per root layer
     max_bytes: int = 2 * 1024 * 1024 * 1024  # per root layer
     parallel: int = 16
+    remembered: int = REMEMBERED
     _nursery: trio.Nursery | None = None
-    _parsed: set[RelPath] = field(default_factory=set)
-    _queued: set[RelPath] = field(default_factory=set)
-    _prefetched: set[RelPath] = field(default_factory=set)
-    _read: set[RelPath] = field(default_factory=set)
-    _budgets: dict[RelPath, _Budget] = field(default_factory=dict)
-    _roots: dict[RelPath, RelPath] = field(default_factory=dict)  # a queued file -> the layer that led to it
-    _ancestors_listed: set[RelPath] = field(default_factory=set)  # folders above prefetched files, listed
+    _parsed: Bounded[RelPath, None] = field(init=False)
+    _queued: Bounded[RelPath, None] = field(init=False)
+    _prefetched: Bounded[RelPath, None] = field(init=False)
+    _read: Bounded[RelPath, None] = field(init=False)
+    _budgets: Bounded[RelPath, _Budget] = field(init=False)
+    _roots: Bounded[RelPath, RelPath] = field(init=False)  # a queued file -> the layer that led to it
+    _ancestors_listed: Bounded[RelPath, None] = field(init=False)  # folders above prefetched files, listed
     _limit: trio.CapacityLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         self._limit = trio.CapacityLimiter(self.parallel)
+        self._parsed, self._queued, self._prefetched, self._read = (Bounded(self.remembered) for _ in range(4))
+        self._budgets, self._roots, self._ancestors_listed = (Bounded(self.remembered) for _ in range(3))
+
+    @property
+    def remembering(self) -> int:
+        """Entries held in all (bounded by 7 x ``remembered``)."""
+        return sum(len(kept) for kept in (self._parsed, self._queued, self._prefetched, self._read,
+                                          self._budgets, self._roots, self._ancestors_listed))
+
+    def _root_of(self, rel: RelPath) -> RelPath:
+        return self._roots.get(rel) or rel
+
+    def _budget(self, root: RelPath) -> _Budget:
+        budget = self._budgets.get(root)
+        if budget is None:
+            budget = _Budget()
+            self._budgets.put(root, budget)
+        return budget
 
     def attach(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
 
     # -- what triggers it -----------------------------------------------------------
-    def fetched(self, rel: RelPath, local: LocalEntry) -> None:
-        """A file was installed (fetched by a reader, a warm, or a prefetch)."""
-        self._consider(rel, self._roots.get(rel, rel))
+    def fetched(self, event: Installed) -> None:
+        """A file was installed by a reader (permissive, or it could not have fetched) or a
+        prefetch; a bulk warm's installs are not expanded."""
+        if event.priority != BULK:
+            self._consider(event.rel, self._root_of(event.rel))
 
-    def opened(self, rel: RelPath) -> None:
-        """A reader opened ``rel`` (from the mirror, or while it streams)."""
+    def opened(self, rel: RelPath, mode_of: Callable[[], Mode]) -> None:
+        """A reader opened ``rel`` (from the mirror, or while it streams); ``mode_of`` gives
+        its mode: a strict reader's layer is not expanded (its run must stay offline)."""
         if rel in self._prefetched and rel not in self._read:
             self._read.add(rel)
             self.index.count("prefetch_read")
-        self._consider(rel, self._roots.get(rel, rel))
+        if self._wanted(rel) and mode_of() == "permissive":
+            self._consider(rel, self._root_of(rel))
+
+    def _wanted(self, rel: RelPath) -> bool:
+        return (self._nursery is not None and self.active() and rel not in self._parsed
+                and wants_parsing(rel.name))
 
     def _consider(self, rel: RelPath, root: RelPath) -> None:
-        if self._nursery is None or not self.active() or rel in self._parsed or not wants_parsing(rel.name):
+        if not self._wanted(rel):
             return
+        assert self._nursery is not None
         self._parsed.add(rel)
         self._nursery.start_soon(self._expand, rel, root)
 
@@ -98,13 +169,21 @@ class Prefetcher:
             log.exception("prefetch: reading %s failed", layer)
             return
         assert self._nursery is not None
+        budget = self._budget(root)
         for dependency in deps:
             target = resolve(dependency, layer, self.root_url)
-            if isinstance(target, RelPath) and target not in self._queued and not target.is_state():
-                self._queued.add(target)
-                self._roots[target] = root
-                self._list_ancestors(target)
-                self._nursery.start_soon(self._prefetch, target, root)
+            if not isinstance(target, RelPath) or target in self._queued or target.is_state():
+                continue
+            if budget.files >= self.max_files:
+                # Over budget: the rest of this layer's references are dropped here, not queued
+                # (a layer naming 90,000 assets costs one count, not 90,000 tasks).
+                self.index.count("prefetch_over_budget")
+                break
+            budget.files += 1  # taken now, before any task runs: the budget bounds what is queued
+            self._queued.add(target)
+            self._roots.put(target, root)
+            self._list_ancestors(target)
+            self._nursery.start_soon(self._prefetch, target, root, budget)
 
     def _list_ancestors(self, rel: RelPath) -> None:
         """List the folders above ``rel``'s own, all at once, where not fresh: a reader's path
@@ -128,18 +207,14 @@ class Prefetcher:
         except Exception:
             log.exception("prefetch: listing %s/ failed", folder)
 
-    async def _prefetch(self, rel: RelPath, root: RelPath) -> None:
+    async def _prefetch(self, rel: RelPath, root: RelPath, budget: _Budget) -> None:
         try:
             local = self.mirror.entry(rel)
             if local is not None:
+                budget.files -= 1  # nothing to fetch: the place goes back
                 if not local.is_dir:
                     self._consider(rel, root)  # mirrored already: what it names may not be
                 return
-            budget = self._budgets.setdefault(root, _Budget())
-            if budget.files >= self.max_files:
-                self.index.count("prefetch_over_budget")
-                return
-            budget.files += 1  # taken now: the tasks running beside this one see it
             entry = await self._entry(rel)
             if entry is None or entry.is_dir:
                 budget.files -= 1

@@ -26,8 +26,7 @@ import trio
 
 from ..core.errors import FetchFailed, InvalidPath, NotFound, UpstreamError
 from ..core.paths import RelPath
-from ..core.types import RemoteEntry
-from ..fetch.fetcher import BULK
+from ..core.types import BULK, RemoteEntry
 from ..fetch.integrity import MD5_ETAG
 from ..store.index import FileRecord, Index
 from ..store.mirror import md5_of

@@ -18,8 +18,8 @@ from ..core.config import Settings, redact
 from ..core.errors import UserError
 from ..core.listings import Listings
 from ..core.paths import RelPath
-from ..core.types import RemoteEntry, Upstream
-from ..fetch.fetcher import PREFETCH, Fetcher
+from ..core.types import PREFETCH, RemoteEntry, Upstream
+from ..fetch.fetcher import Fetcher
 from ..store.index import Index
 from ..store.mirror import Mirror
 

@@ -52,7 +52,7 @@ def test_every_install_is_checked_indexed_and_announced_once(
         rel = RelPath.parse(SMALL)
         entry = await upstream.stat(rel)
         async with Running(mirror, index, upstream) as ws:
-            ws.fetcher.on_fetched.append(lambda rel, local: heard.append((str(rel), local.size)))
+            ws.fetcher.on_fetched.append(lambda event: heard.append((str(event.rel), event.local.size)))
             await ws.fetcher.ensure(rel, entry)
             await ws.fetcher.ensure(rel, entry)  # mirrored: no second install, no second announcement
         assert index.file_record(rel) == (size, entry.etag, "upstream")
@@ -69,7 +69,7 @@ async def test_a_body_read_ahead_is_announced_like_any_other(mirror: Mirror, ind
     entry = await upstream.stat(rel)
     heard: list[LocalEntry] = []
     async with Running(mirror, index, upstream) as ws:
-        ws.fetcher.on_fetched.append(lambda rel, local: heard.append(local))
+        ws.fetcher.on_fetched.append(lambda event: heard.append(event.local))
         assert ws.fetcher.preload(rel, entry)
         await ws.fetcher.ensure(rel, entry)
     assert [local.size for local in heard] == [5000] and index.session["read_ahead_used"] == 1
@@ -86,7 +86,7 @@ def test_a_corrupt_body_is_refused_by_both_strategies_after_the_policys_tries(
         rel = RelPath.parse(LARGE)
         entry = await upstream.stat(rel)
         async with Running(mirror, index, upstream) as ws:
-            ws.fetcher.on_fetched.append(lambda *args: heard.append(args))
+            ws.fetcher.on_fetched.append(heard.append)
             started = trio.current_time()
             with pytest.raises(FetchFailed) as caught:
                 await ws.fetcher.ensure(rel, entry)

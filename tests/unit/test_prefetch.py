@@ -6,10 +6,12 @@ import os
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.namespace import Tree
 from isaacfs.core.paths import RelPath
+from isaacfs.core.types import BULK
 from isaacfs.jobs.parser import ParseFailed, Parser
 from isaacfs.jobs.prefetch import Prefetcher
 from isaacfs.store.index import Index
@@ -69,21 +71,22 @@ async def test_opening_a_robot_fetches_what_it_names_before_anyone_asks(
     assert mirrored(mirror) == GO2_DEPENDENCIES | {GO2}
 
 
-@trio_test_real_clock
+@trio_test
 async def test_prefetch_is_bounded_and_off_in_strict_mode(mirror: Mirror, index: Index,
                                                          upstream: MemoryUpstream) -> None:
+    parser = _ListParser(["./go2_physics.usda", "./go2_sensors.usda", "./Props/instanceable_meshes.usda"])
     running = Running(mirror, index, upstream)
     async with running:
-        tree, prefetcher = build(running, max_files=1)
+        tree, prefetcher = _with_parser(running, parser, max_files=1)
         node = await walk(tree, GO2)
         os.close((await tree.open(node))[0])  # type: ignore[arg-type]
-        await trio.sleep(3)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.1)
         assert len(mirrored(mirror)) == 2  # the root layer and the one file its budget allows
         assert index.session["prefetch_over_budget"] >= 1
         tree.mode = "strict"
         before = mirrored(mirror)
-        prefetcher.opened(RelPath.parse("Isaac/IsaacLab/Robots/Unitree/Go2/go2_physics.usda"))
-        await trio.sleep(1)
+        prefetcher.opened(RelPath.parse("Isaac/IsaacLab/Robots/Unitree/Go2/go2_sensors.usda"), lambda: "permissive")
+        await trio.testing.wait_all_tasks_blocked(cushion=0.1)
         assert mirrored(mirror) == before  # strict mode never touches the network
         await prefetcher.aclose()
 
@@ -104,3 +107,78 @@ async def test_a_layer_the_parser_cannot_read_costs_only_its_answer(tmp_path: Pa
         assert await parser.dependencies(str(good)) == ["./part.usda"]
     finally:
         await parser.aclose()
+
+
+class _ListParser:
+    """Stands in for the usd-core worker: every layer names the same references."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.asked: list[str] = []
+
+    async def dependencies(self, path: str) -> list[str]:
+        self.asked.append(path)
+        return self.names
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _with_parser(running: Running, parser: _ListParser, max_files: int = 2000,
+                 remembered: int = 50_000) -> tuple[Tree, Prefetcher]:
+    ws = running.ws
+    tree = Tree(ws.mirror, ws.index, ws.upstream, ws.fetcher, "permissive", 3600.0, "/mnt")  # type: ignore[arg-type]
+    prefetcher = Prefetcher(ws.mirror, ws.index, tree.listings, ws.fetcher, parser, ws.upstream.root_url,  # type: ignore[arg-type]
+                            lambda: tree.mode == "permissive", max_files, remembered=remembered)
+    ws.fetcher.on_fetched.append(prefetcher.fetched)
+    tree.opened.append(prefetcher.opened)
+    prefetcher.attach(running._nursery)
+    return tree, prefetcher
+
+
+@trio_test
+async def test_a_strict_asker_on_a_permissive_mount_prefetches_nothing(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    parser = _ListParser(["./go2_physics.usda"])
+    running = Running(mirror, index, upstream)
+    async with running:
+        _tree, prefetcher = _with_parser(running, parser)
+        layer = RelPath.parse(GO2)
+        prefetcher.opened(layer, lambda: "strict")  # `isaacfs run --offline` on a permissive mount
+        await trio.testing.wait_all_tasks_blocked()
+        assert parser.asked == [] and "Isaac/IsaacLab/Robots/Unitree/Go2/go2_physics.usda" not in mirrored(mirror)
+        prefetcher.opened(layer, lambda: "permissive")
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        assert parser.asked and parser.asked[0].endswith(GO2)
+
+
+@trio_test
+async def test_a_layer_naming_90000_assets_queues_only_its_budget(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    parser = _ListParser([f"./Props/missing_{number}.usda" for number in range(90_000)])
+    running = Running(mirror, index, upstream)
+    async with running:
+        _tree, prefetcher = _with_parser(running, parser, max_files=100, remembered=1000)
+        prefetcher.opened(RelPath.parse(GO2), lambda: "permissive")
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        assert len(prefetcher._queued) == 100  # not 90,000 tasks
+        assert index.session["prefetch_over_budget"] == 1  # counted once, where it was cut
+        assert upstream.requests["list Isaac/IsaacLab/Robots/Unitree/Go2/Props"] <= 1
+        # Many more layers: what it remembers stays bounded.
+        parser.names = ["./a.usda"]
+        for number in range(3000):
+            prefetcher.opened(RelPath.parse(f"Isaac/Layers/l{number}.usda"), lambda: "permissive")
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        assert prefetcher.remembering <= 7 * 1000
+
+
+@trio_test
+async def test_a_bulk_warms_installs_are_not_expanded(mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    parser = _ListParser(["./go2_physics.usda"])
+    running = Running(mirror, index, upstream)
+    async with running as ws:
+        _with_parser(running, parser)
+        rel = RelPath.parse(GO2)
+        await ws.fetcher.ensure(rel, await upstream.stat(rel), priority=BULK)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        assert parser.asked == []

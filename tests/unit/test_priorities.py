@@ -8,7 +8,8 @@ import trio
 
 from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.paths import RelPath
-from isaacfs.fetch.fetcher import BULK, PREFETCH, READER, SMALL_FILE, SMALL_PER_PLACE, PriorityLimiter
+from isaacfs.core.types import BULK, PREFETCH, READER
+from isaacfs.fetch.fetcher import SMALL_FILE, SMALL_PER_PLACE, PriorityLimiter
 from isaacfs.jobs.spec import WarmSpec
 from isaacfs.jobs.warm import run
 from isaacfs.store.index import Index
