@@ -278,10 +278,12 @@ def cmd_warm(args: argparse.Namespace) -> int:
 
 
 def _read_lines(name: str) -> list[str]:
+    """A manifest's lines, split at newlines only (str.splitlines() also splits at U+2028,
+    U+0085 ..., which may stand in a name)."""
     if name == "-":
-        return sys.stdin.read().splitlines()
+        return sys.stdin.read().split("\n")
     try:
-        return Path(name).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+        return Path(name).read_text(encoding="utf-8", errors="surrogateescape").split("\n")
     except OSError as exc:
         raise UserError(f"cannot read manifest {name}: {exc.strerror}") from None
 
@@ -438,7 +440,12 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not argv:  # no command: what there is to do, not just "arguments are required"
+        parser.print_help(sys.stderr)
+        print("\nisaacfs: name a command; `isaacfs COMMAND --help` tells more", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         if args.command == "mount":
             return cmd_mount(args, argv)

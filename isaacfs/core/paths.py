@@ -104,6 +104,8 @@ def shown(text: object) -> str:
 
 
 _LINE_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Unicode line breaks above ASCII (NEL, line and paragraph separators).
+_LINE_BREAKS = frozenset("\x85\u2028\u2029")
 
 
 def escape_line(path: str) -> str:
@@ -117,6 +119,8 @@ def escape_line(path: str) -> str:
             out.append(f"\\x{ord(char) - 0xDC00:02x}")
         elif ord(char) < 0x20 or ord(char) == 0x7F:
             out.append(f"\\x{ord(char):02x}")  # escape sequences never reach a terminal raw
+        elif char in _LINE_BREAKS:
+            out.append(f"\\u{ord(char):04x}")  # str.splitlines() would break the line there
         else:
             out.append(char)
     return "".join(out)
@@ -136,6 +140,11 @@ def unescape_line(line: str) -> str:
                 out.append(simple[follow])
                 index += 2
                 continue
+            if follow == "u" and _hex(chars[index + 2:index + 6], 4) and chr(int(chars[index + 2:index + 6], 16)) \
+                    in _LINE_BREAKS:
+                out.append(chr(int(chars[index + 2:index + 6], 16)))
+                index += 6
+                continue
             if follow == "x" and _hex(chars[index + 2:index + 4]):
                 out.append(bytes([int(chars[index + 2:index + 4], 16)]).decode("utf-8", "surrogateescape"))
                 index += 4
@@ -145,5 +154,5 @@ def unescape_line(line: str) -> str:
     return "".join(out)
 
 
-def _hex(text: str) -> bool:
-    return len(text) == 2 and all(c in "0123456789abcdefABCDEF" for c in text)
+def _hex(text: str, digits: int = 2) -> bool:
+    return len(text) == digits and all(c in "0123456789abcdefABCDEF" for c in text)

@@ -94,7 +94,7 @@ def parse_manifest(lines: list[str], name: str) -> tuple[list[RelPath], list[str
     paths: list[RelPath] = []
     problems: list[str] = []
     for number, raw in enumerate(lines, 1):
-        text = raw.strip()
+        text = raw.strip(" \t\r\n")  # ASCII only: U+2028, U+0085 ... may stand in a name
         if not text or text.startswith("#"):
             continue
         text = unescape_line(text)

@@ -75,7 +75,8 @@ def reconcile_upstream(index: Index, settings: Settings) -> Settings:
         if recorded is None and not index.read_only:
             index.set_meta("upstream", redact(wanted))
         return settings
-    if settings.new_upstream:
+    if settings.new_upstream or ("upstream" in settings.sources and index.file_count() == 0):
+        # Asked for, or nothing was ever mirrored from the old one: nothing to mix.
         dropped = index.clear_listings()
         index.set_meta("upstream", redact(wanted))
         log.warning("the mirror now follows %s (was %s): kept its files, dropped %d stored listings",

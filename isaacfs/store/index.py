@@ -374,6 +374,10 @@ class Index:
         rows = self.db.execute("SELECT path, mode, first_seen, last_seen, count FROM misses ORDER BY last_seen DESC")
         return [(str(p), str(m), float(f), float(last), int(c)) for p, m, f, last, c in rows]
 
+    def file_count(self) -> int:
+        self.flush()
+        return int(self.db.execute("SELECT count(*) FROM files").fetchone()[0])
+
     def miss_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM misses").fetchone()[0])
 

@@ -1,4 +1,5 @@
-"""A TCP proxy on loopback that misbehaves on demand, between omni.client and the S3 server.
+"""A TCP proxy on loopback that misbehaves on demand, between isaacfs (its HTTP pool, or
+omni.client) and the S3 server.
 
 Modes (change them at any time through ``proxy.mode``):
 - "pass": forward as is; ``throttle`` (bytes/s, server to client) and ``delay`` (s, per

@@ -17,6 +17,7 @@ import shlex
 import sys
 import types
 from pathlib import Path
+from typing import cast
 
 
 def carb_stand_in(kit_args: str) -> types.ModuleType:
@@ -46,7 +47,7 @@ def load(version: str, wheel: Path, kit_args: str) -> types.ModuleType:
     sys.path.insert(0, str(wheel))
     import isaaclab.utils.assets as assets  # from the unpacked 3.0 wheel
 
-    return assets
+    return cast(types.ModuleType, assets)
 
 
 def main() -> None:

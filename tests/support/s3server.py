@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -257,7 +256,7 @@ def main() -> None:
         # handshakes (3 round trips) on 6 of every 16.
         kept.keep_alive_conn_limit = 1000
 
-        class LazyHandshake(BuiltinSSLAdapter):  # type: ignore[misc]
+        class LazyHandshake(BuiltinSSLAdapter):
             """cheroot shakes hands in its one acceptor thread: over a long link every new
             connection would wait for those before it. Here the handshake happens on the
             connection's first read, in its own worker thread, as a real S3 front end does."""
@@ -279,4 +278,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

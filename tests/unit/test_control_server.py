@@ -84,7 +84,7 @@ async def test_a_client_that_hangs_up_mid_stream_cancels_its_job_only(tmp_path: 
 
 def control_call(path: Path, command: str, **arguments: Any) -> Any:
     original = control.socket_of_mount
-    control.socket_of_mount = lambda mountpoint: path  # type: ignore[assignment]
+    control.socket_of_mount = lambda mountpoint: path
     try:
         return control.call(Path("/nowhere"), command, **arguments)
     finally:

@@ -52,3 +52,9 @@ def test_the_mountpoint_comes_from_its_own_variable_never_from_the_mirrors() -> 
     assert config.mountpoint("/elsewhere", env) == Path("/elsewhere")
     assert config.mountpoint(None, {"ISAACFS_MIRROR": "/data/mirror"}) == config.DEFAULT_MOUNTPOINT.expanduser()
     assert config.load(env=env, config_file=Path("/nonexistent")).mirror == Path("/data/mirror")
+
+
+def test_no_command_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert all(command in err for command in ("mount", "warm", "status", "umount", "run")) and "COMMAND --help" in err

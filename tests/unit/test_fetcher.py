@@ -12,6 +12,7 @@ import trio
 from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.errors import AccessDenied, FetchFailed
 from isaacfs.core.paths import RelPath
+from isaacfs.core.types import LocalEntry
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
 from tests.unit.conftest import FRANKA, GO2, Running, trio_test
@@ -23,7 +24,7 @@ async def test_many_readers_of_one_cold_file_cause_one_download(
     upstream.delay = 0.05
     rel = RelPath.parse(GO2)
     entry = await upstream.stat(rel)
-    results = []
+    results: list[LocalEntry] = []
     async with Running(mirror, index, upstream) as ws, trio.open_nursery() as nursery:
         for _ in range(32):
             nursery.start_soon(lambda: _append(results, ws.fetcher.ensure(rel, entry)))

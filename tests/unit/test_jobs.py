@@ -206,6 +206,26 @@ def test_a_mirror_keeps_its_upstream(folder: Path, upstream: MemoryUpstream) -> 
         index.close()
 
 
+def test_an_empty_mirror_follows_another_upstream_without_being_told(folder: Path) -> None:
+    """A mirror that only recorded an upstream (nothing ever fetched) holds nothing to mix."""
+    from dataclasses import replace
+
+    from isaacfs.jobs.workspace import reconcile_upstream
+
+    index = Index(folder / "index.db")
+    try:
+        index.set_meta("upstream", "https://first.example/Assets")
+        other = replace(Settings(upstream="https://other.example/Assets"), sources={"upstream": "flag"})
+        assert reconcile_upstream(index, other).upstream == "https://other.example/Assets"
+        assert index.get_meta("upstream") == "https://other.example/Assets"
+        index.record_file(RelPath.parse(GO2), 10, 0.0, "", "upstream")
+        third = replace(Settings(upstream="https://third.example/Assets"), sources={"upstream": "flag"})
+        with pytest.raises(UserError, match="--new-upstream"):
+            reconcile_upstream(index, third)  # now it holds a file: mixing is refused
+    finally:
+        index.close()
+
+
 def check_upstream(folder: Path, upstream: MemoryUpstream, repair: bool = False) -> VerifyResult:
     async def job(ws: Workspace) -> VerifyResult:
         return await verify(ws, repair, lambda event: None, upstream=True)

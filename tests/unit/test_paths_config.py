@@ -133,3 +133,15 @@ def test_log_lines_escape_their_arguments() -> None:
                                ("Isaac/evil\n2026 INFO fake line", ValueError("x\x1b[2J"), 3), None)
     assert EscapeNames().filter(record)
     assert record.getMessage() == "could not fetch Isaac/evil\\n2026 INFO fake line: x\\x1b[2J (3)"
+
+
+def test_manifest_lines_survive_unicode_line_breaks_in_names(tmp_path: Path) -> None:
+    from isaacfs.cli.main import _read_lines
+    from isaacfs.core.paths import escape_line
+    from isaacfs.jobs.spec import parse_manifest
+
+    names = ["Isaac/a\u2028b.usd", "Isaac/x\x85y.usd", "Isaac/p\u2029.usd", "Isaac/ends with space .usd"]
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("".join(escape_line(name) + "\n" for name in names), encoding="utf-8")
+    paths, problems = parse_manifest(_read_lines(str(manifest)), "manifest.txt")
+    assert [str(path) for path in paths] == names and not problems

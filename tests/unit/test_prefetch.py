@@ -127,8 +127,9 @@ class _ListParser:
 def _with_parser(running: Running, parser: _ListParser, max_files: int = 2000,
                  remembered: int = 50_000) -> tuple[Tree, Prefetcher]:
     ws = running.ws
-    tree = Tree(ws.mirror, ws.index, ws.upstream, ws.fetcher, "permissive", 3600.0, "/mnt")  # type: ignore[arg-type]
-    prefetcher = Prefetcher(ws.mirror, ws.index, tree.listings, ws.fetcher, parser, ws.upstream.root_url,  # type: ignore[arg-type]
+    tree = Tree(ws.mirror, ws.index, ws.upstream, ws.fetcher, "permissive", 3600.0, "/mnt")
+    prefetcher = Prefetcher(ws.mirror, ws.index, tree.listings, ws.fetcher, parser,  # type: ignore[arg-type]
+                            ws.upstream.root_url,
                             lambda: tree.mode == "permissive", max_files, remembered=remembered)
     ws.fetcher.on_fetched.append(prefetcher.fetched)
     tree.opened.append(prefetcher.opened)

@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
-import time
 
 from isaacfs.core.runs import Runs
 
 
 def spawn(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    # A shell whose child is a sleeping python: two levels below this test.
-    return subprocess.Popen(["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(30)' & wait"],
-                            env={**os.environ, **(env or {})})
+    # A shell whose child is a sleeping python (two levels below this test) that says its pid
+    # once it runs; in a session of its own, so that the whole tree is killed at the end.
+    child = "import os, time; print(os.getpid(), flush=True); time.sleep(30)"
+    return subprocess.Popen(["sh", "-c", f"{sys.executable} -c '{child}' & wait"], stdout=subprocess.PIPE,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
 
 
 def grandchild(shell: subprocess.Popen[bytes]) -> int:
-    for _ in range(100):
-        try:
-            children = open(f"/proc/{shell.pid}/task/{shell.pid}/children").read().split()
-        except OSError:
-            children = []
-        if children:
-            return int(children[0])
-        time.sleep(0.05)
-    raise AssertionError("no child")
+    """The sleeping python's pid, as it says once it runs (no polling)."""
+    assert shell.stdout is not None
+    line = shell.stdout.readline()
+    if not line:
+        raise AssertionError("no child")
+    return int(line)
+
+
+def end(*shells: subprocess.Popen[bytes]) -> None:
+    """Kill each shell with its whole process tree: no grandchild is left sleeping."""
+    for shell in shells:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait()
+        if shell.stdout is not None:
+            shell.stdout.close()
 
 
 def test_a_run_covers_its_whole_process_tree_and_nothing_else() -> None:
@@ -35,16 +45,15 @@ def test_a_run_covers_its_whole_process_tree_and_nothing_else() -> None:
     try:
         run = runs.register(shell.pid, "strict", events.append)
         assert run is not None
-        assert runs.lookup(grandchild(shell)) == ("strict", run)
-        assert runs.lookup(grandchild(other)) == (None, None)  # another process keeps the mount's mode
+        mine, theirs = grandchild(shell), grandchild(other)
+        assert runs.lookup(mine) == ("strict", run)
+        assert runs.lookup(theirs) == (None, None)  # another process keeps the mount's mode
         assert runs.lookup(os.getpid()) == (None, None)
         assert runs.overriding("permissive") and not runs.overriding("strict")
         runs.unregister(run)
-        assert runs.lookup(grandchild(shell)) == (None, None)
+        assert runs.lookup(mine) == (None, None)
     finally:
-        for process in (shell, other):
-            process.kill()
-            process.wait()
+        end(shell, other)
 
 
 def test_offline_variables_in_the_environment_choose_the_mode() -> None:
@@ -54,9 +63,7 @@ def test_offline_variables_in_the_environment_choose_the_mode() -> None:
         assert runs.lookup(grandchild(strict))[0] == "strict"
         assert runs.lookup(grandchild(permissive))[0] == "permissive"
     finally:
-        for process in (strict, permissive):
-            process.kill()
-            process.wait()
+        end(strict, permissive)
 
 
 def test_a_run_whose_root_is_gone_is_pruned() -> None:
@@ -64,6 +71,5 @@ def test_a_run_whose_root_is_gone_is_pruned() -> None:
     shell = spawn()
     run = runs.register(shell.pid, "permissive", lambda event: None)
     assert run is not None
-    shell.kill()
-    shell.wait()
+    end(shell)
     assert runs.prune() == [run] and not runs.runs
