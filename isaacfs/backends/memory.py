@@ -109,6 +109,13 @@ class MemoryUpstream:
         found = [self._entry(f"{prefix}{name}", name) for name in sorted(names)]
         return [entry for entry in found if entry is not None]
 
+    @property
+    def download_path(self) -> str:
+        return "in memory" + (", ranged parts" if self.ranged else "")
+
+    async def connect_ahead(self, count: int) -> None:
+        pass  # no connections
+
     async def walk(self, rel: RelPath, max_files: int = 5000) -> Folders | None:
         """Every folder below ``rel`` with its entries, in one request (where ``recursive``);
         None over ``max_files`` files (as S3 over that many pages)."""

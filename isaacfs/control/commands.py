@@ -122,7 +122,7 @@ class DaemonCommands:
                 "mirrored": mirrored, "session": status.counters(index, True),
                 "total": total, "in_flight": self.tree.fetcher.in_flight,
                 "nodes": len(self.tree.nodes),
-                "download_path": getattr(upstream, "download_path", type(upstream).__name__),
+                "download_path": upstream.download_path,
                 "prefetch": self.prefetch_stats(),
                 "recorded_misses": recorded_misses}
 

@@ -92,10 +92,7 @@ class Listings:
         """Every folder below ``rel`` with its entries, in one go where the upstream can
         (``walk``), each stored as that folder's listing; None where it cannot, or where
         there are more than about ``max_files`` files below."""
-        walk = getattr(self.upstream, "walk", None)
-        if walk is None:
-            return None
-        tree: dict[RelPath, list[RemoteEntry]] | None = await walk(rel, max_files)
+        tree = await self.upstream.walk(rel, max_files)
         if tree is None:
             return None
         kept: dict[RelPath, list[RemoteEntry]] = {}

@@ -7,6 +7,7 @@ speak only these.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -62,12 +63,42 @@ class Upstream(Protocol):
 
     ``available`` is False while the upstream rests after failing to answer: callers that
     can do without it (a lookup, a listing) skip it then instead of waiting.
+
+    The capabilities that only some upstreams have are members too, typed, each with its
+    "cannot" answer (``ranged`` False, ``walk`` None, ``connect_ahead`` a no-op): callers
+    ask the protocol, never ``getattr``.
     """
 
     root_url: str
 
     @property
     def available(self) -> bool: ...
+
+    @property
+    def ranged(self) -> bool:
+        """Files of more than one part stream in ranged parts (``read_range``). Asked each
+        time: an upstream may learn at its first listing how it is reached."""
+        ...
+
+    @property
+    def download_path(self) -> str:
+        """How files come, in words, for ``isaacfs status``."""
+        ...
+
+    async def read_range(self, rel: RelPath, start: int, end: int,
+                         on_data: Callable[[bytes], Awaitable[None]]) -> None:
+        """Bytes [start, end) of ``rel``, in order, to ``on_data`` (only where ``ranged``)."""
+        ...
+
+    async def walk(self, rel: RelPath, max_files: int = 5000) -> dict[RelPath, list[RemoteEntry]] | None:
+        """Every folder below ``rel`` with its entries in one go; None where the upstream
+        cannot, or over ``max_files`` files."""
+        ...
+
+    async def connect_ahead(self, count: int) -> None:
+        """Open up to ``count`` connections for a burst that follows (a no-op where requests
+        do not go over a pool of isaacfs's own)."""
+        ...
 
     def url_for(self, rel: RelPath) -> str: ...
 

@@ -24,7 +24,7 @@ from ..core.types import BULK, PREFETCH, READER, Installed, LocalEntry, RemoteEn
 from ..store.index import Index
 from ..store.mirror import Mirror
 from .integrity import BodyHash
-from .stream import PART_SIZE, ReadRange, Transfer
+from .stream import PART_SIZE, Transfer
 
 log = logging.getLogger("isaacfs.fetch")
 
@@ -171,7 +171,7 @@ class Fetcher:
     def ranged(self) -> bool:
         """Where the upstream speaks ranged reads (S3/HTTPS), files stream: see stream.py. Asked
         each time: an upstream learns at its first listing whether it answers anonymous HTTP."""
-        return bool(getattr(self.upstream, "ranged", False))
+        return self.upstream.ranged
 
     @property
     def in_flight(self) -> int:
@@ -416,7 +416,7 @@ class Fetcher:
             transfer = Transfer(rel, expected, self.mirror.new_temp(), PART_SIZE, self.stall_timeout, self.retry)
             flight.transfer = transfer
             flight.streaming.set()
-            await transfer.run(self._read_range)
+            await transfer.run(self.upstream.read_range)
             await trio.to_thread.run_sync(os.fsync, transfer.fd)
             problem = transfer.problem()
             if problem is not None:
@@ -441,12 +441,6 @@ class Fetcher:
                 if not installed:
                     Path(transfer.path).unlink(missing_ok=True)
 
-    @property
-    def _read_range(self) -> ReadRange:
-        read_range: ReadRange | None = getattr(self.upstream, "read_range", None)
-        if read_range is None:
-            raise RuntimeError("a ranged upstream without read_range")
-        return read_range
 
     def _discard(self, transfer: Transfer | None, error: FetchFailed) -> None:
         """Readers of a failed transfer get ``error`` on their next read; pages they may have

@@ -246,9 +246,7 @@ class Daemon:
                 self.prefetcher.attach(downloads)
                 if tree.mode == "permissive":  # usd-core loads now, not when the first robot is opened
                     downloads.start_soon(_guarded, "starting the usd-core worker", self.prefetcher.parser.start)
-            connect_ahead = getattr(tree.upstream, "connect_ahead", None)
-            if connect_ahead is not None:
-                tree.listings.observers.append(self._pool_warmer(tree, downloads, connect_ahead))
+            tree.listings.observers.append(self._pool_warmer(tree, downloads, tree.upstream.connect_ahead))
             task_status.started(downloads)
             await trio.sleep_forever()
 

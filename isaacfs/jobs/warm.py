@@ -67,10 +67,8 @@ async def run(ws: Workspace, spec: WarmSpec, emit: Emit) -> WarmResult:
         refused: list[UserError] = []
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
-                connect_ahead = getattr(ws.upstream, "connect_ahead", None)
-                if connect_ahead is not None:
-                    # while the plan's first listings go; the express places too
-                    nursery.start_soon(connect_ahead, ws.jobs + ws.fetcher.limit.express)
+                # while the plan's first listings go; the express places too
+                nursery.start_soon(ws.upstream.connect_ahead, ws.jobs + ws.fetcher.limit.express)
                 async with receive:
                     # Enough to fill every place with small files (a share of a place each).
                     for _ in range(max((SMALL_PER_PLACE + 1) * ws.jobs, 8)):
