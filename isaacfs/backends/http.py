@@ -21,6 +21,7 @@ requests (credentials in omniverse.toml), everything goes through omni.client (o
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -30,11 +31,40 @@ from urllib.parse import quote, urlsplit
 import trio
 import urllib3
 
-from ..core.errors import AccessDenied, ConnectionLost, NotFound, Unavailable, UpstreamError
+from ..core.errors import AccessDenied, ConnectionLost, IntegrityError, NotFound, Unavailable, UpstreamError
 from ..core.health import Health
 
 BLOCK = 1024 * 1024
+CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
+class _SinkFailed(Exception):
+    """The receiver of the bytes failed (the mirror's disk): not the connection's failure."""
+
+    def __init__(self, inner: BaseException) -> None:
+        super().__init__(str(inner))
+        self.inner = inner
+
+
+def _same_object(reply: urllib3.BaseHTTPResponse, start: int, end: int, etag: str, size: int, what: str) -> None:
+    """An answer of the object and range asked for, or IntegrityError (UpstreamError for a
+    range that is not the one asked for: a server or proxy fault)."""
+    answered = reply.headers.get("ETag", "").removeprefix("W/").strip('"')
+    if etag and answered and answered != etag:
+        raise IntegrityError(f"{what}: the object changed upstream (ETag {answered}, not {etag})")
+    if reply.status == 206:
+        found = CONTENT_RANGE.match(reply.headers.get("Content-Range", ""))
+        if found is None:
+            raise UpstreamError(f"{what}: a ranged answer without a usable Content-Range")
+        first, last, total = int(found.group(1)), int(found.group(2)), found.group(3)
+        if size >= 0 and total != "*" and int(total) != size:
+            raise IntegrityError(f"{what}: the object is {total} bytes upstream, not {size}")
+        if first != start or last < min(end, size if size >= 0 else end) - 1:
+            raise UpstreamError(f"{what}: bytes {first}-{last} answered for {start}-{end - 1}")
+    elif size >= 0 and reply.headers.get("Content-Length") not in (None, str(size)):
+        raise IntegrityError(f"{what}: the object is {reply.headers.get('Content-Length')} bytes upstream,"
+                             f" not {size}")
 
 
 class NotS3(UpstreamError):
@@ -123,9 +153,13 @@ class HttpRanges:
         return sum(answered)
 
     async def read(self, url: str, start: int, end: int, what: str,
-                   on_data: Callable[[bytes], Awaitable[None]]) -> None:
+                   on_data: Callable[[bytes], Awaitable[None]], etag: str = "", size: int = -1) -> None:
         """Stream bytes [start, end) of ``url`` to ``on_data``, in order. A body that ends early
-        returns short (the caller resumes); errors are the core's UpstreamError kinds."""
+        returns short (the caller resumes); errors are the core's UpstreamError kinds, and
+        IntegrityError for an answer of another object than the one expected: with ``etag``
+        the GET carries ``If-Match`` (412: changed) and the answer's ETag is compared; the
+        answer's Content-Range must be the range asked for, of ``size`` bytes in all. A failure
+        of ``on_data`` (the mirror's disk) is raised as it is, never taken for the link's."""
         self.health.check(what)
         token = trio.lowlevel.current_trio_token()
         open_ = [True]
@@ -133,16 +167,21 @@ class HttpRanges:
         def deliver(block: bytes) -> None:  # in the worker thread
             if not open_[0]:
                 raise _Stop
-            trio.from_thread.run(on_data, block, trio_token=token)
+            try:
+                trio.from_thread.run(on_data, block, trio_token=token)
+            except BaseException as exc:
+                raise _SinkFailed(exc) from exc
 
         try:
-            await trio.to_thread.run_sync(self._read, url, start, end, what, deliver, abandon_on_cancel=True,
-                                         limiter=self.threads)
+            await trio.to_thread.run_sync(self._read, url, start, end, what, deliver, etag, size,
+                                         abandon_on_cancel=True, limiter=self.threads)
         except ConnectionLost as exc:
             self.health.mark(exc)
             raise
         except _Stop:
             raise Unavailable(f"{what}: abandoned") from None
+        except _SinkFailed as failed:
+            raise failed.inner from None
         finally:
             open_[0] = False
         self.health.mark(None)
@@ -203,11 +242,19 @@ class HttpRanges:
         except urllib3.exceptions.HTTPError as exc:
             raise Unavailable(f"{what}: {type(exc).__name__}") from None
 
-    def _read(self, url: str, start: int, end: int, what: str, deliver: Callable[[bytes], None]) -> None:
+    def _read(self, url: str, start: int, end: int, what: str, deliver: Callable[[bytes], None],
+              etag: str = "", size: int = -1) -> None:
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if etag:
+            headers["If-Match"] = f'"{etag}"'
         reply = self._get(url, what, Unavailable(f"{what}: no answer for {self.stall_timeout:g}s"),
-                          headers={"Range": f"bytes={start}-{end - 1}"}, preload_content=False)
+                          headers=headers, preload_content=False)
         whole = False
         try:
+            if reply.status == 412:
+                raise IntegrityError(f"{what}: the object changed upstream (its ETag is no longer {etag})")
+            if reply.status == 416:
+                raise IntegrityError(f"{what}: the object is shorter upstream than listed (HTTP 416)")
             if reply.status == 404:
                 raise NotFound(f"{what}: not found upstream")
             if reply.status in (401, 403):
@@ -218,6 +265,7 @@ class HttpRanges:
                 raise UpstreamError(f"{what}: the upstream ignores byte ranges (HTTP 200 to a ranged GET)")
             if reply.status not in (200, 206):
                 raise UpstreamError(f"{what}: upstream answered HTTP {reply.status}")
+            _same_object(reply, start, end, etag, size, what)
             buffer = bytearray(BLOCK)
             view = memoryview(buffer)
             position = start
@@ -230,6 +278,8 @@ class HttpRanges:
             whole = True
         except urllib3.exceptions.ReadTimeoutError:
             raise Unavailable(f"{what}: no byte arrived for {self.stall_timeout:g}s") from None
+        except _SinkFailed:
+            raise
         except (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError, OSError) as exc:
             raise Unavailable(f"{what}: the connection broke mid-body ({type(exc).__name__})") from None
         finally:

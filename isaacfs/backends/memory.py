@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import trio
 
-from ..core.errors import ConnectionLost, NotFound, UpstreamError
+from ..core.errors import ConnectionLost, IntegrityError, NotFound, UpstreamError
 from ..core.health import Health
 from ..core.paths import RelPath
 from ..core.types import RemoteEntry, Sink
@@ -142,12 +142,13 @@ class MemoryUpstream:
     async def probe(self, rel: RelPath, timeout: float) -> None:
         await self._answer("probe", rel, resting_ok=True)
 
-    async def read_range(self, rel: RelPath, start: int, end: int,
-                         on_data: Callable[[bytes], Awaitable[None]]) -> None:
+    async def read_range(self, rel: RelPath, start: int, end: int, on_data: Callable[[bytes], Awaitable[None]],
+                         etag: str = "", size: int = -1) -> None:
         await self._answer(f"range {rel}", rel)
         body = self.files.get(str(rel))
         if body is None:
             raise NotFound(f"fetch {rel}: not found upstream")
+        self._same_object(rel, etag, size)
         if str(rel) in self.corrupt and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         self.ranges.append((str(rel), start, end))
@@ -168,11 +169,22 @@ class MemoryUpstream:
     async def aclose(self) -> None:
         return None
 
-    async def download(self, rel: RelPath, size: int, sink: Sink) -> None:
+    def _same_object(self, rel: RelPath, etag: str, size: int) -> None:
+        """As S3 answers a GET with If-Match (412), and as isaacfs checks Content-Range."""
+        now = self._entry(str(rel), rel.name)
+        assert now is not None
+        if etag and now.etag and now.etag != etag:
+            raise IntegrityError(f"fetch {rel}: the object changed upstream (ETag {now.etag}, not {etag})")
+        if size >= 0 and now.size != size:
+            raise IntegrityError(f"fetch {rel}: the object is {now.size} bytes now, not {size}")
+
+    async def download(self, rel: RelPath, size: int, sink: Sink, etag: str = "") -> None:
         await self._answer(f"get {rel}", rel)
         body = self.files.get(str(rel))
         if body is None:
             raise NotFound(f"fetch {rel}: not found upstream")
+        if etag:
+            self._same_object(rel, etag, -1)
         if str(rel) in self.corrupt and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         await sink.write(body)

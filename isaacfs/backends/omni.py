@@ -28,7 +28,7 @@ from ..core.config import Settings, redact
 from ..core.errors import AccessDenied, ConnectionLost, InvalidPath, NotFound, Unavailable, UpstreamError
 from ..core.health import Health
 from ..core.paths import RelPath, check_name, shown
-from ..core.retry import RetryPolicy, retrying
+from ..core.retry import RetryPolicy, resumable, retrying
 from ..core.types import RemoteEntry, Sink
 from .http import HttpRanges, NotS3
 from .local import LocalRanges
@@ -213,13 +213,14 @@ class OmniUpstream:
         return cls(settings.upstream, settings.upstream_timeout, settings.stall_timeout,
                    settings.upstream_retry_after, settings.min_download_rate, settings.http_ranges)
 
-    async def read_range(self, rel: RelPath, start: int, end: int,
-                         on_data: Callable[[bytes], Awaitable[None]]) -> None:
-        """Bytes [start, end) of ``rel`` over HTTP (S3 upstreams only: see ``ranged``)."""
+    async def read_range(self, rel: RelPath, start: int, end: int, on_data: Callable[[bytes], Awaitable[None]],
+                         etag: str = "", size: int = -1) -> None:
+        """Bytes [start, end) of ``rel`` over HTTP (S3 upstreams only: see ``ranged``), of the
+        object version ``etag`` and ``size`` bytes (http.py checks every answer)."""
         assert self.ranges is not None
         what = f"fetch {shown(rel)}"
         await self._refuse_special(rel, what)
-        await self.ranges.read(self.url_for(rel), start, end, what, on_data)
+        await self.ranges.read(self.url_for(rel), start, end, what, on_data, etag, size)
 
     def _local_path(self, rel: RelPath) -> str:
         assert self.local_root is not None
@@ -444,7 +445,7 @@ class OmniUpstream:
         _result, item = await self._guarded(f"stat {rel}", lambda cb: oc.stat_with_callback(url, cb))
         return _to_entry(item, rel.name)
 
-    async def _http_download(self, rel: RelPath, size: int, sink: Sink, what: str, first: bool = False) -> None:
+    async def _http_download(self, rel: RelPath, size: int, sink: Sink, what: str, etag: str = "") -> None:
         """One GET; a 5xx, a reset or a body cut short is tried again from the byte it stopped
         at (as omni.client retries internally), under the one retry policy. A body of another size than
         the listing said fails the fetcher's size and hash checks, which list afresh and retry."""
@@ -459,7 +460,7 @@ class OmniUpstream:
 
         async def attempt(_number: int) -> None:
             try:
-                await self.ranges.read(url, landed, size, what, on_data)  # type: ignore[union-attr]
+                await self.ranges.read(url, landed, size, what, on_data, etag, size)  # type: ignore[union-attr]
             except AccessDenied as exc:
                 if landed == 0:
                     self._http_refused(str(exc).rsplit(": ", 1)[-1])
@@ -469,11 +470,12 @@ class OmniUpstream:
                 raise _ShortBody(f"{what}: the body ended at byte {landed} of {size}")
 
         try:
-            await retrying(attempt, what, HTTP_RETRY)
+            # A changed object is the fetcher's to handle (it lists afresh), not worth a resume.
+            await retrying(attempt, what, HTTP_RETRY, temporary=resumable)
         except _ShortBody:
             return  # short after every try: the fetcher's size check reports it and lists afresh
 
-    async def download(self, rel: RelPath, size: int, sink: Sink) -> None:
+    async def download(self, rel: RelPath, size: int, sink: Sink, etag: str = "") -> None:
         """Hand the body of ``rel`` (``size`` bytes) to ``sink``.
 
         A file: tree is read in blocks, each bounded by ``stall_timeout`` (local.py). An S3
@@ -493,7 +495,7 @@ class OmniUpstream:
             return
         if self.ranges is not None and self._http is True and size > 0:
             try:
-                await self._http_download(rel, size, sink, what, first=True)
+                await self._http_download(rel, size, sink, what, etag)
                 return
             except _RefusedBeforeBody:
                 pass  # asks for credentials: omni.client has them (omniverse.toml)

@@ -443,6 +443,7 @@ class Tree:
                                 raise got.error from None
                             continue
                         got.readers += 1
+                        got.served = True
                         self.index.count("opens")
                         self._tell_opened(rel, mode_of)
                         return fd, got

@@ -37,6 +37,12 @@ def is_temp_failure(exc: BaseException) -> bool:
     return isinstance(exc, (UpstreamError, IntegrityError))
 
 
+def resumable(exc: BaseException) -> bool:
+    """A temporary failure worth going on from where a transfer stopped (a part, a body):
+    not a changed object, which only a new listing and a new transfer can mend."""
+    return is_temp_failure(exc) and not isinstance(exc, IntegrityError)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     tries: int = 3

@@ -85,9 +85,12 @@ class Upstream(Protocol):
         """How files come, in words, for ``isaacfs status``."""
         ...
 
-    async def read_range(self, rel: RelPath, start: int, end: int,
-                         on_data: Callable[[bytes], Awaitable[None]]) -> None:
-        """Bytes [start, end) of ``rel``, in order, to ``on_data`` (only where ``ranged``)."""
+    async def read_range(self, rel: RelPath, start: int, end: int, on_data: Callable[[bytes], Awaitable[None]],
+                         etag: str = "", size: int = -1) -> None:
+        """Bytes [start, end) of ``rel``, in order, to ``on_data`` (only where ``ranged``).
+        Every answer is of the object the caller expects: with ``etag``, of that version
+        (``If-Match``, and the answer's own ETag); with ``size``, of that size, and the range
+        asked for. Anything else is ``IntegrityError`` (the object changed: list it afresh)."""
         ...
 
     async def walk(self, rel: RelPath, max_files: int = 5000) -> dict[RelPath, list[RemoteEntry]] | None:
@@ -112,8 +115,9 @@ class Upstream(Protocol):
         """Ask now, even while resting; raise if there is no answer (NotFound is an answer)."""
         ...
 
-    async def download(self, rel: RelPath, size: int, sink: Sink) -> None:
-        """Write the body of ``rel`` (``size`` bytes expected) into ``sink``, in order."""
+    async def download(self, rel: RelPath, size: int, sink: Sink, etag: str = "") -> None:
+        """Write the body of ``rel`` (``size`` bytes expected) into ``sink``, in order; with
+        ``etag``, only bytes of that version (IntegrityError where the object changed)."""
         ...
 
     async def aclose(self) -> None:

@@ -252,7 +252,7 @@ class Fetcher:
                 await self.limit.acquire(ticket)
                 try:
                     preload.body = bytearray()
-                    await self.upstream.download(rel, expected.size, preload)
+                    await self.upstream.download(rel, expected.size, preload, expected.etag)
                 finally:
                     self.limit.release(ticket)
         except UpstreamError as exc:
@@ -394,7 +394,7 @@ class Fetcher:
             if body is not None:
                 await writer.write(memoryview(body))
             else:
-                await self.upstream.download(rel, expected.size, writer)
+                await self.upstream.download(rel, expected.size, writer, expected.etag)
             await writer.finish()
             hashed = writer.hasher
             assert isinstance(hashed, BodyHash)
@@ -447,7 +447,7 @@ class Fetcher:
         been served are dropped."""
         if transfer is not None and transfer.error is None:
             transfer.fail(error)
-            if transfer.readers:
+            if transfer.served:  # even if every reader has closed: its pages outlive the handles
                 self.index.count("streamed_then_failed")
                 self.on_discarded(transfer.rel)
 

@@ -29,7 +29,7 @@ import trio
 from ..core.errors import FetchFailed, IntegrityError, Unavailable
 from ..core.paths import RelPath
 from ..core.retry import DEFAULT as DEFAULT_RETRY
-from ..core.retry import RetryPolicy, retrying
+from ..core.retry import RetryPolicy, resumable, retrying
 from ..core.types import RemoteEntry
 from .integrity import BodyHash
 
@@ -63,8 +63,8 @@ class _Part:
     def done(self) -> bool:
         return self.start + self.landed >= self.stop
 
-# (rel, start, end, on_data): stream bytes [start, end) of rel, in order, to on_data.
-ReadRange = Callable[[RelPath, int, int, Callable[[bytes], Awaitable[None]]], Awaitable[None]]
+# (rel, start, end, on_data, etag, size): stream bytes [start, end) of rel, in order, to on_data.
+ReadRange = Callable[[RelPath, int, int, Callable[[bytes], Awaitable[None]], str, int], Awaitable[None]]
 
 
 class Transfer:
@@ -88,7 +88,8 @@ class Transfer:
         self.complete = False  # every byte landed and hashed
         self.settled = trio.Event()  # installed after its check, or failed
         self.hash = BodyHash(expected)  # fed the file in order as its parts land
-        self.readers = 0
+        self.readers = 0  # handles open on it now
+        self.served = False  # any reader ever opened it: the kernel may hold its pages
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._read_range: ReadRange | None = None
@@ -134,14 +135,14 @@ class Transfer:
 
     async def wait_for(self, offset: int, length: int, settle: bool = False) -> None:
         """Until bytes [offset, offset+length) have landed; FetchFailed if the transfer failed.
-        With ``settle`` (a reader that read the file from its start in order), a read that
-        reaches the end waits for the whole file's check as well, so such a reader either got
-        a verified file or gets EIO. A reader that jumps to the end (a crate file's table of
-        contents) is served as soon as those bytes land."""
+        With ``settle`` (the read that completes a handle's reading of the whole file, in
+        whatever order the kernel's read-ahead sent the pieces), the whole file's check as
+        well: a program that reads a file through gets a verified file or EIO. A reader that
+        reads a part (a crate file's table of contents) is served as soon as its bytes land."""
         while True:
             if self.error is not None:
                 raise self.error
-            if settle and offset + length >= self.size and (self.complete or self.covered(offset, length)):
+            if settle and (self.complete or self.covered(offset, length)):
                 await self.settled.wait()
                 if self.error is not None:
                     raise self.error
@@ -210,7 +211,7 @@ class Transfer:
             part.state = RUNNING
             # A part tried again goes on from the byte it stopped at (the one retry policy).
             await retrying(lambda _n: self._fetch_part(part, read_range),
-                           f"fetch {self.rel}: part from byte {part.start}", self.retry)
+                           f"fetch {self.rel}: part from byte {part.start}", self.retry, temporary=resumable)
             part.state = LANDED
             self.wanted.discard(part)
             self._notify()
@@ -251,7 +252,7 @@ class Transfer:
                     await on_data(chunk)
 
                 try:
-                    await read_range(self.rel, position, stop, progressing)
+                    await read_range(self.rel, position, stop, progressing, self.expected.etag, self.size)
                 finally:
                     finished[0] = True
             await flush()
@@ -281,6 +282,33 @@ class Transfer:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class Coverage:
+    """The bytes of a file one handle has read, as merged intervals: ``add`` says when they
+    first cover the whole file, whatever the order of the reads (the kernel's read-ahead
+    sends them concurrently, so "in order" cannot be told from one read to the next)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._spans: list[list[int]] = []  # sorted, disjoint, merged [start, stop)
+        self.whole = size == 0
+
+    def add(self, offset: int, length: int) -> bool:
+        """Record a read; True if this one completed the whole file."""
+        start, stop = max(0, offset), min(self.size, offset + length)
+        if self.whole or stop <= start:
+            return False
+        spans = self._spans
+        index = bisect.bisect_left(spans, [start, start])
+        if index and spans[index - 1][1] >= start:
+            index -= 1
+        while index < len(spans) and spans[index][0] <= stop:
+            start, stop = min(start, spans[index][0]), max(stop, spans[index][1])
+            del spans[index]
+        spans.insert(index, [start, stop])
+        self.whole = len(spans) == 1 and spans[0] == [0, self.size]
+        return self.whole
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

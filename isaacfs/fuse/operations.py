@@ -44,6 +44,7 @@ from ..core.paths import RelPath, name_from_bytes
 from ..core.policy import is_probe
 from ..core.runs import Run, Runs
 from ..core.types import Mode
+from ..fetch.stream import Coverage, Transfer
 from .kernel import ATTR_TIMEOUT, NEGATIVE_TIMEOUT, KernelCache, encoded, invalidate_inode
 
 log = logging.getLogger("isaacfs.fs")
@@ -124,9 +125,9 @@ class AssetFS(pyfuse3.Operations):
         self.uid, self.gid = os.getuid(), os.getgid()
         self._attrs: dict[int, tuple[int, pyfuse3.EntryAttributes]] = {}
         self._dirs: dict[int, tuple[Node, list[Node], bool]] = {}
-        # Open handles reading a file still being fetched: the transfer, and where the handle's
-        # in-order reading from the start has got to (-1 once it jumped elsewhere).
-        self._streams: dict[int, list[Any]] = {}
+        # Open handles reading a file still being fetched: the transfer, and what of the file
+        # the handle has read.
+        self._streams: dict[int, tuple[Transfer, Coverage]] = {}
         self._next_dir_handle = 1
 
     # -- attributes -----------------------------------------------------------------
@@ -277,7 +278,7 @@ class AssetFS(pyfuse3.Operations):
         if transfer is not None:
             # Streaming: each read waits for its bytes to land. Nothing is kept in the page
             # cache for later opens until the file is verified and installed.
-            self._streams[fd] = [transfer, 0]
+            self._streams[fd] = (transfer, Coverage(transfer.size))
             return pyfuse3.FileInfo(fh=fd, keep_cache=False)
         if told is not None and told[1].st_size != node.size:
             # The file fetched has another size than the listing the kernel was given (it
@@ -293,10 +294,10 @@ class AssetFS(pyfuse3.Operations):
         stream = self._streams.get(fh)
         if stream is not None:
             transfer, position = stream
-            # A handle that has read the file in order from its start waits, at the end, for the
-            # whole file's check: a program that reads a file through gets verified bytes or EIO.
-            await transfer.wait_for(off, size, settle=position == off)  # FetchFailed (EIO) if the check failed
-            stream[1] = off + size if position == off else -1
+            # The read that completes this handle's reading of the whole file (in any order:
+            # the kernel's read-ahead runs reads concurrently) waits for the whole file's
+            # check: a program that reads a file through gets verified bytes or EIO.
+            await transfer.wait_for(off, size, settle=position.add(off, size))  # FetchFailed (EIO): check failed
         # On this thread: trying the page cache without blocking (RWF_NOWAIT) and reading the
         # rest in a worker thread halved a cold sequential read (bench/bench_mount.py).
         return os.pread(fh, size, off)

@@ -236,7 +236,7 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
         if spec.dry_run:
             writer = TempWriter(scratch)
             try:
-                await ws.upstream.download(rel, entry.size, writer)
+                await ws.upstream.download(rel, entry.size, writer, entry.etag)
                 await writer.finish()
             except BaseException:
                 writer.discard()

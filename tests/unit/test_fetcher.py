@@ -63,11 +63,11 @@ async def test_a_body_that_heals_is_installed(mirror: Mirror, index: Index, upst
 
     real = upstream.download
 
-    async def heal_after_first(rel: RelPath, size: int, sink) -> None:  # type: ignore[no-untyped-def]
+    async def heal_after_first(rel: RelPath, size: int, sink, etag: str = "") -> None:  # type: ignore[no-untyped-def]
         Heal.calls += 1
         if Heal.calls == 2:
             upstream.corrupt.clear()
-        await real(rel, size, sink)
+        await real(rel, size, sink, etag)
 
     upstream.download = heal_after_first  # type: ignore[method-assign]
     async with Running(mirror, index, upstream) as ws:
@@ -103,7 +103,7 @@ async def test_a_bug_in_a_download_costs_one_fetch_not_the_nursery(
     rel = RelPath.parse(GO2)
     entry = await upstream.stat(rel)
 
-    async def broken(rel: RelPath, size: int, sink) -> None:  # type: ignore[no-untyped-def]
+    async def broken(rel: RelPath, size: int, sink, etag: str = "") -> None:  # type: ignore[no-untyped-def]
         raise KeyError("a bug")
 
     real = upstream.download

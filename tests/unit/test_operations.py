@@ -136,3 +136,38 @@ async def test_writes_folders_and_strict_misses_get_their_errnos(mirror: Mirror,
         with pytest.raises(pyfuse3.FUSEError) as caught:
             await fs.getattr(999_999, CTX)
         assert caught.value.errno == errno.ENOENT
+
+
+def test_coverage_completes_whatever_the_order_of_the_reads() -> None:
+    from isaacfs.fetch.stream import Coverage
+
+    cover = Coverage(100)
+    assert not cover.add(90, 10) and not cover.add(0, 30) and not cover.add(60, 30)
+    assert cover.add(25, 40)  # the read that fills the last gap completes it
+    assert not cover.add(0, 100)  # once
+    assert Coverage(10).add(0, 4096)  # one read past the end
+    assert not Coverage(10).add(20, 5)
+
+
+@trio_test
+async def test_a_reader_whose_reads_come_out_of_order_gets_eio_when_the_check_fails(
+        mirror: Mirror, index: Index) -> None:
+    """The kernel's read-ahead sends a sequential reader's reads concurrently: however they
+    come, the read that completes the file waits for its check (it used to pass, exit 0)."""
+    data = blob(2 * PART_SIZE)
+    upstream = MemoryUpstream({BIG: data}, ranged=True)
+    upstream.corrupt.add(BIG)
+    upstream.chunk, upstream.chunk_delay = 512 * 1024, 0.001  # the last bytes land before the check
+    running = Running(mirror, index, upstream)
+    async with running:
+        fs = _fs(running)
+        inode = await _lookup(fs, BIG)
+        info = await fs.open(inode, os.O_RDONLY, CTX)
+        step = 1024 * 1024
+        offsets = list(range(0, len(data), step))
+        offsets[0], offsets[1] = offsets[1], offsets[0]  # read-ahead ahead of the reader
+        with pytest.raises(pyfuse3.FUSEError) as caught:
+            for offset in offsets:
+                await fs.read(info.fh, offset, step)
+        assert caught.value.errno == errno.EIO
+        await fs.release(info.fh)
