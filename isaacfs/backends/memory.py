@@ -109,6 +109,8 @@ class MemoryUpstream:
         found = [self._entry(f"{prefix}{name}", name) for name in sorted(names)]
         return [entry for entry in found if entry is not None]
 
+    body_in_memory = False
+
     @property
     def download_path(self) -> str:
         return "in memory" + (", ranged parts" if self.ranged else "")

@@ -198,6 +198,11 @@ class OmniUpstream:
         return "omni.client whole bodies" + (" (the bucket refuses anonymous HTTP)" if self.ranges is not None else "")
 
     @property
+    def body_in_memory(self) -> bool:
+        """omni.client hands a body over whole (Nucleus; a bucket refusing anonymous HTTP)."""
+        return self.local is None and not (self.ranges is not None and self._http is not False)
+
+    @property
     def ranged(self) -> bool:
         """Files stream in ranged parts (S3 over anonymous HTTP)."""
         return self.ranges is not None and self._http is True

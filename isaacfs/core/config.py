@@ -67,6 +67,8 @@ class Settings:
     prefetch_files: int = 2000  # per root layer
     prefetch_mb: int = 2048  # per root layer
     read_ahead_kb: int = 1024
+    # Every download buffer in all (streamed parts, whole bodies, read-aheads), in MiB.
+    download_memory_mb: int = 256
     log_level: str = "INFO"
     # Where each value came from (flag, variable, config file), for error messages and tests.
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -86,6 +88,7 @@ ENV_KEYS: dict[str, str] = {
     "ISAACFS_ALLOW_OTHER": "allow_other",
     "ISAACFS_HTTP_RANGES": "http_ranges",
     "ISAACFS_PREFETCH": "prefetch",
+    "ISAACFS_DOWNLOAD_MEMORY_MB": "download_memory_mb",
 }
 
 

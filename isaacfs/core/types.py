@@ -81,6 +81,12 @@ class Upstream(Protocol):
         ...
 
     @property
+    def body_in_memory(self) -> bool:
+        """``download`` gets each body whole in memory before it is written (omni.client's
+        whole-body reads), rather than block by block."""
+        ...
+
+    @property
     def download_path(self) -> str:
         """How files come, in words, for ``isaacfs status``."""
         ...

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import trio
 
+from ..core.budget import MemoryBudget
 from ..core.errors import FetchFailed, IntegrityError, MirrorFull, Stopping, UpstreamError, is_disk_full
 from ..core.paths import RelPath
 from ..core.retry import RetryPolicy, retrying
@@ -24,7 +25,7 @@ from ..core.types import BULK, PREFETCH, READER, Installed, LocalEntry, RemoteEn
 from ..store.index import Index
 from ..store.mirror import Mirror
 from .integrity import BodyHash
-from .stream import PART_SIZE, Transfer
+from .stream import PART_SIZE, READ_BLOCK, Transfer
 
 log = logging.getLogger("isaacfs.fetch")
 
@@ -34,6 +35,8 @@ DISK_RESERVE = 64 * 1024 * 1024
 # Bodies read ahead into memory (``Fetcher.preload``): in all, and per file.
 PRELOAD_BYTES = 64 * 1024 * 1024
 PRELOAD_FILE_BYTES = 16 * 1024 * 1024
+# Every download buffer in all, by default (``download_memory_mb``).
+DOWNLOAD_MEMORY = 256 * 1024 * 1024
 
 
 # Priority classes (core.types): a reader's demand first, then prefetch, then bulk warm.
@@ -116,13 +119,22 @@ class PriorityLimiter:
 class _Preload:
     """A body read into memory ahead of its ensure()."""
 
-    __slots__ = ("body", "done", "scope", "size")
+    __slots__ = ("body", "budget", "done", "scope", "share", "size")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, budget: MemoryBudget) -> None:
         self.size = size
         self.body: bytearray | None = None
         self.done = trio.Event()
         self.scope = trio.CancelScope()
+        self.budget = budget
+        self.share = 0  # of the memory budget, held while the body lives
+
+    def free(self) -> None:
+        """The body is gone (used, dropped or failed): its memory goes back, once."""
+        self.body = None
+        if self.share:
+            self.budget.release(self.share)
+            self.share = 0
 
     async def write(self, data: bytes | memoryview) -> None:  # a Sink
         assert self.body is not None
@@ -143,9 +155,11 @@ class _Flight:
 
 class Fetcher:
     def __init__(self, mirror: Mirror, index: Index, upstream: Upstream, jobs: int, retries: int,
-                 stall_timeout: float = 30.0) -> None:
+                 stall_timeout: float = 30.0, memory_bytes: int = DOWNLOAD_MEMORY) -> None:
         self.stall_timeout = stall_timeout
         self.retry = RetryPolicy(tries=max(1, retries))
+        # One budget for every download buffer: streamed parts, whole bodies, read-aheads.
+        self.budget = MemoryBudget(memory_bytes)
         self.mirror = mirror
         self.index = index
         self.upstream = upstream
@@ -235,12 +249,13 @@ class Fetcher:
         ``drop_preloads``. Bounded (PRELOAD_BYTES in all, PRELOAD_FILE_BYTES a file);
         False where it is not started."""
         if (self._nursery is None or rel in self._preloads or rel in self._inflight
-                or expected.size > PRELOAD_FILE_BYTES or self._preloaded_bytes + expected.size > PRELOAD_BYTES):
+                or expected.size > PRELOAD_FILE_BYTES
+                or self._preloaded_bytes + expected.size > min(PRELOAD_BYTES, self.budget.limit // 2)):
             return False
         local = self.mirror.entry(rel)
         if local is not None and not local.is_dir and local.size == expected.size:
             return False
-        preload = self._preloads[rel] = _Preload(expected.size)
+        preload = self._preloads[rel] = _Preload(expected.size, self.budget)
         self._preloaded_bytes += expected.size
         self._nursery.start_soon(self._read_ahead, rel, expected, preload)
         return True
@@ -249,6 +264,7 @@ class Fetcher:
         ticket = self.limit.ticket(PREFETCH, expected.size)
         try:
             with preload.scope:
+                preload.share = await self.budget.acquire(expected.size)
                 await self.limit.acquire(ticket)
                 try:
                     preload.body = bytearray()
@@ -262,8 +278,8 @@ class Fetcher:
             log.exception("read-ahead of %s failed", rel)
             preload.body = None
         finally:
-            if preload.scope.cancelled_caught:
-                preload.body = None
+            if preload.scope.cancelled_caught or preload.body is None:
+                preload.free()
             preload.done.set()
 
     def drop_preloads(self, rels: Iterable[RelPath]) -> int:
@@ -274,13 +290,14 @@ class Fetcher:
             preload = self._preloads.pop(rel, None)
             if preload is not None:
                 preload.scope.cancel()
-                preload.body = None
+                preload.free()
                 self._preloaded_bytes -= preload.size
                 dropped += 1
         return dropped
 
-    async def _take_preload(self, rel: RelPath, expected: RemoteEntry) -> bytearray | None:
-        """The body read ahead for ``rel`` if it has the expected size (waiting for it to land)."""
+    async def _take_preload(self, rel: RelPath, expected: RemoteEntry) -> _Preload | None:
+        """The read-ahead of ``rel`` if its body has the expected size (waiting for it to
+        land); the taker frees it when done with the body."""
         preload = self._preloads.pop(rel, None)
         if preload is None:
             return None
@@ -288,17 +305,20 @@ class Fetcher:
             await preload.done.wait()
         finally:
             self._preloaded_bytes -= preload.size
-        body = preload.body
-        if body is None or len(body) != expected.size:
+        if preload.body is None or len(preload.body) != expected.size:
+            preload.free()
             return None
         self.index.count("read_ahead_used")
-        return body
+        return preload
 
     async def _fly(self, rel: RelPath, expected: RemoteEntry, flight: _Flight) -> None:
         try:
-            body = await self._take_preload(rel, expected)
-            if body is not None:
-                flight.result = await self._fetch(rel, expected, flight, body)  # no request: no place taken
+            preload = await self._take_preload(rel, expected)
+            if preload is not None:
+                try:  # no request: no place taken
+                    flight.result = await self._fetch(rel, expected, flight, preload.body)
+                finally:
+                    preload.free()
                 return
             await self.limit.acquire(flight.ticket)
             try:
@@ -392,9 +412,13 @@ class Fetcher:
         writer = self.mirror.writer(BodyHash(expected))
         try:
             if body is not None:
-                await writer.write(memoryview(body))
+                await writer.write(memoryview(body))  # held in the budget by its read-ahead
             else:
-                await self.upstream.download(rel, expected.size, writer, expected.etag)
+                # The buffers it goes through: a block and its copy, or the whole body where
+                # the upstream's library hands bodies over whole (omni.client).
+                held = expected.size if self.upstream.body_in_memory else 2 * READ_BLOCK
+                async with self.budget.hold(held):
+                    await self.upstream.download(rel, expected.size, writer, expected.etag)
             await writer.finish()
             hashed = writer.hasher
             assert isinstance(hashed, BodyHash)
@@ -413,7 +437,8 @@ class Fetcher:
         transfer: Transfer | None = None
         installed = False
         try:
-            transfer = Transfer(rel, expected, self.mirror.new_temp(), PART_SIZE, self.stall_timeout, self.retry)
+            transfer = Transfer(rel, expected, self.mirror.new_temp(), PART_SIZE, self.stall_timeout, self.retry,
+                                self.budget)
             flight.transfer = transfer
             flight.streaming.set()
             await transfer.run(self.upstream.read_range)

@@ -9,9 +9,11 @@ the start; a USD crate file's last part (its table of contents) goes first; the 
 order, a few at a time. Memory stays bounded: each part streams to the
 file through a buffer of ``FLUSH_BYTES``, whatever the file's size.
 
-A reader may get bytes before the whole file is verified. If the final check fails, every
-reader of the transfer gets EIO on its next read, the kernel's pages of the file are
-dropped, and the next open fetches it again (docs/how-it-works.md).
+Every part is of the object version listed (If-Match, the answer's ETag and Content-Range:
+backends/http.py). A reader may get bytes before the whole file is verified; the read that
+completes a handle's reading of the whole file waits for the check (``Coverage``). If the
+final check fails, every reader of the transfer gets EIO on its next read, the kernel's
+pages of the file are dropped, and the next open fetches it again (docs/how-it-works.md).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import cast
 
 import trio
 
+from ..core.budget import MemoryBudget
 from ..core.errors import FetchFailed, IntegrityError, Unavailable
 from ..core.paths import RelPath
 from ..core.retry import DEFAULT as DEFAULT_RETRY
@@ -43,6 +46,11 @@ PARALLEL_PARTS = 6
 URGENT_WORKERS = 2  # extra workers, only for parts a reader waits for while the others are busy
 FLUSH_BYTES = 256 * 1024  # bytes buffered per part before they are written and readers told
 WAITED_FLUSH_BYTES = 64 * 1024  # the same, while a reader waits on the part
+# What a backend's read hands over at once at most (backends/http.py, backends/local.py).
+READ_BLOCK = 1024 * 1024
+# The memory a part holds while it reads: what it gathers to flush (up to FLUSH_BYTES and a
+# block), the copy written, and the block in flight.
+PART_BUFFER = 2 * (FLUSH_BYTES + READ_BLOCK)
 SPLIT_BYTES = 1024 * 1024  # a reader this far into a part nobody fetches yet: that part splits at its offset
 MIB = 1024 * 1024
 CRATE_SUFFIXES = (".usd", ".usdc")  # a crate file reads its table of contents at the end first
@@ -71,10 +79,12 @@ class Transfer:
     """One file being streamed into its temporary file."""
 
     def __init__(self, rel: RelPath, expected: RemoteEntry, path: os.PathLike[str] | str, part_size: int,
-                 stall_timeout: float = 30.0, retry: RetryPolicy = DEFAULT_RETRY) -> None:
+                 stall_timeout: float = 30.0, retry: RetryPolicy = DEFAULT_RETRY,
+                 budget: MemoryBudget | None = None) -> None:
         self.rel = rel
         self.stall_timeout = stall_timeout  # seconds without a byte before a part is tried again
         self.retry = retry
+        self.budget = budget if budget is not None else MemoryBudget(1 << 40)
         self.expected = expected
         self.size = expected.size
         self.path = path
@@ -243,25 +253,33 @@ class Transfer:
                 await flush()
 
         if position < stop:
-            # A stall is judged by progress, not by size: no byte for stall_timeout seconds.
-            with trio.CancelScope() as watchdog:
-                watchdog.deadline = trio.current_time() + self.stall_timeout
-
-                async def progressing(chunk: bytes) -> None:
-                    watchdog.deadline = trio.current_time() + self.stall_timeout
-                    await on_data(chunk)
-
-                try:
-                    await read_range(self.rel, position, stop, progressing, self.expected.etag, self.size)
-                finally:
-                    finished[0] = True
-            await flush()
-            if watchdog.cancelled_caught:
-                raise Unavailable(f"fetch {self.rel}: no byte arrived for {self.stall_timeout:g}s"
-                                  f" (stalled at byte {start + part.landed})")
+            # The part's buffers (what it gathers to flush, its copy, the read's block) are
+            # held in the one memory budget while it reads.
+            async with self.budget.hold(PART_BUFFER):
+                await self._read_part(part, read_range, position, stop, on_data, flush, finished)
         if not part.done:
             raise Unavailable(f"fetch {self.rel}: the part from byte {start} was cut short at byte"
                               f" {start + part.landed} of {stop}")
+
+    async def _read_part(self, part: _Part, read_range: ReadRange, position: int, stop: int,
+                         on_data: Callable[[bytes], Awaitable[None]], flush: Callable[[], Awaitable[None]],
+                         finished: list[bool]) -> None:
+        # A stall is judged by progress, not by size: no byte for stall_timeout seconds.
+        with trio.CancelScope() as watchdog:
+            watchdog.deadline = trio.current_time() + self.stall_timeout
+
+            async def progressing(chunk: bytes) -> None:
+                watchdog.deadline = trio.current_time() + self.stall_timeout
+                await on_data(chunk)
+
+            try:
+                await read_range(self.rel, position, stop, progressing, self.expected.etag, self.size)
+            finally:
+                finished[0] = True
+        await flush()
+        if watchdog.cancelled_caught:
+            raise Unavailable(f"fetch {self.rel}: no byte arrived for {self.stall_timeout:g}s"
+                              f" (stalled at byte {part.start + part.landed})")
 
     async def _hasher(self) -> None:
         position = 0

@@ -174,7 +174,8 @@ class Daemon:
     def _serve(self, mirror: Mirror, index: Index, adopt: bool) -> int:
         s = self.settings
         upstream = open_upstream(s)
-        fetcher = Fetcher(mirror, index, upstream, s.fetch_jobs, s.fetch_retries, s.stall_timeout)
+        fetcher = Fetcher(mirror, index, upstream, s.fetch_jobs, s.fetch_retries, s.stall_timeout,
+                          s.download_memory_mb * 1024 * 1024)
         tree = Tree(mirror, index, upstream, fetcher, s.mode, s.listing_ttl, str(self.mountpoint))
         self.prefetcher: Prefetcher | None = None
         if s.prefetch:

@@ -118,7 +118,7 @@ async def _run(settings: Settings, mirror_dir: Path, job: Callable[[Workspace], 
             settings = reconcile_upstream(index, settings)
             upstream = make_upstream(settings)
             fetcher = Fetcher(mirror, index, upstream, settings.fetch_jobs, settings.fetch_retries,
-                              settings.stall_timeout)
+                              settings.stall_timeout, settings.download_memory_mb * 1024 * 1024)
             workspace = Workspace(mirror, index, upstream, fetcher, settings.fetch_jobs,
                                   listing_ttl=settings.listing_ttl)
             outcome: list[T | UserError] = []

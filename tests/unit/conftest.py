@@ -31,8 +31,10 @@ def sample_files() -> dict[str, bytes]:
 
 
 # Real seconds the loop must sit idle (every task waiting) before the mock clock jumps to the
-# next deadline: long enough for a worker thread's disk write, short enough that backoffs,
-# timeouts and stall watchdogs cost nothing.
+# next deadline: a backoff or a timeout costs that much real time instead of its length. A
+# worker thread's write that takes longer looks idle too, and the jump fires whatever
+# deadline is next (a stall watchdog): tests whose subject is a transfer's parts and their
+# timing against a paced link run on the real clock (``trio_test_real_clock``).
 AUTOJUMP_AFTER = 0.05
 
 

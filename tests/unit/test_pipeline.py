@@ -30,7 +30,7 @@ from isaacfs.fetch.integrity import multipart_candidates
 from isaacfs.fetch.stream import PART_SIZE
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
-from tests.unit.conftest import Running, trio_test
+from tests.unit.conftest import Running, mock_clock, trio_test
 
 PACKAGE = Path(__file__).resolve().parents[2] / "isaacfs"
 MIB = 1024 * 1024
@@ -57,7 +57,7 @@ def test_every_install_is_checked_indexed_and_announced_once(
             await ws.fetcher.ensure(rel, entry)  # mirrored: no second install, no second announcement
         assert index.file_record(rel) == (size, entry.etag, "upstream")
 
-    trio.run(body, clock=trio.testing.MockClock(autojump_threshold=0.05))
+    trio.run(body, clock=mock_clock())
     assert heard == [(SMALL, size)]
     assert Path(mirror.display, SMALL).read_bytes() == upstream.files[SMALL]
 
@@ -93,7 +93,7 @@ def test_a_corrupt_body_is_refused_by_both_strategies_after_the_policys_tries(
             assert caught.value.errno == errno.EIO and isinstance(caught.value.cause, IntegrityError)
             return trio.current_time() - started
 
-    waited = trio.run(body, clock=trio.testing.MockClock(autojump_threshold=0.05))
+    waited = trio.run(body, clock=mock_clock())
     assert heard == [] and mirror.entry(RelPath.parse(LARGE)) is None and list(mirror.tmp.iterdir()) == []
     assert 0.25 <= waited <= 0.25 + 0.5 + 1.0  # two backoffs of the one policy (jittered), in virtual time
 
@@ -162,3 +162,45 @@ def test_the_errno_check_sees_a_named_errno(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"  # never in the source tree
     probe.write_text("import errno\n\ndef f():\n    raise OSError(errno.EIO, 'x')\n")
     assert _names_an_errno(probe, tmp_path) == ["probe.py:4: errno.EIO"]
+
+
+def test_a_flood_of_large_cold_reads_stays_inside_the_memory_budget(mirror: Mirror, index: Index) -> None:
+    from isaacfs.fetch.stream import PART_BUFFER
+
+    files = {f"Isaac/Props/big{number}.bin": blob(3 * PART_SIZE + number, number) for number in range(8)}
+    upstream = MemoryUpstream(files, ranged=True)
+    limit = 2 * PART_BUFFER + 1  # two parts' buffers at a time, for 8 files of 3 parts
+
+    async def body() -> tuple[int, int]:
+        running = Running(mirror, index, upstream, jobs=8)
+        running.fetcher.budget = type(running.fetcher.budget)(limit)
+        async with running as ws, trio.open_nursery() as nursery:
+            for path in files:
+                rel = RelPath.parse(path)
+                nursery.start_soon(ws.fetcher.ensure, rel, await upstream.stat(rel))
+        return running.fetcher.budget.peak, running.fetcher.budget.waits
+
+    peak, waits = trio.run(body)
+    assert peak <= limit and waits > 0  # it held them back, and never went over
+    for path, data in files.items():
+        assert Path(mirror.display, path).read_bytes() == data
+
+
+@trio_test
+async def test_the_budget_waits_for_room_and_a_buffer_larger_than_it_takes_it_whole() -> None:
+    from isaacfs.core.budget import MemoryBudget
+
+    budget = MemoryBudget(100)
+    order: list[str] = []
+
+    async def holder(name: str, amount: int) -> None:
+        async with budget.hold(amount):
+            order.append(name)
+            await trio.sleep(1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(holder, "a", 60)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(holder, "b", 60)  # waits for a
+        nursery.start_soon(holder, "huge", 10_000)  # takes the whole budget, alone
+    assert budget.peak == 100 and budget.used == 0 and order[0] == "a" and budget.waits == 2

@@ -13,7 +13,7 @@ from isaacfs.core.paths import RelPath
 from isaacfs.core.types import RemoteEntry
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror, MirrorLocked, TempWriter, classify_folder
-from tests.unit.conftest import trio_test
+from tests.unit.conftest import trio_test, trio_test_real_clock
 
 
 def test_second_mirror_on_one_folder_is_refused(mirror: Mirror) -> None:
@@ -105,7 +105,7 @@ def test_index_survives_a_save_and_reload(mirror: Mirror) -> None:
         again.close()
 
 
-@trio_test
+@trio_test_real_clock
 async def test_index_queries_run_on_a_copy_while_the_loop_goes_on(index: Index) -> None:
     """status, manifest and verify scan the whole index: at 200,000 files that took 1.6 s on
     the daemon's thread, stalling every FUSE request. They run on a copy in a worker thread;
