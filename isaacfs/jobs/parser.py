@@ -55,7 +55,9 @@ class Parser:
             assert process.stdin is not None and process.stdout is not None
             try:
                 with trio.fail_after(self.timeout):
-                    await process.stdin.send_all(path.encode("utf-8", "surrogateescape") + b"\n")
+                    # JSON: a path may hold a newline, which would split the request in two
+                    # and leave every later answer one behind.
+                    await process.stdin.send_all(json.dumps(path).encode("ascii") + b"\n")
                     while b"\n" not in self._buffer:
                         chunk = await process.stdout.receive_some(65536)
                         if not chunk:
@@ -67,6 +69,10 @@ class Parser:
                     exc, trio.TooSlowError) else str(exc) or "the usd-core worker stopped") from None
             line, _, self._buffer = self._buffer.partition(b"\n")
         answer = json.loads(line)
+        if answer.get("path") != path:  # out of step: never hand one layer another's answer
+            async with self._lock:
+                await self._kill()
+            raise ParseFailed("the usd-core worker answered for another layer; restarted it")
         if "error" in answer:
             raise ParseFailed(str(answer["error"]))
         deps = answer.get("deps", [])

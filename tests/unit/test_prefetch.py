@@ -183,3 +183,17 @@ async def test_a_bulk_warms_installs_are_not_expanded(mirror: Mirror, index: Ind
         await ws.fetcher.ensure(rel, await upstream.stat(rel), priority=BULK)
         await trio.testing.wait_all_tasks_blocked(cushion=0.05)
         assert parser.asked == []
+
+
+@trio_test_real_clock
+async def test_a_layer_name_with_a_newline_does_not_put_the_worker_out_of_step(tmp_path: Path) -> None:
+    odd = tmp_path / "a\nb.usda"
+    odd.write_text("#usda 1.0\n(\n  subLayers = [@./x.usda@]\n)\n")
+    good = tmp_path / "good.usda"
+    good.write_text("#usda 1.0\n(\n  subLayers = [@./y.usda@]\n)\n")
+    parser = Parser(timeout=20)
+    try:
+        assert await parser.dependencies(str(odd)) == ["./x.usda"]
+        assert await parser.dependencies(str(good)) == ["./y.usda"]  # its own answer, not the one before
+    finally:
+        await parser.aclose()
