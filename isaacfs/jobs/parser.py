@@ -44,7 +44,7 @@ class Parser:
         if self._process is None or self._process.returncode is not None:
             self._process = await trio.lowlevel.open_process(
                 python_module("isaacfs.jobs.usd_deps", "--serve"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"})
             self._buffer = b""
         return self._process
 
