@@ -39,6 +39,21 @@ CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
+def connect_failure(exc: BaseException) -> str:
+    """Why a connection could not be made, in words an operator acts on."""
+    cause: BaseException | None = exc
+    while cause is not None:  # MaxRetryError wraps the real failure in .reason
+        if isinstance(cause, urllib3.exceptions.NameResolutionError):
+            return "the host name does not resolve"
+        if isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower():
+            return "connection refused"
+        if isinstance(cause, urllib3.exceptions.ConnectTimeoutError):  # NewConnectionError too
+            return "no answer to a connection"
+        nested = getattr(cause, "reason", None)
+        cause = nested if isinstance(nested, BaseException) and nested is not cause else None
+    return type(exc).__name__
+
+
 class _SinkFailed(Exception):
     """The receiver of the bytes failed (the mirror's disk): not the connection's failure."""
 
@@ -124,6 +139,24 @@ class HttpRanges:
 
     async def aclose(self) -> None:
         self.pool.clear()
+
+    async def reachable(self, url: str, timeout: float, what: str) -> None:
+        """One HEAD of ``url`` within ``timeout``: any HTTP answer is an answer; a name that
+        does not resolve, a refused or silent connection raise ConnectionLost naming it."""
+        limit = urllib3.Timeout(connect=timeout, read=timeout)
+
+        def head() -> None:
+            try:
+                self.pool.request("HEAD", url, timeout=limit, redirect=False)
+            except urllib3.exceptions.ReadTimeoutError:
+                raise ConnectionLost(f"{what}: upstream unavailable (no answer within {timeout:g}s)") from None
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise ConnectionLost(f"{what}: upstream unavailable ({connect_failure(exc)})") from None
+
+        with trio.move_on_after(timeout + 1):
+            await trio.to_thread.run_sync(head, abandon_on_cancel=True, limiter=self.threads)
+            return
+        raise ConnectionLost(f"{what}: upstream unavailable (no answer within {timeout:g}s)")
 
     async def connect_ahead(self, url: str, count: int) -> int:
         """Have ``count`` connections to ``url``'s host open and kept (at most the pool's size)
@@ -238,7 +271,7 @@ class HttpRanges:
             raise silence from None
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
                 urllib3.exceptions.MaxRetryError) as exc:
-            raise ConnectionLost(f"{what}: upstream unavailable ({type(exc).__name__})") from None
+            raise ConnectionLost(f"{what}: upstream unavailable ({connect_failure(exc)})") from None
         except urllib3.exceptions.HTTPError as exc:
             raise Unavailable(f"{what}: {type(exc).__name__}") from None
 

@@ -413,6 +413,16 @@ class OmniUpstream:
         url, what = self.url_for(rel), "probe"
         if self.local_root is not None and rel.is_root and not os.path.isdir(self.local_root):
             raise Unavailable(f"{what}: the upstream folder {self.local_root} does not exist")
+        if self.ranges is not None and self._http is not False:
+            # Over isaacfs's own pool the cause is known at once (a name that does not resolve,
+            # a refused connection), where omni.client only says so in its log.
+            try:
+                await self.ranges.reachable(url, timeout, what)
+            except UpstreamError as exc:
+                self.health.mark(exc)
+                raise
+            self.health.mark(None)
+            return
         try:
             answer = await self._call(lambda cb: oc.stat_with_callback(url, cb), timeout, what)
             _raise_for(answer[0], what)

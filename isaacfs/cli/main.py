@@ -468,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `isaacfs status | head`: the reader has gone, which is no error
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except BaseExceptionGroup as group:  # trio delivers Ctrl-C inside a task group
         if group.subgroup(KeyboardInterrupt) is not None:
             return 130

@@ -12,6 +12,7 @@ import trio
 
 from ..core.config import Settings, redact
 from ..core.errors import UpstreamError
+from ..core.health import cause_of
 from ..core.paths import ROOT, RelPath
 from ..core.types import MODES, Mode
 from ..fuse.operations import AssetFS
@@ -110,7 +111,7 @@ class DaemonCommands:
         try:
             await upstream.probe(ROOT, PROBE_TIMEOUT)
         except UpstreamError as exc:
-            problem = str(exc).rsplit(": ", 1)[-1]
+            problem = cause_of(exc)
         free, _total = self.tree.mirror.free_and_total_bytes()
         index = self.tree.index
         mirrored, total, recorded_misses = await status.off_loop(index, lambda copy: (

@@ -47,17 +47,17 @@ class Health:
                 log.warning("upstream %s is unavailable: %s; serving the mirror only for %.0fs",
                             self.name, exc, self.retry_after)
             self._down_until = time.monotonic() + self.retry_after
-            self._down_reason = _reason(str(exc))
+            self._down_reason = cause_of(exc)
         elif self._down_reason:
             log.info("upstream %s answers again", self.name)
             self._down_reason = ""
             self._down_until = 0.0
 
 
-def _reason(message: str) -> str:
-    """The cause in an Unavailable message: ``list Isaac: upstream unavailable (ERROR_CONNECTION)``
-    gives ``ERROR_CONNECTION``; a message of another shape gives its last part."""
-    reason = message.rsplit(": ", 1)[-1]
+def cause_of(exc: BaseException) -> str:
+    """The cause in an upstream error's message: ``list Isaac: upstream unavailable
+    (ERROR_CONNECTION)`` gives ``ERROR_CONNECTION``; a message of another shape gives its last part."""
+    reason = str(exc).rsplit(": ", 1)[-1]
     prefix = "upstream unavailable ("
     if reason.startswith(prefix) and reason.endswith(")"):
         reason = reason[len(prefix):-1]

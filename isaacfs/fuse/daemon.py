@@ -20,7 +20,8 @@ from ..backends import client_session, open_upstream
 from ..control import server as control
 from ..control.commands import DaemonCommands
 from ..core.config import Settings, redact
-from ..core.errors import MountError, UserError
+from ..core.errors import MountError, UpstreamError, UserError
+from ..core.health import cause_of
 from ..core.namespace import Tree
 from ..core.paths import RelPath
 from ..fetch.fetcher import Fetcher
@@ -35,6 +36,7 @@ from .operations import AssetFS
 log = logging.getLogger("isaacfs")
 
 INDEX_FLUSH_SECONDS = 10.0
+PROBE_AT_MOUNT = 5.0  # seconds a permissive mount waits to tell whether its upstream answers
 POOL_WARM_EVERY = 60.0  # seconds between two rounds of connections opened ahead
 # Requests served at once. Opens waiting on downloads each hold one; trio tasks are cheap,
 # so thousands of blocked readers never keep a mirrored read from being answered.
@@ -284,10 +286,23 @@ class Daemon:
             read_ahead = f", read-ahead {self.settings.read_ahead_kb} KiB"
         s = self.settings
         mirror = "" if tree.mirror.display == self.mountpoint else f", mirror {tree.mirror.display}"
-        summary = f"mounted {self.mountpoint} ({s.mode} mode, upstream {redact(s.upstream)}{mirror}{read_ahead})"
+        upstream = f"upstream {redact(s.upstream)}"
+        if s.mode == "permissive":  # strict mode never touches the network, not even to look
+            upstream += await self._upstream_state(tree)
+        summary = f"mounted {self.mountpoint} ({s.mode} mode, {upstream}{mirror}{read_ahead})"
         log.info("%s", summary)
         self.report(f"READY {summary}")
         sdnotify.notify(f"READY=1\nSTATUS={summary}")
+
+    async def _upstream_state(self, tree: Tree) -> str:
+        """What the upstream said when asked at mount time, in words for the mount's reply."""
+        try:
+            await tree.upstream.probe(RelPath(), min(PROBE_AT_MOUNT, self.settings.upstream_timeout))
+        except UpstreamError as exc:
+            cause = cause_of(exc)
+            log.warning("the upstream %s did not answer at mount time: %s", redact(self.settings.upstream), cause)
+            return f" does not answer: {cause}; the mirror serves, misses fail until it answers"
+        return " answers"
 
     async def _stop_on_signals(self, tree: Tree, downloads: trio.Nursery) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

@@ -105,6 +105,15 @@ async def _folders(upstream: Upstream, folder: RelPath) -> list[str]:
         return []
 
 
+def _all_row(rel: RelPath) -> str:
+    """The row of `warm --categories all`'s table a file counts in: the folder under Isaac/
+    (Environments, IsaacLab, Materials, People, Props, Robots, Samples, Sensors ...), or
+    NVIDIA/<folder>."""
+    if len(rel.parts) < 3:
+        return "/".join(rel.parts[:1]) or "all"  # a file right under Isaac/ or NVIDIA/
+    return rel.parts[1] if rel.parts[0] == "Isaac" else f"{rel.parts[0]}/{rel.parts[1]}"
+
+
 async def _plan_categories(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
     limit = trio.CapacityLimiter(max(ws.jobs, 8))
     without_subset: list[str] = []
@@ -129,9 +138,10 @@ async def _plan_categories(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
         if spec.subsets and not files:
             without_subset.append(category)
             continue
-        plan.groups.setdefault(category, {})
+        if category != "all":
+            plan.groups.setdefault(category, {})
         for rel, entry in sorted(files.items(), key=lambda item: item[0].parts):
-            plan.add(category, rel, entry)
+            plan.add(_all_row(rel) if category == "all" else category, rel, entry)
     if without_subset and not plan.groups:
         known = await _folders(ws.upstream, category_root(without_subset[0]))
         raise UserError(f"no subset {', '.join(spec.subsets)} in {', '.join(without_subset)}; the folders of"

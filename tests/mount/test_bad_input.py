@@ -131,3 +131,19 @@ def test_commands_on_a_stale_mount_are_one_sentence(file_upstream: Upstream, mou
         assert result.stderr.strip().splitlines() == [
             f"isaacfs: {mountpoint} is a stale mount (its daemon died); run: isaacfs umount {mountpoint}"], command
     assert isaacfs("umount", str(mountpoint), env=mounts.env).returncode == 0
+
+
+@pytest.mark.parametrize(("upstream", "cause"), [
+    ("file:///nonexistent/misspelt", "the upstream folder /nonexistent/misspelt does not exist"),
+    ("https://127.0.0.1:1/Assets/Isaac/5.1", "connection refused"),
+])
+def test_a_permissive_mount_says_at_once_what_its_upstream_answered(
+        mounts: Mounts, mountpoint: Path, upstream: str, cause: str) -> None:
+    """A misspelt folder or a dead host is said when mounting (the mirror still serves), not
+    left for the first read to find as a missing asset."""
+    result = isaacfs("mount", str(mountpoint), "--upstream", upstream, "--offline-permissive", env=mounts.env)
+    mounts.made.append((mountpoint, int(os.getxattr(mountpoint, "user.isaacfs.pid"))))
+    assert result.returncode == 0, result.stderr
+    assert f"does not answer: {cause}" in result.stdout, result.stdout
+    status = isaacfs("status", str(mountpoint), env=mounts.env)
+    assert f"not answering ({cause})" in status.stdout, status.stdout

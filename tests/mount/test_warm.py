@@ -61,7 +61,9 @@ def test_warm_dry_run_fetches_nothing(file_upstream: Upstream, tmp_path: Path) -
     result = isaacfs("warm", "--mirror", str(mirror), "--upstream", file_upstream.url, "--categories", "all",
                      "--dry-run")
     assert result.returncode == 0 and "dry run" in result.stdout
-    assert table_row(result.stdout, "all")[1] == "14"  # Isaac/ (12) and NVIDIA/ (2)
+    # One row per category, as users know the table, and the total: Isaac/ (12) and NVIDIA/ (2).
+    assert table_row(result.stdout, "IsaacLab")[1] == "8" and table_row(result.stdout, "Robots")[1] == "1"
+    assert table_row(result.stdout, "NVIDIA/Materials")[1] == "2" and table_row(result.stdout, "total")[1] == "14"
     assert [p for p in mirror.rglob("*") if p.is_file()] == []
 
 

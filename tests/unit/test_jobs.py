@@ -171,6 +171,8 @@ def test_all_covers_isaac_and_nvidia(folder: Path, upstream: MemoryUpstream) -> 
     result, _ = warm(folder, upstream, WarmSpec(categories=["all"]))
     assert result.ok and mirrored(folder) == upstream.files
     assert any(path.startswith("NVIDIA/") for path in mirrored(folder))
+    rows = {group.name: group.files for group in result.groups}  # a row per category, not one called all
+    assert rows == {"Environments": 1, "IsaacLab": 8, "Props": 2, "Robots": 1, "NVIDIA/Materials": 2}
 
 
 def test_a_subset_missing_from_one_category_is_a_note(folder: Path, upstream: MemoryUpstream) -> None:
