@@ -212,7 +212,7 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
     mountpoint = _mountpoint(args.mountpoint)
     settings = settings_from(args)
     if args.foreground:
-        from ..fuse.daemon import Daemon, MountRequest
+        from ..app.daemon import Daemon, MountRequest
 
         logs.setup(settings.log_level)
         log_path = Path(os.environ["ISAACFS_LOG_FILE"]) if "ISAACFS_LOG_FILE" in os.environ else None

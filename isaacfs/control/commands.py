@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import trio
 
@@ -15,12 +15,13 @@ from ..core.errors import UpstreamError
 from ..core.health import cause_of
 from ..core.paths import ROOT, RelPath
 from ..core.types import MODES, Mode
-from ..fuse.operations import AssetFS
 from ..jobs import reports as status
 from ..jobs.spec import WarmSpec
 from ..jobs.verify import VerifyResult, index_unknown, verify
 from ..jobs.warm import run
 from ..jobs.workspace import Workspace
+from ..system.runs import Runs
+from ..tree.namespace import Tree
 from .server import ControlError, Emit, Handler
 
 log = logging.getLogger("isaacfs")
@@ -28,8 +29,34 @@ log = logging.getLogger("isaacfs")
 PROBE_TIMEOUT = 5.0  # seconds `status` waits for the upstream to answer
 
 
+class KernelView(Protocol):
+    """What the control commands may ask of the kernel's caches (``fuse.kernel.KernelCache``)."""
+
+    def drop_pages(self, rel: RelPath) -> None: ...
+
+    def refresh(self, rel: RelPath, replaced: bool = False) -> None: ...
+
+    def set_mode(self, mode: Mode) -> None: ...
+
+    def take_back_negatives(self) -> None: ...
+
+
+class Mount(Protocol):
+    """The daemon as the control socket sees it: its tree, the kernel's caches and the runs
+    in their own modes (``fuse.operations.AssetFS`` is one); control never imports fuse."""
+
+    @property
+    def tree(self) -> Tree: ...
+
+    @property
+    def kernel(self) -> KernelView: ...
+
+    @property
+    def runs(self) -> Runs: ...
+
+
 class DaemonCommands:
-    def __init__(self, fs: AssetFS, settings: Settings, mountpoint: Path) -> None:
+    def __init__(self, fs: Mount, settings: Settings, mountpoint: Path) -> None:
         self.fs = fs
         self.tree = fs.tree
         self.settings = settings

@@ -15,9 +15,9 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from ..core.namespace import Node, Tree
 from ..core.paths import RelPath
 from ..core.types import Mode
+from ..tree.namespace import Node, Tree
 
 # Seconds the kernel may keep names and attributes without asking again.
 ATTR_TIMEOUT = 24 * 3600.0

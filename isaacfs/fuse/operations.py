@@ -39,12 +39,12 @@ from ..core.errors import (
     errno_for,
     is_missing,
 )
-from ..core.namespace import Node, Tree
 from ..core.paths import RelPath, name_from_bytes
 from ..core.policy import is_probe
-from ..core.runs import Run, Runs
 from ..core.types import Mode
 from ..fetch.stream import Coverage, Transfer
+from ..system.runs import Run, Runs
+from ..tree.namespace import Node, Tree
 from .kernel import ATTR_TIMEOUT, NEGATIVE_TIMEOUT, KernelCache, encoded, invalidate_inode
 
 log = logging.getLogger("isaacfs.fs")

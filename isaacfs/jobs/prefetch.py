@@ -28,12 +28,12 @@ from typing import Generic, TypeVar
 import trio
 
 from ..core.errors import FetchFailed, UpstreamError
-from ..core.listings import Listings
 from ..core.paths import RelPath
 from ..core.types import BULK, PREFETCH, Installed, Mode, RemoteEntry
 from ..fetch.fetcher import Fetcher
 from ..store.index import Index
 from ..store.mirror import Mirror
+from ..tree.listings import Listings
 from .closure import resolve
 from .parser import ParseFailed, Parser
 from .usd_deps import wants_parsing

@@ -16,12 +16,12 @@ import trio
 
 from ..core.config import Settings, redact
 from ..core.errors import UserError
-from ..core.listings import Listings
 from ..core.paths import RelPath
 from ..core.types import PREFETCH, RemoteEntry, Upstream
 from ..fetch.fetcher import Fetcher
 from ..store.index import Index
 from ..store.mirror import Mirror
+from ..tree.listings import Listings
 
 
 @dataclass

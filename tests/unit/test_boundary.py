@@ -44,9 +44,17 @@ def test_core_imports_no_fuse_omni_or_cli() -> None:
     assert not offenders, offenders
 
 
+def test_core_imports_no_outer_layer_at_all() -> None:
+    # Not even for type hints (an import under TYPE_CHECKING counts): the core holds values and
+    # pure policy; what needs the store or the fetcher lives in tree/ and above.
+    offenders = [f"{path.name}: {name}" for path in modules("core") for name in imports_of(path)
+                 if name.startswith("isaacfs.") and not name.startswith("isaacfs.core")]
+    assert not offenders, offenders
+
+
 def test_core_imports_no_outer_layer_at_run_time() -> None:
-    # The core may name the store's types for annotations only (under TYPE_CHECKING).
-    code = ("import sys, isaacfs.core.namespace, isaacfs.core.policy, isaacfs.core.listings, isaacfs.core.config;"
+    code = ("import sys, pkgutil, importlib, isaacfs.core as core;"
+            "[importlib.import_module(f'isaacfs.core.{m.name}') for m in pkgutil.iter_modules(core.__path__)];"
             "print(sorted(m for m in sys.modules if m.startswith(('isaacfs.', 'pyfuse3', 'omni', 'argparse', 'rich'))"
             " and not m.startswith('isaacfs.core')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -80,3 +88,15 @@ def test_the_checker_sees_a_forbidden_import(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     names = imports_of(bad)
     assert "pyfuse3" in names and "isaacfs.backends" in names
+
+
+def test_control_and_fuse_do_not_import_each_other_and_only_the_cli_imports_the_app() -> None:
+    def importing(folder: str, prefix: str) -> list[str]:
+        return [str(path.relative_to(PACKAGE)) for path in modules(folder)
+                if any(name.startswith(prefix) for name in imports_of(path))]
+
+    assert importing("control", "isaacfs.fuse") == []
+    assert importing("fuse", "isaacfs.control") == [] and importing("fuse", "isaacfs.app") == []
+    outside = [name for folder in ("core", "store", "fetch", "backends", "tree", "jobs", "control", "fuse", "system")
+               for name in importing(folder, "isaacfs.app")]
+    assert outside == []

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from isaacfs.core.namespace import Node
 from isaacfs.core.paths import RelPath
 from isaacfs.fuse import kernel
 from isaacfs.fuse.kernel import NEGATIVE_TIMEOUT, KernelCache
+from isaacfs.tree.namespace import Node
 
 
 class _Tree:

@@ -6,9 +6,9 @@ import trio
 
 from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.errors import Unavailable
-from isaacfs.core.listings import Listings
 from isaacfs.core.paths import RelPath
 from isaacfs.store.index import Index
+from isaacfs.tree.listings import Listings
 from tests.unit.conftest import trio_test
 
 TEXTURES = "Isaac/IsaacLab/Robots/Unitree/Go2/Textures"

@@ -12,12 +12,12 @@ import trio
 
 from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.errors import FetchFailed
-from isaacfs.core.namespace import Node, Tree
 from isaacfs.core.paths import RelPath
 from isaacfs.core.types import Mode
 from isaacfs.fuse.operations import AssetFS
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
+from isaacfs.tree.namespace import Node, Tree
 from tests.unit.conftest import FRANKA, GO2, Running, trio_test
 
 

@@ -9,13 +9,13 @@ import trio
 import trio.testing
 
 from isaacfs.backends.memory import MemoryUpstream
-from isaacfs.core.namespace import Tree
 from isaacfs.core.paths import RelPath
 from isaacfs.core.types import BULK
 from isaacfs.jobs.parser import ParseFailed, Parser
 from isaacfs.jobs.prefetch import Prefetcher
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
+from isaacfs.tree.namespace import Tree
 from tests.unit.conftest import GO2, Running, trio_test, trio_test_real_clock
 
 # What the sample Go2 stage names, directly or through its layers (tests/mount/test_usd_stage.py).

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from isaacfs.core.runs import Runs
+from isaacfs.system.runs import Runs
 
 
 def spawn(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import pyfuse3
 import trio
 
 from ..backends import client_session, open_upstream
@@ -22,16 +21,17 @@ from ..control.commands import DaemonCommands
 from ..core.config import Settings, redact
 from ..core.errors import MountError, UpstreamError, UserError
 from ..core.health import cause_of
-from ..core.namespace import Tree
 from ..core.paths import RelPath
 from ..fetch.fetcher import Fetcher
+from ..fuse import session
+from ..fuse.operations import AssetFS
 from ..jobs.parser import Parser
 from ..jobs.prefetch import Prefetcher
 from ..jobs.workspace import reconcile_upstream
 from ..store.index import Index
 from ..store.mirror import Mirror, classify_folder
 from ..system import mounts, sdnotify
-from .operations import AssetFS
+from ..tree.namespace import Tree
 
 log = logging.getLogger("isaacfs")
 
@@ -40,7 +40,6 @@ PROBE_AT_MOUNT = 5.0  # seconds a permissive mount waits to tell whether its ups
 POOL_WARM_EVERY = 60.0  # seconds between two rounds of connections opened ahead
 # Requests served at once. Opens waiting on downloads each hold one; trio tasks are cheap,
 # so thousands of blocked readers never keep a mirrored read from being answered.
-MAX_FUSE_TASKS = 10_000
 
 
 @dataclass(frozen=True)
@@ -193,7 +192,7 @@ class Daemon:
         commands = self.commands = DaemonCommands(operations, s, self.mountpoint)
         server = control.ControlServer(socket_path, commands.handlers())
         try:
-            pyfuse3.init(operations, str(self.mountpoint), mount_options(s))
+            session.mount(operations, str(self.mountpoint), mount_options(s))
         except RuntimeError as exc:
             message = explain_mount_failure(s, self.mountpoint, exc)
             log.error("%s", message)
@@ -203,7 +202,7 @@ class Daemon:
             trio.run(self._main, tree, index, adopt, server)
         finally:
             sdnotify.notify("STOPPING=1")
-            pyfuse3.close(unmount=True)
+            session.unmount()
             log.info("unmounted %s", self.mountpoint)
         return 0
 
@@ -218,7 +217,7 @@ class Daemon:
                 nursery.start_soon(_guarded, "indexing the mirror again", self.commands.reindex)
             if adopt and index.get_meta("adopted") is None:
                 nursery.start_soon(_guarded, "adopting the asset tree", self._adopt, tree.mirror, index)
-            await pyfuse3.main(min_tasks=4, max_tasks=MAX_FUSE_TASKS)
+            await session.serve()
             self._discard_downloads(tree, downloads)
             nursery.cancel_scope.cancel()
         with trio.move_on_after(5):
@@ -309,7 +308,7 @@ class Daemon:
             async for signum in signals:
                 log.info("stopping on %s", signal.Signals(signum).name)
                 self._discard_downloads(tree, downloads)
-                pyfuse3.terminate()
+                session.stop()
                 return
 
     async def _flush_periodically(self, index: Index) -> None:

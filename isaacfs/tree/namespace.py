@@ -19,21 +19,19 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import trio
 
-from . import policy
-from .errors import FetchFailed, NotFound, NotInMirror, Unavailable, UpstreamError
+from ..core import policy
+from ..core.errors import FetchFailed, NotFound, NotInMirror, Unavailable, UpstreamError
+from ..core.paths import RelPath
+from ..core.types import Installed, LocalEntry, Mode, RemoteEntry, Upstream
+from ..fetch.fetcher import Fetcher
+from ..fetch.stream import Transfer
+from ..store.index import Index
+from ..store.mirror import Mirror
 from .listings import Listings
-from .paths import RelPath
-from .types import Installed, LocalEntry, Mode, RemoteEntry, Upstream
-
-if TYPE_CHECKING:
-    from ..fetch.fetcher import Fetcher
-    from ..fetch.stream import Transfer
-    from ..store.index import Index
-    from ..store.mirror import Mirror
+from .misses import MissReporter
 
 log = logging.getLogger("isaacfs")
 
@@ -97,7 +95,7 @@ class Tree:
         # Told of every open of a file, with the asker's mode (the prefetcher reads what a
         # layer names, for a permissive asker only): (path, a callable giving that mode).
         self.opened: list[Callable[[RelPath, Callable[[], Mode]], None]] = []
-        self.misses = policy.MissReporter(index, mount_display)
+        self.misses = MissReporter(index, mount_display)
         self._inodes = itertools.count(ROOT_INODE + 1)
         self.root = Node(ROOT_INODE, None, "", True)
         self.root.cached = True

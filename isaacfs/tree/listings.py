@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import trio
 
-from .paths import STATE_DIR_NAME, RelPath
-from .types import RemoteEntry, Upstream
-
-if TYPE_CHECKING:
-    from ..store.index import Index
+from ..core.paths import STATE_DIR_NAME, RelPath
+from ..core.types import RemoteEntry, Upstream
+from ..store.index import Index
 
 
 class _Flight:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .types import Mode
+from ..core.types import Mode
 
 MAX_CACHED_PROCESSES = 10_000
 MAX_DEPTH = 64
