@@ -113,6 +113,14 @@ def run(mountpoint: Path, mode: str | None, command: list[str]) -> int:
         events = _Events(stream, mountpoint, strict)
         events.start()
         env = {**os.environ, "ISAACSIM_ASSET_ROOT": str(mountpoint)}
+        # The mode goes into the command's environment too: a child that leaves the run's
+        # process tree (a daemon that double-forks) keeps it through OFFLINE / OFFLINE_PERMISSIVE.
+        env.pop("OFFLINE", None)
+        env.pop("OFFLINE_PERMISSIVE", None)
+        if registered.get("mode") == "strict":
+            env["OFFLINE"] = "1"
+        elif registered.get("mode") == "permissive":
+            env["OFFLINE_PERMISSIVE"] = "1"
         try:
             child = subprocess.Popen(command, env=env)
         except OSError as exc:

@@ -6,11 +6,14 @@ tree), and a process whose environment holds ``OFFLINE=1`` or ``OFFLINE_PERMISSI
 gets that mode on its own. FUSE tells the daemon the requesting pid; a process belongs to
 a run if the run's root is among its ancestors (``/proc/<pid>/stat``). Answers are cached
 per process (pid and start time, so a reused pid is a new process). Only requests for
-names the mirror does not hold ask: a mirrored file is the same in every mode.
+names the mirror does not hold ask: a mirrored file is the same in every mode. An
+environment that widens the mode (``OFFLINE_PERMISSIVE=1``: fetching) counts only for the
+mount's owner and root; anyone may narrow it (``OFFLINE=1``).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -38,18 +41,35 @@ def _stat(pid: int) -> tuple[int, int] | None:
         return None
 
 
-def _environment_mode(pid: int) -> Mode | None:
-    """OFFLINE_PERMISSIVE=1 / OFFLINE=1 in a process's environment (readable by its owner and root)."""
+def _environment_mode(pid: int, may_widen: Callable[[int], bool]) -> Mode | None:
+    """OFFLINE_PERMISSIVE=1 / OFFLINE=1 in a process's environment (readable by its owner and
+    root). Anyone may narrow (strict); widening (permissive: fetching) is honoured only for the
+    processes ``may_widen`` allows by their uid, by default the mount's owner and root."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as stream:
             variables = stream.read().split(b"\0")
     except OSError:
         return None
     if b"OFFLINE_PERMISSIVE=1" in variables:
-        return "permissive"
+        return "permissive" if may_widen(_uid(pid)) else None
     if b"OFFLINE=1" in variables:
         return "strict"
     return None
+
+
+def _uid(pid: int) -> int:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return -1
+
+
+def _program(pid: int) -> str:
+    """The program a process runs now: it changes at exec, where pid and start time do not."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -72,10 +92,18 @@ class Run:
                 "elapsed": time.monotonic() - self.started}
 
 
+def owner_and_root(owner: int) -> Callable[[int], bool]:
+    return lambda uid: uid in (0, owner)
+
+
 class Runs:
-    def __init__(self) -> None:
+    def __init__(self, may_widen: Callable[[int], bool] | None = None) -> None:
         self.runs: dict[tuple[int, int], Run] = {}
-        self._cache: OrderedDict[tuple[int, int], tuple[Mode | None, Run | None]] = OrderedDict()
+        # Per process: pid, start time and the program it runs (an exec of another program,
+        # `exec env OFFLINE=1 cat`, is asked afresh; an exec of the same program with another
+        # environment is not seen until the entry is evicted).
+        self._cache: OrderedDict[tuple[int, int, str], tuple[Mode | None, Run | None]] = OrderedDict()
+        self.may_widen = may_widen or owner_and_root(os.getuid())
 
     def register(self, root_pid: int, mode: Mode | None, emit: Callable[[dict[str, Any]], None]) -> Run | None:
         found = _stat(root_pid)
@@ -109,7 +137,7 @@ class Runs:
         me = _stat(pid)
         if me is None:
             return None, None
-        key = (pid, me[1])
+        key = (pid, me[1], _program(pid))
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
@@ -133,4 +161,4 @@ class Runs:
                 if parent is None:
                     break
                 current, stat = stat[0], parent
-        return _environment_mode(pid), None
+        return _environment_mode(pid, self.may_widen), None

@@ -151,3 +151,28 @@ def test_run_mounts_for_the_command_and_unmounts_after(file_upstream: Upstream, 
     assert done.returncode == 0 and done.stdout.strip() == "read", done.stderr
     assert table.find_mount(mountpoint) is None  # mounted for the run only
     assert (mountpoint / GO2).read_bytes() == (upstream_tree / GO2).read_bytes()  # and the mirror kept it
+
+
+def test_a_permissive_run_fetches_after_a_strict_run_looked_at_the_same_folder(
+        any_upstream: Upstream, upstream_tree: Path, mountpoint: Path, mounts: Mounts) -> None:
+    """The order of issue 22: a strict run's miss, then the mount switched to strict, then a
+    permissive run in the same folder: it gets its own mode's answer, the file."""
+    there = "Isaac/Props/Blocks/DexCube/dex_cube_instanceable.usda"
+    missing = "Isaac/Props/Blocks/DexCube/missing.usda"
+    mounts.mount(mountpoint, any_upstream, "--mode", "permissive")
+    strict = run(mountpoint, mounts, "--offline", "--", "cat", str(mountpoint / missing))
+    assert strict.returncode != 0 and "No such file" in strict.stderr, strict.stderr
+    assert isaacfs("mode", "strict", str(mountpoint), env=mounts.env).returncode == 0
+    permissive = run(mountpoint, mounts, "--offline-permissive", "--", "cat", str(mountpoint / there))
+    assert permissive.returncode == 0, permissive.stderr
+    assert sha256(mountpoint / there) == sha256(upstream_tree / there)
+
+
+def test_the_run_s_mode_is_in_the_command_s_environment(file_upstream: Upstream, mountpoint: Path,
+                                                        mounts: Mounts) -> None:
+    """A child that leaves the run's process tree (a double fork) keeps the mode through it."""
+    mounts.mount(mountpoint, file_upstream, "--mode", "permissive")
+    shown = run(mountpoint, mounts, "--offline", "--", "sh", "-c", 'echo "$OFFLINE/$OFFLINE_PERMISSIVE"')
+    assert shown.stdout.strip() == "1/", shown.stderr
+    shown = run(mountpoint, mounts, "--offline-permissive", "--", "sh", "-c", 'echo "$OFFLINE/$OFFLINE_PERMISSIVE"')
+    assert shown.stdout.strip() == "/1", shown.stderr

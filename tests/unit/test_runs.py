@@ -73,3 +73,31 @@ def test_a_run_whose_root_is_gone_is_pruned() -> None:
     assert run is not None
     end(shell)
     assert runs.prune() == [run] and not runs.runs
+
+
+def test_only_the_owner_and_root_may_widen_the_mode_by_environment() -> None:
+    nobody = Runs(may_widen=lambda uid: False)  # as a process of another user would be judged
+    permissive, strict = spawn({"OFFLINE_PERMISSIVE": "1"}), spawn({"OFFLINE": "1"})
+    try:
+        assert nobody.lookup(grandchild(permissive))[0] is None  # the mount's own mode: no fetching
+        assert nobody.lookup(grandchild(strict))[0] == "strict"  # anyone may narrow
+    finally:
+        end(permissive, strict)
+
+
+def test_a_process_that_execs_with_another_environment_is_asked_afresh() -> None:
+    runs = Runs()
+    code = ("import os, sys; print(os.getpid(), flush=True); sys.stdin.readline();"
+            " os.execvpe('sh', ['sh', '-c', 'echo 0; exec sleep 30'], {**os.environ, 'OFFLINE': '1'})")
+    process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        pid = int(process.stdout.readline())
+        assert runs.lookup(pid) == (None, None)
+        process.stdin.write(b"go\n")
+        process.stdin.flush()
+        assert process.stdout.readline().strip() == b"0"  # it runs the new program now
+        assert runs.lookup(pid)[0] == "strict"  # `[ -e M/x ]; exec env OFFLINE=1 cat M/y`
+    finally:
+        end(process)
