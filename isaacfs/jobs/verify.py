@@ -105,6 +105,10 @@ def _changed(record: FileRecord, entry: RemoteEntry) -> str | None:
         return f"size {record.size} here, {entry.size} upstream"
     if record.etag and entry.etag:
         return None if record.etag == entry.etag else f"ETag {record.etag} here, {entry.etag} upstream"
+    if record.md5 and MD5_ETAG.match(entry.etag):
+        # A file the index learnt of from the disk (no ETag of its own): its bytes' MD5
+        # against the upstream's, whatever its size and mtime say.
+        return None if record.md5 == entry.etag else f"MD5 {record.md5} here, {entry.etag} upstream"
     if entry.mtime and record.mtime and abs(entry.mtime - record.mtime) > 1.0:
         return "modified upstream since it was fetched"
     return None
@@ -197,9 +201,12 @@ async def verify(ws: Workspace, repair: bool, emit: Emit, upstream: bool = False
     async with trio.open_nursery() as nursery:
         for record in records:
             nursery.start_soon(one, record)
-    await index_unknown(ws, {record.path for record in records}, result, limit)
+    known = {record.path for record in records}
+    await index_unknown(ws, known, result, limit)
     if upstream:
-        await _against_upstream(ws, records, result, wrong)
+        # Files just indexed from the disk are compared too (they were only hashed so far).
+        found = [record for record in await off_loop(ws.index, Index.records) if record.path not in known]
+        await _against_upstream(ws, records + found, result, wrong)
     if repair:
         for rel in wrong:
             why = await _repair(ws, rel)

@@ -380,3 +380,18 @@ def test_a_manifest_warm_sees_what_the_upstream_holds_now(folder: Path, upstream
     again, _ = warm(folder, upstream, WarmSpec(manifest=[GO2], manifest_name="list.txt"))
     assert again.ok and sum(g.fetched for g in again.groups) == 1
     assert (folder / GO2).read_bytes() == upstream.files[GO2]
+
+
+def test_verify_against_the_upstream_compares_files_it_only_now_indexed(folder: Path,
+                                                                         upstream: MemoryUpstream) -> None:
+    """A same-size file with the upstream's mtime that the index did not know, but whose bytes
+    differ: --against-upstream --repair compares it (by MD5) and repairs it, not 'all match'."""
+    warm(folder, upstream, WarmSpec(manifest=[GO2]))
+    wrong = b"X" + upstream.files[FRANKA][1:]
+    (folder / FRANKA).parent.mkdir(parents=True, exist_ok=True)
+    (folder / FRANKA).write_bytes(wrong)
+    os.utime(folder / FRANKA, (upstream.mtime, upstream.mtime))
+    result = check_upstream(folder, upstream, repair=True)
+    assert any(line.startswith(f"{FRANKA}: MD5") for line in result.changed_upstream), result.changed_upstream
+    assert result.repaired == [FRANKA] and result.ok
+    assert (folder / FRANKA).read_bytes() == upstream.files[FRANKA]
