@@ -187,8 +187,12 @@ def warm_and_report(settings: Settings, mirror: Path, spec: WarmSpec) -> int:
             progress.interrupted = True
     if progress.interrupted:
         planned = f" of {progress.total_files:,}" if progress.total_files else ""
-        print(f"isaacfs warm: interrupted after {progress.done_files:,}{planned} files"
-              f" ({progress.done_bytes / 1e6:,.1f} MB); what was fetched is kept: run the same command"
+        # Through a mount, downloads the daemon had already started finish after this command
+        # stops counting (they are kept): the count is what this command saw, not the mirror's.
+        under_way = (f"; the {mirror} daemon finishes the downloads it had started, and keeps them (isaacfs"
+                     " status counts them)") if mounted else ""
+        print(f"isaacfs warm: interrupted with {progress.done_files:,}{planned} files seen done"
+              f" ({progress.done_bytes / 1e6:,.1f} MB){under_way}; what was fetched is kept: run the same command"
               " again to continue", file=sys.stderr)
         return 130
     render(console, result, mirror, mounted)
