@@ -80,11 +80,32 @@ def env_text(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _systemd_running(layout: Layout) -> bool:
+SYSTEMD_RUNNING = Path("/run/systemd/system")  # present while systemd is the init (sd_booted)
+
+
+def why_no_systemd(layout: Layout) -> str | None:
+    """Why the units cannot be enabled here, with what to do; None where systemd answers."""
     if shutil.which("systemctl") is None:
-        return False
+        return "systemd is not installed here (no systemctl); run the mount with `isaacfs mount` instead"
+    if not SYSTEMD_RUNNING.is_dir():
+        return ("systemd is not running on this machine (a container, or another init); run the mount with"
+                " `isaacfs mount`, or from the container's own entry point")
     probe = subprocess.run(layout.systemctl("is-system-running"), capture_output=True, text=True)
-    return probe.stdout.strip() not in ("", "offline") and "Failed to connect" not in probe.stderr
+    if probe.stdout.strip() in ("", "offline") or "Failed to connect" in probe.stderr:
+        if layout.system:
+            return f"systemd does not answer ({probe.stderr.strip() or probe.stdout.strip()})"
+        user = os.environ.get("USER") or str(os.getuid())
+        if not os.environ.get("XDG_RUNTIME_DIR"):
+            return ("there is no user session with a systemd user manager here (XDG_RUNTIME_DIR is not set:"
+                    " su or sudo, not a login); log in as this user, or have root run: loginctl enable-linger"
+                    f" {user}, or install the system unit as root: sudo isaacfs service install")
+        return (f"the systemd user manager does not answer ({probe.stderr.strip() or 'no answer'}); have root run:"
+                f" loginctl enable-linger {user}, then log in again, or install the system unit as root")
+    return None
+
+
+def _systemd_running(layout: Layout) -> bool:
+    return why_no_systemd(layout) is None
 
 
 def install(mountpoint: Path, settings: Settings, start: bool, user: bool = False) -> list[str]:
@@ -102,10 +123,10 @@ def install(mountpoint: Path, settings: Settings, start: bool, user: bool = Fals
         stream.write(env_text(settings))
     said = [f"wrote {layout.unit_dir / TEMPLATE} and {layout.env_dir / f'{instance}.env'}"]
     commands = [layout.systemctl("daemon-reload"), layout.systemctl("enable", *(["--now"] if start else []), unit)]
-    if not _systemd_running(layout):
-        said.append("systemd is not reachable here; to enable it later run: "
-                    + " && ".join(" ".join(c) for c in commands))
-        return said
+    why = why_no_systemd(layout)
+    if why is not None:
+        raise UserError(f"wrote {layout.unit_dir / TEMPLATE} and {env_file}, but did not enable the service: {why};"
+                        " then: " + " && ".join(" ".join(c) for c in commands))
     for command in commands:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+import pytest
 
 from isaacfs.cli.main import build_parser
 from isaacfs.core.units import plural, size
@@ -34,3 +37,24 @@ def test_sizes_and_counts_read_as_people_write_them() -> None:
 def test_warm_takes_the_mountpoint_anywhere() -> None:
     args = build_parser().parse_args(["warm", "/mnt/assets", "--categories", "Robots"])
     assert args.mountpoint == "/mnt/assets" and args.categories == ["Robots"]
+
+
+def test_service_install_without_systemd_says_why_and_what_to_do(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from isaacfs.core.config import Settings
+    from isaacfs.core.errors import UserError
+    from isaacfs.system import service
+
+    layout = service.Layout(True, tmp_path / "units", tmp_path / "env")
+    monkeypatch.setattr(service.Layout, "here", classmethod(lambda cls, user=False: layout))
+    monkeypatch.setattr(service, "SYSTEMD_RUNNING", tmp_path / "no-systemd")
+    real_which = service.shutil.which
+    monkeypatch.setattr(service.shutil, "which", lambda name: "/usr/bin/systemctl" if name == "systemctl"
+                        else real_which(name))
+    with pytest.raises(UserError) as caught:
+        service.install(tmp_path / "mnt", Settings(), start=True)
+    message = str(caught.value)
+    assert "did not enable the service: systemd is not running" in message and "isaacfs mount" in message
+    assert (layout.unit_dir / service.TEMPLATE).exists()  # written all the same, for later
+    monkeypatch.setattr(service.shutil, "which", lambda name: None)
+    assert "not installed" in (service.why_no_systemd(layout) or "")
