@@ -152,6 +152,11 @@ class Prefetcher:
     def _consider(self, rel: RelPath, root: RelPath) -> None:
         if not self._wanted(rel):
             return
+        local = self.mirror.entry(rel)
+        if local is None or local.is_dir:
+            # Still streaming (a layer of more than one part): the worker would find no file.
+            # Its Installed event brings it back here once it is whole.
+            return
         assert self._nursery is not None
         self._parsed.add(rel)
         self._nursery.start_soon(self._expand, rel, root)

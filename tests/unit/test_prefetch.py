@@ -197,3 +197,27 @@ async def test_a_layer_name_with_a_newline_does_not_put_the_worker_out_of_step(t
         assert await parser.dependencies(str(good)) == ["./y.usda"]  # its own answer, not the one before
     finally:
         await parser.aclose()
+
+
+@trio_test
+async def test_a_layer_still_streaming_is_read_once_it_is_installed(mirror: Mirror, index: Index) -> None:
+    """A layer of more than one part is opened while it streams: its dependencies are read
+    when it is whole (they used to be never read: the worker found no file, once)."""
+    from isaacfs.fetch.stream import PART_SIZE
+
+    big = "Isaac/Robots/Big/big.usda"
+    upstream = MemoryUpstream({big: b"#usda 1.0\n" + b" " * (2 * PART_SIZE), "Isaac/Robots/Big/part.usda": b"x"},
+                              ranged=True)
+    parser = _ListParser(["./part.usda"])
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree, _prefetcher = _with_parser(running, parser)
+        node = await walk(tree, big)
+        fd, transfer = await tree.open(node)  # type: ignore[arg-type]
+        assert transfer is not None  # streaming: not in the mirror yet
+        assert parser.asked == []  # not read from a file that is not there
+        await transfer.settled.wait()
+        os.close(fd)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+        assert [path.rsplit("/", 1)[-1] for path in parser.asked][:1] == ["big.usda"]
+        assert "Isaac/Robots/Big/part.usda" in mirrored(mirror)
