@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,13 +49,13 @@ def test_service_install_without_systemd_says_why_and_what_to_do(tmp_path: Path,
     layout = service.Layout(True, tmp_path / "units", tmp_path / "env")
     monkeypatch.setattr(service.Layout, "here", classmethod(lambda cls, user=False: layout))
     monkeypatch.setattr(service, "SYSTEMD_RUNNING", tmp_path / "no-systemd")
-    real_which = service.shutil.which
-    monkeypatch.setattr(service.shutil, "which", lambda name: "/usr/bin/systemctl" if name == "systemctl"
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/systemctl" if name == "systemctl"
                         else real_which(name))
     with pytest.raises(UserError) as caught:
         service.install(tmp_path / "mnt", Settings(), start=True)
     message = str(caught.value)
     assert "did not enable the service: systemd is not running" in message and "isaacfs mount" in message
     assert (layout.unit_dir / service.TEMPLATE).exists()  # written all the same, for later
-    monkeypatch.setattr(service.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     assert "not installed" in (service.why_no_systemd(layout) or "")

@@ -142,9 +142,10 @@ async def test_a_strict_asker_on_a_permissive_mount_prefetches_nothing(
         mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
     parser = _ListParser(["./go2_physics.usda"])
     running = Running(mirror, index, upstream)
-    async with running:
+    async with running as ws:
         _tree, prefetcher = _with_parser(running, parser)
         layer = RelPath.parse(GO2)
+        await ws.fetcher.ensure(layer, await upstream.stat(layer), priority=BULK)  # mirrored, not expanded
         prefetcher.opened(layer, lambda: "strict")  # `isaacfs run --offline` on a permissive mount
         await trio.testing.wait_all_tasks_blocked()
         assert parser.asked == [] and "Isaac/IsaacLab/Robots/Unitree/Go2/go2_physics.usda" not in mirrored(mirror)
@@ -158,16 +159,21 @@ async def test_a_layer_naming_90000_assets_queues_only_its_budget(
         mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
     parser = _ListParser([f"./Props/missing_{number}.usda" for number in range(90_000)])
     running = Running(mirror, index, upstream)
-    async with running:
+    async with running as ws:
         _tree, prefetcher = _with_parser(running, parser, max_files=100, remembered=1000)
-        prefetcher.opened(RelPath.parse(GO2), lambda: "permissive")
+        layer = RelPath.parse(GO2)
+        await ws.fetcher.ensure(layer, await upstream.stat(layer), priority=BULK)
+        prefetcher.opened(layer, lambda: "permissive")
         await trio.testing.wait_all_tasks_blocked(cushion=0.05)
         assert len(prefetcher._queued) == 100  # not 90,000 tasks
         assert index.session["prefetch_over_budget"] == 1  # counted once, where it was cut
         assert upstream.requests["list Isaac/IsaacLab/Robots/Unitree/Go2/Props"] <= 1
         # Many more layers: what it remembers stays bounded.
         parser.names = ["./a.usda"]
+        layers = Path(mirror.display, "Isaac/Layers")
+        layers.mkdir(parents=True)
         for number in range(3000):
+            (layers / f"l{number}.usda").write_bytes(b"#usda 1.0\n")
             prefetcher.opened(RelPath.parse(f"Isaac/Layers/l{number}.usda"), lambda: "permissive")
         await trio.testing.wait_all_tasks_blocked(cushion=0.05)
         assert prefetcher.remembering <= 7 * 1000
