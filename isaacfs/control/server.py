@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import pwd
 import select
@@ -45,6 +44,7 @@ MAX_REQUEST = 16 * 1024 * 1024  # a warm manifest of ~300,000 paths
 REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request line
 MAX_CONNECTIONS = 32  # served at once; more are closed without an answer
 REFUSAL_LOGS_PER_MINUTE = 10
+EVENT_BUFFER = 10_000  # events a command may have queued for a client that does not read them
 XATTR_CONTROL = "user.isaacfs.control"
 
 Emit = Callable[[dict[str, Any]], None]
@@ -121,6 +121,7 @@ class ControlServer:
     def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
         self.path = path
         self.handlers = handlers
+        self.dropped_events = 0  # progress events dropped for clients that did not read them
         self.owner = os.geteuid()
         self.active = 0
         self._refusals = _RateLimited(REFUSAL_LOGS_PER_MINUTE)
@@ -181,14 +182,26 @@ class ControlServer:
         await self._run(stream, handler, request)
 
     async def _run(self, stream: trio.SocketStream, handler: Handler, request: dict[str, Any]) -> None:
-        send_events, receive_events = trio.open_memory_channel[dict[str, Any]](math.inf)
+        # Bounded: a client that stops reading costs at most EVENT_BUFFER events of memory;
+        # past that its progress events are dropped (counted), never the job's result.
+        send_events, receive_events = trio.open_memory_channel[dict[str, Any]](EVENT_BUFFER)
         outcome: dict[str, Any] = {}
         job_scope = trio.CancelScope()
+        dropped = [0]
+
+        def emit(event: dict[str, Any]) -> None:
+            try:
+                send_events.send_nowait(event)
+            except trio.WouldBlock:
+                dropped[0] += 1
+                self.dropped_events += 1
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
 
         async def job() -> None:
             try:
                 with job_scope:
-                    outcome["result"] = await handler(request, send_events.send_nowait)
+                    outcome["result"] = await handler(request, emit)
                 if job_scope.cancelled_caught:
                     log.info("control command %r cancelled: the client hung up", request["command"])
             except (ControlError, UserError) as exc:
@@ -198,6 +211,9 @@ class ControlServer:
                 outcome["error"] = f"internal error in the daemon: {exc!r} (see its log)"
             finally:
                 send_events.close()
+                if dropped[0]:
+                    log.info("control command %r: %d events dropped (the client did not read them)",
+                             request["command"], dropped[0])
 
         async def hang_up_watch() -> None:
             # The client sends nothing after its request. End of stream is either a

@@ -189,9 +189,8 @@ class AssetFS(pyfuse3.Operations):
         return self.attributes(node)
 
     def _report_miss(self, run: Run, rel: RelPath) -> None:
-        if is_probe(rel) or str(rel) in run.missed:
+        if is_probe(rel) or not run.miss(str(rel)):
             return
-        run.missed[str(rel)] = None
         run.emit({"event": "miss", "path": str(rel), "fetch": warm_command(rel)})
 
     @answers

@@ -24,6 +24,7 @@ from ..core.types import Mode
 
 MAX_CACHED_PROCESSES = 10_000
 MAX_DEPTH = 64
+MAX_RUN_MISSES = 100_000  # paths one run keeps for its summary and manifest
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
@@ -81,14 +82,27 @@ class Run:
     mode: Mode | None
     emit: Callable[[dict[str, Any]], None]
     counts: Counter[str] = field(default_factory=Counter)
-    missed: dict[str, None] = field(default_factory=dict)
+    missed: dict[str, None] = field(default_factory=dict)  # the first MAX_RUN_MISSES, in order
+    missed_count: int = 0
     upstream_wait: float = 0.0
     started: float = field(default_factory=time.monotonic)
+
+    def miss(self, path: str) -> bool:
+        """Record a miss; True the first time this run misses ``path``. A run's memory stays
+        bounded: past MAX_RUN_MISSES distinct paths, misses are counted, not kept."""
+        if path in self.missed:
+            return False
+        if len(self.missed) >= MAX_RUN_MISSES:
+            self.missed_count += 1  # may count a repeat once: it can no longer be told apart
+            return False
+        self.missed[path] = None
+        self.missed_count += 1
+        return True
 
     def summary(self) -> dict[str, Any]:
         return {"served": self.counts["served"], "fetched": self.counts["fetched"],
                 "fetched_bytes": self.counts["fetched_bytes"], "served_bytes": self.counts["served_bytes"],
-                "missed": len(self.missed), "misses": list(self.missed), "upstream_wait": self.upstream_wait,
+                "missed": self.missed_count, "misses": list(self.missed), "upstream_wait": self.upstream_wait,
                 "elapsed": time.monotonic() - self.started}
 
 

@@ -21,6 +21,13 @@ from tests.unit.conftest import trio_test
 class Jobs:
     def __init__(self) -> None:
         self.cancelled = 0
+        self.flood_done = trio.Event()
+
+    async def flood(self, request: dict[str, Any], emit: control.Emit) -> Any:
+        for number in range(5 * control.EVENT_BUFFER):  # a client that reads none of these
+            emit({"event": "tick", "n": number, "pad": "x" * 1024})
+        self.flood_done.set()
+        return "done"
 
     async def echo(self, request: dict[str, Any], emit: control.Emit) -> Any:
         return request.get("value")
@@ -48,7 +55,7 @@ def raw(path: Path, payload: bytes) -> str:
 async def serving(nursery: trio.Nursery, tmp_path: Path) -> tuple[ControlServer, Path, Jobs]:
     jobs = Jobs()
     path = tmp_path / "run" / "isaacfs" / "x.sock"
-    server = ControlServer(path, {"echo": jobs.echo, "chatty": jobs.chatty})
+    server = ControlServer(path, {"echo": jobs.echo, "chatty": jobs.chatty, "flood": jobs.flood})
     await nursery.start(server.serve)
     return server, path, jobs
 
@@ -140,3 +147,22 @@ def test_an_unreachable_daemon_is_one_sentence(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="cannot reach the isaacfs daemon"):
         call()
+
+
+@trio_test
+async def test_a_client_that_stops_reading_costs_a_bounded_buffer(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        _server, path, jobs = await serving(nursery, tmp_path)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            sock.connect(str(path))
+            sock.sendall(b'{"command": "flood"}\n')  # and never reads
+            with trio.fail_after(10):
+                await jobs.flood_done.wait()  # the job was never held up by the silent client
+            # What it could not send was dropped, not queued: at most EVENT_BUFFER events held.
+            assert _server.dropped_events >= 4 * control.EVENT_BUFFER - 100
+        finally:
+            sock.close()
+        assert await trio.to_thread.run_sync(lambda: control_call(path, "echo", value=7)) == 7
+        nursery.cancel_scope.cancel()

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from isaacfs.system.runs import Runs
 
 
@@ -101,3 +103,15 @@ def test_a_process_that_execs_with_another_environment_is_asked_afresh() -> None
         assert runs.lookup(pid)[0] == "strict"  # `[ -e M/x ]; exec env OFFLINE=1 cat M/y`
     finally:
         end(process)
+
+
+def test_a_run_keeps_a_bounded_list_of_its_misses(monkeypatch: pytest.MonkeyPatch) -> None:
+    from isaacfs.system import runs as runs_module
+    from isaacfs.system.runs import Run
+
+    monkeypatch.setattr(runs_module, "MAX_RUN_MISSES", 100)
+    run = Run(1, 1, "strict", lambda event: None)
+    firsts = [run.miss(f"Isaac/missing_{number}.usd") for number in range(1000)]
+    assert sum(firsts) == 100 and len(run.missed) == 100 and run.missed_count == 1000
+    assert not run.miss("Isaac/missing_0.usd")  # a repeat of a kept one is no new miss
+    assert run.summary()["missed"] == 1000
