@@ -1,8 +1,12 @@
 """Backends: each turns one kind of upstream into the core's ``Upstream`` protocol.
 
-- ``omni``: NVIDIA's omni.client (S3 cloud roots, Nucleus ``omniverse://``, ``file:``);
-  the only module of isaacfs that imports omni.client.
-- ``memory``: an in-memory tree with fault switches, for the unit tier.
+- ``omni``: the router (S3 cloud roots, Nucleus ``omniverse://``, ``file:``); the only
+  module of isaacfs that imports omni.client (Nucleus, and S3 buckets that want credentials).
+- ``http``: S3 listings, GETs and ranged GETs over isaacfs's own kept-alive urllib3 pool.
+- ``local``: ``file:`` trees, read block by block with a stall watchdog.
+
+The unit tier's in-memory upstream and the fault switches that wrap any upstream live in
+``tests/support`` (memory.py, faults.py): they are not shipped.
 
 Callers choose through :func:`open_upstream` and :func:`client_session`; omni.client is
 imported only when an omni.client upstream is actually used.

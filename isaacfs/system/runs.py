@@ -50,12 +50,18 @@ def _environment_mode(pid: int, may_widen: Callable[[int], bool]) -> Mode | None
         with open(f"/proc/{pid}/environ", "rb") as stream:
             variables = stream.read().split(b"\0")
     except OSError:
-        return None
+        raise _Unreadable from None
+    if variables == [b""]:
+        raise _Unreadable  # mid-exec, or a zombie: not an answer to keep
     if b"OFFLINE_PERMISSIVE=1" in variables:
         return "permissive" if may_widen(_uid(pid)) else None
     if b"OFFLINE=1" in variables:
         return "strict"
     return None
+
+
+class _Unreadable(Exception):
+    """A process's environment could not be read now."""
 
 
 def _uid(pid: int) -> int:
@@ -156,7 +162,10 @@ class Runs:
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
-        answer = self._resolve(pid, me)
+        try:
+            answer = self._resolve(pid, me)
+        except _Unreadable:
+            return None, None  # the mount's own mode this time; asked again next time
         self._cache[key] = answer
         if len(self._cache) > MAX_CACHED_PROCESSES:
             self._cache.popitem(last=False)

@@ -13,11 +13,11 @@ import trio
 import trio.testing
 
 from isaacfs import sample_assets
-from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.fetch.fetcher import Fetcher
 from isaacfs.jobs.workspace import Workspace
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
+from tests.support.memory import MemoryUpstream
 
 SAMPLE = sample_assets()
 GO2 = "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd"

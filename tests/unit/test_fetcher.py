@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.errors import AccessDenied, FetchFailed
 from isaacfs.core.paths import RelPath
 from isaacfs.core.types import LocalEntry
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
+from tests.support.memory import MemoryUpstream
 from tests.unit.conftest import FRANKA, GO2, Running, trio_test
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.categories import category_of, category_root, warm_command
 from isaacfs.core.config import Settings
 from isaacfs.core.errors import UserError
@@ -19,6 +18,7 @@ from isaacfs.jobs.verify import VerifyResult, verify
 from isaacfs.jobs.warm import run
 from isaacfs.jobs.workspace import Workspace, run_on_mirror
 from isaacfs.store.index import Index
+from tests.support.memory import MemoryUpstream
 from tests.unit.conftest import FRANKA, GO2, mock_clock
 
 SETTINGS = Settings(upstream="memory://assets")

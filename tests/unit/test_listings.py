@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import trio
 
-from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.errors import Unavailable
 from isaacfs.core.paths import RelPath
 from isaacfs.store.index import Index
 from isaacfs.tree.listings import Listings
+from tests.support.memory import MemoryUpstream
 from tests.unit.conftest import trio_test
 
 TEXTURES = "Isaac/IsaacLab/Robots/Unitree/Go2/Textures"

@@ -13,11 +13,11 @@ from types import SimpleNamespace
 import pyfuse3
 import pytest
 
-from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.fuse.operations import AssetFS
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
 from isaacfs.tree.namespace import ROOT_INODE, Tree
+from tests.support.memory import MemoryUpstream
 from tests.unit.conftest import Running, sample_files, trio_test
 
 MISSING = "Isaac/Props/Blocks/DexCube/missing.usda"

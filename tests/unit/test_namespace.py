@@ -10,7 +10,6 @@ import pyfuse3
 import pytest
 import trio
 
-from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.errors import FetchFailed
 from isaacfs.core.paths import RelPath
 from isaacfs.core.types import Mode
@@ -18,6 +17,7 @@ from isaacfs.fuse.operations import AssetFS
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
 from isaacfs.tree.namespace import Node, Tree
+from tests.support.memory import MemoryUpstream
 from tests.unit.conftest import FRANKA, GO2, Running, trio_test
 
 

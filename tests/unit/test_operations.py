@@ -12,13 +12,13 @@ import pyfuse3
 import pytest
 import trio
 
-from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.paths import RelPath
 from isaacfs.fetch.stream import PART_SIZE
 from isaacfs.fuse.operations import AssetFS
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
 from isaacfs.tree.namespace import ROOT_INODE, Tree
+from tests.support.memory import MemoryUpstream
 from tests.unit.conftest import GO2, Running, sample_files, trio_test
 
 BIG = "Isaac/Environments/Sky/dome.exr"

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.errors import (
     AccessDenied,
     ConnectionLost,
@@ -26,10 +25,12 @@ from isaacfs.core.errors import (
 from isaacfs.core.paths import RelPath
 from isaacfs.core.retry import RetryPolicy, is_temp_failure, retrying
 from isaacfs.core.types import LocalEntry
+from isaacfs.fetch.fetcher import Fetcher
 from isaacfs.fetch.integrity import multipart_candidates
 from isaacfs.fetch.stream import PART_SIZE
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
+from tests.support.memory import MemoryUpstream
 from tests.unit.conftest import Running, mock_clock, trio_test
 
 PACKAGE = Path(__file__).resolve().parents[2] / "isaacfs"
@@ -204,3 +205,42 @@ async def test_the_budget_waits_for_room_and_a_buffer_larger_than_it_takes_it_wh
         nursery.start_soon(holder, "b", 60)  # waits for a
         nursery.start_soon(holder, "huge", 10_000)  # takes the whole budget, alone
     assert budget.peak == 100 and budget.used == 0 and order[0] == "a" and budget.waits == 2
+
+
+def test_the_fault_switches_work_around_a_real_backend(tmp_path: Path, mirror: Mirror, index: Index) -> None:
+    """The failure wrapper is not a fake: around the real backend on a file: tree, a dead
+    upstream and a refused path are answered as the fetcher answers them on any upstream."""
+    from isaacfs.backends import client_session
+    from isaacfs.backends.omni import OmniUpstream
+    from isaacfs.core.config import Settings
+    from tests.support.faults import FaultyUpstream
+
+    root = tmp_path / "root"
+    (root / "Isaac/Props").mkdir(parents=True)
+    (root / SMALL).write_bytes(blob(5000, 7))
+
+    async def body() -> None:
+        upstream = FaultyUpstream(OmniUpstream.from_settings(Settings(upstream=root.as_uri())))
+        rel = RelPath.parse(SMALL)
+        entry = await upstream.stat(rel)
+        fetcher = Fetcher(mirror, index, upstream, 4, retries=2)
+        async with trio.open_nursery() as nursery:
+            fetcher.attach(nursery)
+            upstream.fail[SMALL] = AccessDenied("fetch small.bin: access denied by upstream")
+            with pytest.raises(FetchFailed) as denied:
+                await fetcher.ensure(rel, entry)
+            assert denied.value.errno == errno.EACCES and upstream.requests[f"get {SMALL}"] == 1  # final: once
+            del upstream.fail[SMALL]
+            upstream.down = True
+            with pytest.raises(FetchFailed) as dead:
+                await fetcher.ensure(rel, entry)
+            assert dead.value.errno == errno.EIO and not upstream.available  # it rests
+            upstream.down = False
+            upstream.health.mark(None)
+            assert (await fetcher.ensure(rel, entry)).size == 5000
+            nursery.cancel_scope.cancel()
+        await upstream.aclose()
+
+    with client_session():
+        trio.run(body)
+    assert Path(mirror.display, SMALL).read_bytes() == blob(5000, 7)

@@ -8,7 +8,6 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.paths import RelPath
 from isaacfs.core.types import BULK
 from isaacfs.jobs.parser import ParseFailed, Parser
@@ -16,6 +15,7 @@ from isaacfs.jobs.prefetch import Prefetcher
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
 from isaacfs.tree.namespace import Tree
+from tests.support.memory import MemoryUpstream
 from tests.unit.conftest import GO2, Running, trio_test, trio_test_real_clock
 
 # What the sample Go2 stage names, directly or through its layers (tests/mount/test_usd_stage.py).

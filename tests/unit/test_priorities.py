@@ -6,7 +6,6 @@ from typing import Any
 
 import trio
 
-from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.paths import RelPath
 from isaacfs.core.types import BULK, PREFETCH, READER
 from isaacfs.fetch.fetcher import SMALL_FILE, SMALL_PER_PLACE, PriorityLimiter
@@ -14,6 +13,7 @@ from isaacfs.jobs.spec import WarmSpec
 from isaacfs.jobs.warm import run
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
+from tests.support.memory import MemoryUpstream
 from tests.unit.conftest import GO2, Running, trio_test
 
 

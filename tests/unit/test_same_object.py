@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from isaacfs.backends.http import HttpRanges, _same_object
-from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.errors import IntegrityError, MirrorFull, UpstreamError
 from isaacfs.core.health import Health
 from isaacfs.core.paths import RelPath
 from isaacfs.fetch.stream import PART_SIZE, Transfer
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
+from tests.support.memory import MemoryUpstream
 from tests.unit.conftest import Running, trio_test, trio_test_real_clock
 
 BIG = "Isaac/Environments/Sky/dome.exr"

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from isaacfs.backends.memory import MemoryUpstream
 from isaacfs.core.errors import FetchFailed
 from isaacfs.core.paths import RelPath
 from isaacfs.fetch.integrity import multipart_candidates
 from isaacfs.fetch.stream import PART_SIZE, Transfer
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
+from tests.support.memory import MemoryUpstream
 from tests.unit.conftest import Running, trio_test_real_clock
 
 BIG = "Isaac/Environments/Sky/dome.exr"

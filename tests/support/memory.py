@@ -1,26 +1,22 @@
-"""An in-memory upstream for the unit tier: a dict of paths to bytes, with fault switches.
-
-It behaves as the S3 cloud root does through omni.client: folders are implied by keys,
-ETags are the MD5 of the body, a missing path is ``NotFound``. Tests flip ``down`` to
-make every request fail as a dead host does, set ``fail[path]`` to make one path fail
-with a given error, ``corrupt`` to flip a byte of a body in transit, ``delay`` to
-answer late (``slow[path]``: requests about one path or folder), and read ``requests``
-to count what was asked.
+"""An in-memory upstream for the unit tier: a dict of paths to bytes behaving as the S3
+cloud root does (folders implied by keys, ETags the MD5 of the body, a missing path is
+``NotFound``, ranged reads and If-Match as S3 answers them). ``MemoryStore`` is the plain
+store; ``MemoryUpstream`` is that store inside ``faults.FaultyUpstream``, whose switches
+(down, fail, corrupt, delay, slow, chunk_delay, stall_after, cut_after) and counters
+(requests, ranges) work around any upstream.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
-import trio
-
-from ..core.errors import ConnectionLost, IntegrityError, NotFound, UpstreamError
-from ..core.health import Health
-from ..core.paths import RelPath
-from ..core.types import RemoteEntry, Sink
+from isaacfs.core.errors import IntegrityError, NotFound
+from isaacfs.core.paths import RelPath
+from isaacfs.core.types import RemoteEntry, Sink
+from tests.support.faults import FaultyUpstream
 
 Folders = dict[RelPath, list[RemoteEntry]]  # every folder below a root, with its entries
 
@@ -33,31 +29,19 @@ def _parents(path: RelPath, top: RelPath) -> list[RelPath]:
     return found
 
 
-class MemoryUpstream:
+class MemoryStore:
     kind = "memory"
 
     def __init__(self, files: dict[str, bytes] | None = None, root_url: str = "memory://assets",
-                 retry_after: float = 30.0, mtime: float = 1_700_000_000.0, md5_etags: bool = True,
-                 ranged: bool = False) -> None:
+                 mtime: float = 1_700_000_000.0, md5_etags: bool = True, ranged: bool = False) -> None:
         self.root_url = root_url
         self.files: dict[str, bytes] = dict(files or {})
         self.mtime = mtime
         self.md5_etags = md5_etags
-        self.health = Health(root_url, retry_after)
-        self.down = False
-        self.fail: dict[str, UpstreamError] = {}
-        self.corrupt: set[str] = set()
-        self.delay = 0.0
-        self.slow: dict[str, float] = {}  # path -> seconds more for any request about it
-        self.requests: Counter[str] = Counter()  # "list a/b", "stat a/b", "get a/b", "range a/b"
         # Ranged reads (as S3 serves them): files stream through fetch/stream.py.
         self.ranged = ranged
         self.etags: dict[str, str] = {}  # ETags other than the body's MD5 (a multipart upload's)
         self.chunk = 64 * 1024  # bytes per chunk of a ranged body
-        self.chunk_delay = 0.0  # seconds between chunks: a slow link
-        self.stall_after: dict[str, int] = {}  # path -> offset where ranged bodies stop arriving
-        self.cut_after: dict[str, int] = {}  # path -> offset where ranged bodies end early, once each
-        self.ranges: list[tuple[str, int, int]] = []  # (path, start, end) of every ranged read
         self.recursive = False  # answers recursive listings (``walk``), as S3 does
 
     # -- test controls --------------------------------------------------------------
@@ -70,25 +54,10 @@ class MemoryUpstream:
     # -- the protocol -------------------------------------------------------------------
     @property
     def available(self) -> bool:
-        return self.health.available
+        return True
 
     def url_for(self, rel: RelPath) -> str:
         return "/".join([self.root_url, *(quote(p.encode("utf-8", "surrogateescape"), safe="") for p in rel.parts)])
-
-    async def _answer(self, what: str, rel: RelPath, resting_ok: bool = False) -> None:
-        if not resting_ok:
-            self.health.check(what)
-        self.requests[f"{what.split()[0]} {rel}"] += 1
-        if self.delay or str(rel) in self.slow:
-            await trio.sleep(self.delay + self.slow.get(str(rel), 0.0))
-        problem: UpstreamError | None = None
-        if self.down:
-            problem = ConnectionLost(f"{what}: upstream unavailable (ERROR_CONNECTION)")
-        elif str(rel) in self.fail:
-            problem = self.fail[str(rel)]
-        self.health.mark(problem)
-        if problem is not None:
-            raise problem
 
     def _entry(self, path: str, name: str) -> RemoteEntry | None:
         body = self.files.get(path)
@@ -101,9 +70,7 @@ class MemoryUpstream:
             return RemoteEntry(name, True, 0, 0.0, "")
         return None
 
-    async def list(self, rel: RelPath, fresh: bool = False, counted: bool = True) -> list[RemoteEntry]:
-        if counted:
-            await self._answer(f"list {rel}", rel)
+    async def list(self, rel: RelPath, fresh: bool = False) -> list[RemoteEntry]:
         prefix = f"{rel}/" if rel.parts else ""
         names = {key[len(prefix):].split("/", 1)[0] for key in self.files if key.startswith(prefix)}
         found = [self._entry(f"{prefix}{name}", name) for name in sorted(names)]
@@ -123,7 +90,6 @@ class MemoryUpstream:
         None over ``max_files`` files (as S3 over that many pages)."""
         if not self.recursive:
             return None
-        await self._answer(f"walk {rel}", rel)
         prefix = f"{rel}/" if rel.parts else ""
         folders: dict[RelPath, list[RemoteEntry]] = {}
         below = {key[len(prefix):] for key in self.files if key.startswith(prefix)}
@@ -131,40 +97,27 @@ class MemoryUpstream:
             return None
         paths = {RelPath.parse(f"{prefix}{key}").parent for key in below} | {rel}
         for folder in paths | {parent for path in paths for parent in _parents(path, rel)}:
-            folders[folder] = await self.list(folder, counted=False)
+            folders[folder] = await self.list(folder)
         return folders
 
     async def stat(self, rel: RelPath, fresh: bool = False) -> RemoteEntry:
-        await self._answer(f"stat {rel}", rel)
         entry = self._entry(str(rel), rel.name)
         if entry is None:
             raise NotFound(f"stat {rel}: not found upstream")
         return entry
 
     async def probe(self, rel: RelPath, timeout: float) -> None:
-        await self._answer("probe", rel, resting_ok=True)
+        pass  # always answers
 
     async def read_range(self, rel: RelPath, start: int, end: int, on_data: Callable[[bytes], Awaitable[None]],
                          etag: str = "", size: int = -1) -> None:
-        await self._answer(f"range {rel}", rel)
         body = self.files.get(str(rel))
         if body is None:
             raise NotFound(f"fetch {rel}: not found upstream")
         self._same_object(rel, etag, size)
-        if str(rel) in self.corrupt and body:
-            body = bytes([body[0] ^ 0xFF]) + body[1:]
-        self.ranges.append((str(rel), start, end))
-        stall = self.stall_after.get(str(rel))
-        cut = self.cut_after.pop(str(rel), None)
         position = start
         while position < min(end, len(body)):
-            if stall is not None and position >= stall:
-                await trio.sleep_forever()
-            if cut is not None and position >= cut:
-                return  # the connection closed early
             piece = body[position:min(end, position + self.chunk)]
-            if self.chunk_delay:
-                await trio.sleep(self.chunk_delay)
             await on_data(piece)
             position += len(piece)
 
@@ -181,12 +134,45 @@ class MemoryUpstream:
             raise IntegrityError(f"fetch {rel}: the object is {now.size} bytes now, not {size}")
 
     async def download(self, rel: RelPath, size: int, sink: Sink, etag: str = "") -> None:
-        await self._answer(f"get {rel}", rel)
         body = self.files.get(str(rel))
         if body is None:
             raise NotFound(f"fetch {rel}: not found upstream")
         if etag:
             self._same_object(rel, etag, -1)
-        if str(rel) in self.corrupt and body:
-            body = bytes([body[0] ^ 0xFF]) + body[1:]
         await sink.write(body)
+
+
+class MemoryUpstream(FaultyUpstream):
+    """The in-memory store with fault switches around it; the store's own settings (files,
+    etags, ranged, recursive, chunk, md5_etags, mtime, put, remove) read and set through."""
+
+    _STORE = frozenset({"files", "etags", "ranged", "recursive", "chunk", "md5_etags", "mtime"})
+
+    def __init__(self, files: dict[str, bytes] | None = None, root_url: str = "memory://assets",
+                 retry_after: float = 30.0, mtime: float = 1_700_000_000.0, md5_etags: bool = True,
+                 ranged: bool = False) -> None:
+        super().__init__(MemoryStore(files, root_url, mtime, md5_etags, ranged), retry_after)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._STORE:
+            setattr(self.inner, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        return self.inner.files  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def etags(self) -> dict[str, str]:
+        return self.inner.etags  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def mtime(self) -> float:
+        return self.inner.mtime  # type: ignore[attr-defined, no-any-return]
+
+    def put(self, path: str, body: bytes) -> None:
+        self.inner.put(path, body)  # type: ignore[attr-defined]
+
+    def remove(self, path: str) -> None:
+        self.inner.remove(path)  # type: ignore[attr-defined]
