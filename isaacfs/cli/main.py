@@ -5,11 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import select
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +13,11 @@ from .. import __version__
 from ..core import config
 from ..core.errors import UserError
 from ..core.types import MODES
-from ..system import launch, logs, mounts
+from ..system import lifecycle, logs, mounts
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-READY_TIMEOUT = 60.0
-UMOUNT_PROBE_SECONDS = 3.0  # a daemon that does not answer a statfs in this time is wedged
 
 
 def _mountpoint(text: str | None) -> Path:
@@ -217,43 +211,7 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
         logs.setup(settings.log_level)
         log_path = Path(os.environ["ISAACFS_LOG_FILE"]) if "ISAACFS_LOG_FILE" in os.environ else None
         return Daemon(MountRequest(mountpoint, settings, log_path, args.ready_fd)).run()
-    return launch_background(mountpoint, argv)
-
-
-def launch_background(mountpoint: Path, argv: list[str]) -> int:
-    """Start the daemon as its own session, logging to a file; return once the mount answers."""
-    log_path = logs.log_path_for(mountpoint)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    read_end, write_end = os.pipe()
-    command = launch.python_module("isaacfs", *argv, "--foreground", "--ready-fd", str(write_end))
-    with open(log_path, "ab") as log_file:
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                 pass_fds=(write_end,), start_new_session=True,
-                                 env={**os.environ, "ISAACFS_LOG_FILE": str(log_path)})
-    os.close(write_end)
-    with os.fdopen(read_end) as ready:
-        # The daemon answers within seconds; a mount that hangs must not hang this command.
-        answered, _, _ = select.select([ready], [], [], READY_TIMEOUT)
-        line = ready.readline().strip() if answered else ""
-    if not answered:
-        print(f"isaacfs: the mount did not answer within {READY_TIMEOUT:.0f}s; the daemon (pid {child.pid})"
-              f" is left running, see {log_path}", file=sys.stderr)
-        return 1
-    if line.startswith("READY "):
-        print(f"isaacfs: {line[6:]}")
-        print(f"isaacfs: daemon pid {child.pid}, log {log_path}")
-        return 0
-    if line.startswith("ERROR "):
-        child.wait(timeout=30)
-        print(f"isaacfs: {line[6:]}", file=sys.stderr)
-        return child.returncode or 1
-    code = child.wait(timeout=30)
-    tail = log_path.read_text(errors="replace").splitlines()[-5:]
-    print(f"isaacfs: the daemon stopped before the mount answered (exit {code}); log {log_path}:",
-          file=sys.stderr)
-    for text in tail:
-        print(f"  {text}", file=sys.stderr)
-    return code or 1
+    return lifecycle.start_background(mountpoint, argv)
 
 
 def cmd_warm(args: argparse.Namespace) -> int:
@@ -404,37 +362,8 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    mountpoint = _mountpoint(args.mountpoint)
-    info = mounts.find_mount(mountpoint)  # from /proc: never touches the mount itself
-    if info is None:
-        raise UserError(f"{mountpoint} is not mounted")
-    if info.fstype != mounts.FSTYPE:
-        raise UserError(f"{mountpoint} is a {info.fstype} mount, not isaacfs; not touching it")
-    state = mounts.answers(mountpoint, UMOUNT_PROBE_SECONDS)
-    pids = mounts.daemon_pids(mountpoint)
-    if state is False:
-        mounts.unmount(mountpoint, lazy=True)
-        print(f"isaacfs: detached the stale mount at {mountpoint} (its daemon had died)")
-        return 0
-    if state is None:
-        # A wedged daemon: nothing it serves answers. Stop it, fail its waiting requests, detach.
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        mounts.abort_connection(info)
-        mounts.unmount(mountpoint, lazy=True)
-        print(f"isaacfs: the daemon of {mountpoint} did not answer within {UMOUNT_PROBE_SECONDS:.0f}s;"
-              f" stopped it{' (pid ' + ', '.join(map(str, pids)) + ')' if pids else ''} and detached the mount")
-        return 0
-    mounts.unmount(mountpoint, lazy=args.lazy)
-    if args.lazy:
-        print(f"isaacfs: detached {mountpoint}; its daemon exits once the last open file there is closed")
-        return 0
-    deadline = time.monotonic() + 60
-    while pids and time.monotonic() < deadline:
-        pids = [pid for pid in pids if not mounts.exited(pid)]
-        time.sleep(0.05)
-    print(f"isaacfs: unmounted {mountpoint}")
+    for line in lifecycle.stop(_mountpoint(args.mountpoint), args.lazy):
+        print(f"isaacfs: {line}")
     return 0
 
 

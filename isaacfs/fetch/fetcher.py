@@ -8,7 +8,6 @@ ETag is one, match what the upstream listed.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import time
@@ -21,10 +20,11 @@ from ..core.budget import MemoryBudget
 from ..core.errors import FetchFailed, IntegrityError, MirrorFull, Stopping, UpstreamError, is_disk_full
 from ..core.paths import RelPath
 from ..core.retry import RetryPolicy, retrying
-from ..core.types import BULK, PREFETCH, READER, Installed, LocalEntry, RemoteEntry, Upstream
+from ..core.types import PREFETCH, READER, Installed, LocalEntry, RemoteEntry, Upstream
 from ..store.index import Index
 from ..store.mirror import Mirror
 from .integrity import BodyHash
+from .limits import PriorityLimiter, Ticket
 from .stream import PART_SIZE, READ_BLOCK, Transfer
 
 log = logging.getLogger("isaacfs.fetch")
@@ -40,82 +40,6 @@ DOWNLOAD_MEMORY = 256 * 1024 * 1024
 
 
 # Priority classes (core.types): a reader's demand first, then prefetch, then bulk warm.
-# A place (of ``jobs``) is one transfer of a file that is bound by bandwidth. A file of at
-# most SMALL_FILE bytes is bound by its round trip instead (its body takes less time than
-# the round trip on any link worth a cache), so SMALL_PER_PLACE of them share a place: a
-# warm of small files keeps enough requests in flight to use the link (bench_wan.py).
-SMALL_FILE = 256 * 1024
-SMALL_PER_PLACE = 4
-
-
-class _Ticket:
-    __slots__ = ("granted", "priority", "seq", "units")
-
-    def __init__(self, priority: int, seq: int, units: int) -> None:
-        self.priority = priority
-        self.seq = seq
-        self.units = units  # of a place's SMALL_PER_PLACE
-        self.granted = trio.Event()
-
-
-class PriorityLimiter:
-    """At most ``total`` holders, and ``express`` places more that only readers and
-    prefetches take, never a bulk warm: a reader's cold open, or a layer a closure must
-    parse before it knows what else to fetch, does not wait for a warm's transfers to end.
-    A freed place goes to the best waiting ticket (lowest priority value, then oldest) that
-    fits. A waiting ticket can be promoted (then ``grant``). Callers keep the number of
-    waiters small (a warm feeds its files a few at a time), so picking is a scan."""
-
-    def __init__(self, total: int, express: int = 0) -> None:
-        self.total = total
-        self.express = express
-        self.busy = 0  # in units: a place is SMALL_PER_PLACE units
-        self._waiting: list[_Ticket] = []
-        self._seq = itertools.count()
-
-    def ticket(self, priority: int, size: int | None = None) -> _Ticket:
-        """A ticket for one transfer: a whole place, or a share of one for a small file."""
-        units = 1 if size is not None and size <= SMALL_FILE else SMALL_PER_PLACE
-        return _Ticket(priority, next(self._seq), units)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
-    def _fits(self, ticket: _Ticket) -> bool:
-        places = self.total + (self.express if ticket.priority < BULK else 0)
-        return self.busy + ticket.units <= places * SMALL_PER_PLACE
-
-    async def acquire(self, ticket: _Ticket) -> None:
-        if self._fits(ticket) and not any(w.priority <= ticket.priority for w in self._waiting):
-            self.busy += ticket.units
-            return
-        self._waiting.append(ticket)
-        try:
-            await ticket.granted.wait()
-        except BaseException:
-            if ticket.granted.is_set():
-                self.release(ticket)  # handed a place while being cancelled: pass it on
-            else:
-                self._waiting.remove(ticket)
-            raise
-
-    def release(self, ticket: _Ticket) -> None:
-        self.busy -= ticket.units
-        self.grant()
-
-    def grant(self) -> None:
-        """Hand free places to the best waiting tickets that fit (after a release or a
-        promotion), in order: the best ticket that does not fit yet holds the others back."""
-        while self._waiting:
-            best = min(self._waiting, key=lambda t: (t.priority, t.seq))
-            if not self._fits(best):
-                return
-            self._waiting.remove(best)
-            self.busy += best.units
-            best.granted.set()
-
-
 class _Preload:
     """A body read into memory ahead of its ensure()."""
 
@@ -144,7 +68,7 @@ class _Preload:
 class _Flight:
     __slots__ = ("done", "error", "result", "streaming", "ticket", "transfer")
 
-    def __init__(self, ticket: _Ticket) -> None:
+    def __init__(self, ticket: Ticket) -> None:
         self.done = trio.Event()
         self.streaming = trio.Event()  # set when a transfer readers can follow starts, or at the end
         self.result: LocalEntry | None = None

@@ -21,7 +21,7 @@ import trio
 from ..core.errors import FetchFailed, MirrorFull, UserError
 from ..core.paths import RelPath
 from ..core.types import BULK, RemoteEntry
-from ..fetch.fetcher import SMALL_PER_PLACE
+from ..fetch.limits import SMALL_PER_PLACE
 from .plan import Plan, Planned, make_plan
 from .spec import Emit, GroupReport, WarmResult, WarmSpec
 from .workspace import Workspace

@@ -8,7 +8,7 @@ import trio
 
 from isaacfs.core.paths import RelPath
 from isaacfs.core.types import BULK, PREFETCH, READER
-from isaacfs.fetch.fetcher import SMALL_FILE, SMALL_PER_PLACE, PriorityLimiter
+from isaacfs.fetch.limits import SMALL_FILE, SMALL_PER_PLACE, PriorityLimiter
 from isaacfs.jobs.spec import WarmSpec
 from isaacfs.jobs.warm import run
 from isaacfs.store.index import Index
