@@ -71,11 +71,11 @@ def misses(path: Path, as_json: bool, clear: bool) -> int:
         if clear:
             raise UserError("--clear works on a live mount (the daemon owns the index)")
         with _bare_index(path) as index:
-            found = reports.misses(index)
+            found = reports.misses(index, mount=str(path))
     if as_json:
         print(json.dumps(found, indent=2))
     else:
-        print("\n".join(reports.render_misses(found)))
+        print("\n".join(reports.render_misses(found, mount=str(path))))
     return 0
 
 

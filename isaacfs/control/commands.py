@@ -157,7 +157,8 @@ class DaemonCommands:
     async def misses(self, request: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:
         limit = request.get("limit")
         limit = limit if isinstance(limit, int) and limit > 0 else None
-        return await status.off_loop(self.tree.index, lambda copy: status.misses(copy, limit))
+        mount = str(self.mountpoint)
+        return await status.off_loop(self.tree.index, lambda copy: status.misses(copy, limit, mount))
 
     async def clear_misses(self, request: dict[str, Any], emit: Emit) -> int:
         return self.tree.index.clear_misses()

@@ -40,9 +40,12 @@ def category_of(rel: RelPath) -> tuple[str, str | None]:
     return category, subset
 
 
-def warm_command(rel: RelPath) -> str:
+def warm_command(rel: RelPath, mount: str = "") -> str:
+    """The command that fetches ``rel``'s category (and subset), into ``mount`` where given:
+    a command printed for a mount other than the default must act on that mount."""
     category, subset = category_of(rel)
-    command = f"isaacfs warm --categories {shlex.quote(category)}"
+    target = f" {shlex.quote(mount)}" if mount else ""
+    command = f"isaacfs warm{target} --categories {shlex.quote(category)}"
     if subset:
         command += f" --subset {shlex.quote(subset)}"
     return command

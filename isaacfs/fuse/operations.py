@@ -191,7 +191,7 @@ class AssetFS(pyfuse3.Operations):
     def _report_miss(self, run: Run, rel: RelPath) -> None:
         if is_probe(rel) or not run.miss(str(rel)):
             return
-        run.emit({"event": "miss", "path": str(rel), "fetch": warm_command(rel)})
+        run.emit({"event": "miss", "path": str(rel), "fetch": warm_command(rel, self.tree.misses.mount_display)})
 
     @answers
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -54,11 +55,11 @@ def counters(index: Index, session: bool) -> dict[str, int]:
             "errors": values.get("fetch_errors", 0), "listings": values.get("listings", 0)}
 
 
-def misses(index: Index, limit: int | None = None) -> list[dict[str, Any]]:
+def misses(index: Index, limit: int | None = None, mount: str = "") -> list[dict[str, Any]]:
     found = []
     for path, mode, first, last, count in index.misses()[:limit]:
         try:
-            command = warm_command(RelPath.parse(path))
+            command = warm_command(RelPath.parse(path), mount)
         except InvalidPath:
             command = ""
         found.append({"path": path, "mode": mode, "first_seen": first, "last_seen": last, "count": count,
@@ -123,7 +124,7 @@ def render_status(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_misses(found: list[dict[str, Any]], now: float | None = None) -> list[str]:
+def render_misses(found: list[dict[str, Any]], now: float | None = None, mount: str = "") -> list[str]:
     if not found:
         return ["no misses recorded"]
     now = time.time() if now is None else now
@@ -135,7 +136,8 @@ def render_misses(found: list[dict[str, Any]], now: float | None = None) -> list
         if miss["fetch"]:
             commands[miss["fetch"]] = None
     lines.append("")
-    lines.append("to fetch them all: isaacfs warm --from-misses")
+    target = f" {shlex.quote(mount)}" if mount else ""
+    lines.append(f"to fetch them all: isaacfs warm{target} --from-misses")
     lines.append("or by category:")
     lines += [f"  {command}" for command in commands]
     return lines

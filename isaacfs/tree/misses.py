@@ -44,7 +44,7 @@ class MissReporter:
                 return
             log.warning(
                 "[isaacfs] ASSET NOT FOUND (strict mode)\n  missing:  %s\n  expected: %s\n  fetch it: %s",
-                rel, os.path.join(self.mount_display, str(rel)), warm_command(rel))
+                rel, os.path.join(self.mount_display, str(rel)), warm_command(rel, self.mount_display))
         elif upstream_down:
             log.warning("[isaacfs] %s is not in the mirror and the upstream is unavailable", rel)
 

@@ -44,9 +44,10 @@ def test_status_and_misses_live_in_both_modes_then_bare(any_upstream: Upstream, 
     misses = isaacfs("misses", str(mountpoint), "--json", env=mounts.env)
     found = json.loads(misses.stdout)
     assert [m["path"] for m in found] == [FRANKA]
-    assert found[0]["fetch"] == "isaacfs warm --categories Robots --subset FrankaRobotics"
+    assert found[0]["fetch"] == f"isaacfs warm {mountpoint} --categories Robots --subset FrankaRobotics"
     log = mounts.log(mountpoint)
-    assert f"missing:  {FRANKA}" in log and "fetch it: isaacfs warm --categories Robots --subset FrankaRobotics" in log
+    assert f"missing:  {FRANKA}" in log
+    assert f"fetch it: isaacfs warm {mountpoint} --categories Robots --subset FrankaRobotics" in log
 
     assert mounts.umount(mountpoint).returncode == 0
     bare = status_of(mountpoint, mounts)

@@ -73,7 +73,7 @@ def test_strict_shows_only_the_mirror_and_reports_misses(file_upstream: Upstream
     assert log.count("ASSET NOT FOUND (strict mode)") == 1  # once per path
     assert "missing:  Isaac/IsaacLab/Policies/ANYmal-C/Blind/missing.pt" in log
     assert f"expected: {mountpoint}/Isaac/IsaacLab/Policies/ANYmal-C/Blind/missing.pt" in log
-    assert "fetch it: isaacfs warm --categories IsaacLab/Policies --subset ANYmal-C" in log
+    assert f"fetch it: isaacfs warm {mountpoint} --categories IsaacLab/Policies --subset ANYmal-C" in log
     assert mounts.umount(mountpoint).returncode == 0
     with sqlite3.connect(mountpoint / ".isaacfs" / "index.db") as db:
         rows = db.execute("SELECT path, mode FROM misses").fetchall()

@@ -34,7 +34,7 @@ def test_a_strict_run_beside_a_plain_process_on_a_permissive_mount(
     assert strict.stdout.split("\n")[:2] == ["error 2", "read"]
     assert "[isaacfs] ASSET NOT FOUND (offline mode)" in strict.stderr
     assert f"Missing:  {GO2}" in strict.stderr
-    assert "isaacfs warm --categories IsaacLab/Robots --subset Unitree" in strict.stderr
+    assert f"isaacfs warm {mountpoint} --categories IsaacLab/Robots --subset Unitree" in strict.stderr
     assert "missed                          1 file" in strict.stderr and "--manifest" in strict.stderr
     # The plain process, right after: the strict run's answer was not kept by the kernel.
     assert sha256(mountpoint / GO2) == sha256(upstream_tree / GO2)

@@ -160,7 +160,8 @@ def test_warm_through_a_live_strict_mount(file_upstream: Upstream, upstream_tree
     with pytest.raises(FileNotFoundError):
         (mountpoint / GO2).read_bytes()  # strict: a miss (and the kernel now caches the negative entry)
     misses = isaacfs("misses", str(mountpoint), env=mounts.env)
-    assert GO2 in misses.stdout and "isaacfs warm --categories IsaacLab/Robots --subset Unitree" in misses.stdout
+    assert GO2 in misses.stdout and f"isaacfs warm {mountpoint} --categories IsaacLab/Robots --subset Unitree" \
+        in misses.stdout and f"isaacfs warm {mountpoint} --from-misses" in misses.stdout
 
     result = isaacfs("warm", "--mirror", str(mountpoint), "--from-misses", env=mounts.env)
     assert result.returncode == 0, result.stdout + result.stderr

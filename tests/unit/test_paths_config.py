@@ -145,3 +145,8 @@ def test_manifest_lines_survive_unicode_line_breaks_in_names(tmp_path: Path) -> 
     manifest.write_text("".join(escape_line(name) + "\n" for name in names), encoding="utf-8")
     paths, problems = parse_manifest(_read_lines(str(manifest)), "manifest.txt")
     assert [str(path) for path in paths] == names and not problems
+
+
+def test_a_warm_command_names_the_mount_it_was_printed_for() -> None:
+    rel = RelPath.parse("Isaac/Props/My Stuff/a.usd")
+    assert warm_command(rel, "/mnt/my assets") == "isaacfs warm '/mnt/my assets' --categories Props --subset 'My Stuff'"
