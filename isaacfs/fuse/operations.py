@@ -292,11 +292,11 @@ class AssetFS(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         stream = self._streams.get(fh)
         if stream is not None:
-            transfer, position = stream
+            transfer, coverage = stream
             # The read that completes this handle's reading of the whole file (in any order:
             # the kernel's read-ahead runs reads concurrently) waits for the whole file's
             # check: a program that reads a file through gets verified bytes or EIO.
-            await transfer.wait_for(off, size, settle=position.add(off, size))  # FetchFailed (EIO): check failed
+            await transfer.wait_for(off, size, settle=coverage.add(off, size))  # FetchFailed (EIO): check failed
         # On this thread: trying the page cache without blocking (RWF_NOWAIT) and reading the
         # rest in a worker thread halved a cold sequential read (bench/bench_mount.py).
         return os.pread(fh, size, off)
