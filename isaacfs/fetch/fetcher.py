@@ -321,9 +321,7 @@ class Fetcher:
             return await retrying(attempt, f"fetch {rel}", self.retry, between=refresh)
         except IntegrityError as exc:
             raise FetchFailed(f"{rel} failed its integrity check {self.retry.tries} times: {exc}", exc) from None
-        except UpstreamError as exc:
-            raise FetchFailed(str(exc), exc) from None
-        except MirrorFull as exc:
+        except (UpstreamError, MirrorFull) as exc:
             raise FetchFailed(str(exc), exc) from None
         except OSError as exc:
             if is_disk_full(exc):
@@ -333,7 +331,8 @@ class Fetcher:
     async def _whole(self, rel: RelPath, expected: RemoteEntry, body: bytearray | None) -> tuple[LocalEntry, str]:
         """Strategy one: the whole body in one request (or ``body``, read ahead) into a
         temporary file, hashed as it is written; checked and installed."""
-        writer = self.mirror.writer(BodyHash(expected))
+        hashed = BodyHash(expected)
+        writer = self.mirror.writer(hashed)
         try:
             if body is not None:
                 await writer.write(memoryview(body))  # held in the budget by its read-ahead
@@ -344,8 +343,6 @@ class Fetcher:
                 async with self.budget.hold(held):
                     await self.upstream.download(rel, expected.size, writer, expected.etag)
             await writer.finish()
-            hashed = writer.hasher
-            assert isinstance(hashed, BodyHash)
             problem = hashed.problem()
             if problem is not None:
                 raise IntegrityError(problem)

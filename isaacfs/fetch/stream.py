@@ -52,7 +52,6 @@ READ_BLOCK = 1024 * 1024
 # block), the copy written, and the block in flight.
 PART_BUFFER = 2 * (FLUSH_BYTES + READ_BLOCK)
 SPLIT_BYTES = 1024 * 1024  # a reader this far into a part nobody fetches yet: that part splits at its offset
-MIB = 1024 * 1024
 CRATE_SUFFIXES = (".usd", ".usdc")  # a crate file reads its table of contents at the end first
 
 PENDING, RUNNING, LANDED = 0, 1, 2
