@@ -76,7 +76,7 @@ FAULTS = {
         "5,000 listed names, then the kernel drops its caches",
         "the daemon freed > 4,000 names; the folder loads again"),
     "test_store.py::test_index_queries_run_on_a_copy_while_the_loop_goes_on": (
-        "status/manifest/verify scanning a 50,000-file index (unit tier)",
+        "status/manifest/verify scanning a 20,000-file index (unit tier)",
         "scan in a worker thread on a copy; the loop kept turning and writing"),
     "test_priorities.py::test_a_reader_behind_a_warm_waits_one_transfer": (
         "a reader's cold open behind a 100-file warm (unit tier)", "waited < 3 transfers, not the whole queue"),

@@ -30,16 +30,52 @@ def sample_files() -> dict[str, bytes]:
             for path in sorted(SAMPLE.rglob("*")) if path.is_file()}
 
 
-# Real seconds the loop must sit idle (every task waiting) before the mock clock jumps to the
-# next deadline: a backoff or a timeout costs that much real time instead of its length. A
-# worker thread's write that takes longer looks idle too, and the jump fires whatever
-# deadline is next (a stall watchdog): tests whose subject is a transfer's parts and their
-# timing against a paced link run on the real clock (``trio_test_real_clock``).
-AUTOJUMP_AFTER = 0.05
+# Real seconds the loop must sit idle (every task waiting, no worker thread running) before
+# the mock clock jumps to the next deadline: a backoff or a timeout costs that much real time
+# instead of its length.
+AUTOJUMP_AFTER = 0.002
+
+
+_threads_running = 0  # worker threads (trio.to_thread) and usd-core worker requests under way
 
 
 def mock_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=AUTOJUMP_AFTER)
+    """trio's MockClock with autojump, except while a worker thread (``trio.to_thread``) is
+    running: the loop looks idle then, but a disk write or a hash is under way, and jumping
+    would fire whatever deadline is next (a stall watchdog) in the middle of it. MockClock is
+    final: its ``_autojump``, which trio's run loop calls once it has sat idle, is wrapped on
+    the instance; ``count_worker_threads`` (autouse) keeps the count."""
+    clock = trio.testing.MockClock(autojump_threshold=AUTOJUMP_AFTER)
+    jump = clock._autojump
+
+    def autojump() -> None:
+        if not _threads_running:
+            jump()
+
+    clock._autojump = autojump  # type: ignore[method-assign]
+    return clock
+
+
+@pytest.fixture(autouse=True)
+def count_worker_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Count what runs outside the loop while the loop waits for it: worker threads, and the
+    usd-core worker process answering a layer."""
+    from isaacfs.jobs.parser import Parser
+
+    def counted(real: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def busy(*args: Any, **kwargs: Any) -> Any:
+            global _threads_running
+            _threads_running += 1
+            try:
+                return await real(*args, **kwargs)
+            finally:
+                _threads_running -= 1
+
+        return busy
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counted(trio.to_thread.run_sync))
+    monkeypatch.setattr(Parser, "dependencies", counted(Parser.dependencies))
+    monkeypatch.setattr(Parser, "start", counted(Parser.start))
 
 
 def trio_test(body: Callable[..., Awaitable[None]]) -> Callable[..., None]:
@@ -51,16 +87,15 @@ def trio_test(body: Callable[..., Awaitable[None]]) -> Callable[..., None]:
 
 def trio_test_real_clock(body: Callable[..., Awaitable[None]]) -> Callable[..., None]:
     """The same on the real clock, for a test whose subject is a child process (the usd-core
-    worker) or a link paced chunk by chunk: under the mock clock, their real time would
-    jump deadlines."""
+    worker) or a thread racing the loop: under the mock clock, their real time would jump
+    deadlines."""
     return _under_trio(body, mock=False)
 
 
 def _under_trio(body: Callable[..., Awaitable[None]], mock: bool) -> Callable[..., None]:
     @functools.wraps(body)
     def run(*args: Any, **kwargs: Any) -> None:
-        clock = mock_clock() if mock else None
-        trio.run(functools.partial(body, *args, **kwargs), clock=clock)
+        trio.run(functools.partial(body, *args, **kwargs), clock=mock_clock() if mock else None)
 
     return run
 

@@ -305,18 +305,24 @@ async def test_without_listings_a_ghost_is_recorded_until_a_deeper_miss_replaces
 
 
 @trio_test
-async def test_a_big_mirror_folder_is_scanned_off_the_loop(mirror: Mirror, index: Index,
-                                                            upstream: MemoryUpstream) -> None:
+async def test_a_big_mirror_folder_is_scanned_off_the_loop(mirror: Mirror, index: Index, upstream: MemoryUpstream,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Thousands of names take tens of ms of stats: such a scan runs in a worker thread, where
     it cannot stall other requests; a small folder's stays on the loop (cheaper there)."""
     import threading
 
+    from isaacfs.tree import namespace
+
     root = Path(mirror.display) / "Isaac" / "Props"
     (root / "Big").mkdir(parents=True)
     (root / "Small").mkdir()
-    for number in range(4000):
+    for number in range(400):
         (root / "Big" / f"p{number:05}.usda").write_bytes(b"#usda 1.0\n")
     (root / "Small" / "one.usda").write_bytes(b"#usda 1.0\n")
+    # The rule, not the threshold's value (64 KiB of folder: some thousands of names): "big"
+    # is anything larger than the small folder here.
+    assert os.stat(root / "Big").st_size > os.stat(root / "Small").st_size
+    monkeypatch.setattr(namespace, "BIG_FOLDER_BYTES", os.stat(root / "Small").st_size)
     on_loop: dict[str, bool] = {}
     real = mirror.scan
 
@@ -330,5 +336,5 @@ async def test_a_big_mirror_folder_is_scanned_off_the_loop(mirror: Mirror, index
         tree = make_tree(running, "strict")
         big, small = await walk(tree, "Isaac/Props/Big"), await walk(tree, "Isaac/Props/Small")
         assert big is not None and small is not None
-        assert len(await tree.listdir(big)) == 4000 and len(await tree.listdir(small)) == 1
+        assert len(await tree.listdir(big)) == 400 and len(await tree.listdir(small)) == 1
     assert on_loop["Isaac/Props/Big"] is False and on_loop["Isaac/Props/Small"] is True

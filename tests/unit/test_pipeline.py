@@ -181,7 +181,7 @@ def test_a_flood_of_large_cold_reads_stays_inside_the_memory_budget(mirror: Mirr
                 nursery.start_soon(ws.fetcher.ensure, rel, await upstream.stat(rel))
         return running.fetcher.budget.peak, running.fetcher.budget.waits
 
-    peak, waits = trio.run(body)
+    peak, waits = trio.run(body, clock=mock_clock())
     assert peak <= limit and waits > 0  # it held them back, and never went over
     for path, data in files.items():
         assert Path(mirror.display, path).read_bytes() == data

@@ -19,7 +19,7 @@ from isaacfs.fetch.stream import PART_SIZE, Transfer
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
 from tests.support.memory import MemoryUpstream
-from tests.unit.conftest import Running, trio_test, trio_test_real_clock
+from tests.unit.conftest import Running, trio_test
 
 BIG = "Isaac/Environments/Sky/dome.exr"
 
@@ -105,7 +105,7 @@ async def test_a_full_disk_mid_body_is_the_disks_failure_not_the_links() -> None
     assert caught.value.errno == errno.ENOSPC  # not "the connection broke mid-body"
 
 
-@trio_test_real_clock
+@trio_test
 async def test_an_object_replaced_mid_transfer_is_never_installed_as_a_mix(mirror: Mirror, index: Index) -> None:
     # More parts than run at once: the later ones start after the object was replaced.
     old, new = blob(10 * PART_SIZE, 1), blob(10 * PART_SIZE, 2)

@@ -17,7 +17,7 @@ from isaacfs.fetch.stream import PART_SIZE, Transfer
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
 from tests.support.memory import MemoryUpstream
-from tests.unit.conftest import Running, trio_test_real_clock
+from tests.unit.conftest import Running, trio_test
 
 BIG = "Isaac/Environments/Sky/dome.exr"
 CRATE = "Isaac/Environments/Sky/stage.usd"
@@ -44,7 +44,7 @@ def running(mirror: Mirror, index: Index, upstream: MemoryUpstream, stall: float
     return made
 
 
-@trio_test_real_clock
+@trio_test
 async def test_a_large_file_arrives_in_ranged_parts_checked_and_hashed(
         mirror: Mirror, index: Index, ranged: MemoryUpstream) -> None:
     rel = RelPath.parse(BIG)
@@ -57,7 +57,7 @@ async def test_a_large_file_arrives_in_ranged_parts_checked_and_hashed(
     assert list(mirror.tmp.iterdir()) == []
 
 
-@trio_test_real_clock
+@trio_test
 async def test_a_reader_gets_its_first_bytes_before_the_file_is_whole(
         mirror: Mirror, index: Index, ranged: MemoryUpstream) -> None:
     ranged.chunk_delay = 0.01  # 64 KiB per 10 ms: 20 MiB take seconds
@@ -78,7 +78,7 @@ async def test_a_reader_gets_its_first_bytes_before_the_file_is_whole(
     assert Path(mirror.display, BIG).read_bytes() == ranged.files[BIG]
 
 
-@trio_test_real_clock
+@trio_test
 async def test_a_crate_file_fetches_its_table_of_contents_first(mirror: Mirror, index: Index,
                                                                  ranged: MemoryUpstream) -> None:
     rel = RelPath.parse(CRATE)
@@ -88,7 +88,7 @@ async def test_a_crate_file_fetches_its_table_of_contents_first(mirror: Mirror, 
     assert starts[0] == 3 * PART_SIZE  # the last part first
 
 
-@trio_test_real_clock
+@trio_test
 async def test_a_stalled_part_is_detected_by_progress_and_readers_get_eio(
         mirror: Mirror, index: Index, ranged: MemoryUpstream) -> None:
     ranged.stall_after[BIG] = PART_SIZE + 100_000  # the second part stops arriving
@@ -106,7 +106,7 @@ async def test_a_stalled_part_is_detected_by_progress_and_readers_get_eio(
     assert Path(mirror.display, BIG).exists() is False and list(mirror.tmp.iterdir()) == []
 
 
-@trio_test_real_clock
+@trio_test
 async def test_a_body_cut_short_resumes_from_where_it_stopped(mirror: Mirror, index: Index,
                                                               ranged: MemoryUpstream) -> None:
     ranged.cut_after[BIG] = 3 * MIB
@@ -117,7 +117,7 @@ async def test_a_body_cut_short_resumes_from_where_it_stopped(mirror: Mirror, in
     assert (BIG, 3 * MIB, PART_SIZE) in ranged.ranges  # the part went on from byte 3 MiB
 
 
-@trio_test_real_clock
+@trio_test
 async def test_multipart_etags_are_checked(mirror: Mirror, index: Index, ranged: MemoryUpstream) -> None:
     ranged.etags[BIG] = multipart_etag(ranged.files[BIG], 16 * MIB)  # uploaded in 16 MiB parts
     rel = RelPath.parse(BIG)
@@ -146,7 +146,7 @@ def test_multipart_part_sizes() -> None:
     assert all(-(-20 * MIB // size) == 3 for size in multipart_candidates(20 * MIB, 3))
 
 
-@trio_test_real_clock
+@trio_test
 async def test_64_readers_of_one_cold_file_share_one_transfer(mirror: Mirror, index: Index,
                                                               ranged: MemoryUpstream) -> None:
     rel = RelPath.parse(BIG)
@@ -166,7 +166,7 @@ async def test_64_readers_of_one_cold_file_share_one_transfer(mirror: Mirror, in
     assert len([r for r in ranged.ranges if r[0] == BIG]) == -(-20 * MIB // PART_SIZE)  # each part fetched once
 
 
-@trio_test_real_clock
+@trio_test
 async def test_a_reader_deep_in_a_part_nobody_fetches_yet_waits_for_its_own_bytes(
         mirror: Mirror, index: Index) -> None:
     """The last 64 KiB of a file of 10 parts (a USD crate's table of contents, an EXR's tail):
@@ -176,7 +176,7 @@ async def test_a_reader_deep_in_a_part_nobody_fetches_yet_waits_for_its_own_byte
     data = blob(size, 3)
     name = "Isaac/Environments/Sky/big.exr"
     upstream = MemoryUpstream({name: data}, ranged=True)
-    upstream.chunk_delay = 0.01  # 64 KiB per 10 ms: a 4 MiB part takes 0.64 s
+    upstream.chunk, upstream.chunk_delay = 256 * 1024, 0.04  # 256 KiB per 40 ms: a 4 MiB part takes 0.64 s
     rel = RelPath.parse(name)
     entry = await upstream.stat(rel)
     async with running(mirror, index, upstream) as ws:
@@ -194,7 +194,7 @@ async def test_a_reader_deep_in_a_part_nobody_fetches_yet_waits_for_its_own_byte
     assert index.file_md5(rel) == hashlib.md5(data).hexdigest()
 
 
-@trio_test_real_clock
+@trio_test
 async def test_a_part_splits_for_a_jump_not_for_read_ahead(tmp_path: Path) -> None:
     """The rule itself: a reader (or the kernel's read-ahead) 2 MiB into a part nobody fetches
     splits it only if the part before is not being fetched either (a jump); behind a part
@@ -217,7 +217,7 @@ async def test_a_part_splits_for_a_jump_not_for_read_ahead(tmp_path: Path) -> No
             transfer.close()
 
 
-@trio_test_real_clock
+@trio_test
 async def test_a_reader_reading_on_in_order_does_not_split_parts(mirror: Mirror, index: Index) -> None:
     """The kernel's read-ahead asks 1 MiB past where a sequential reader is: that is not a
     jump, and must not cut the parts ahead into small requests (each a round trip)."""
@@ -225,7 +225,7 @@ async def test_a_reader_reading_on_in_order_does_not_split_parts(mirror: Mirror,
     data = blob(size, 4)
     name = "Isaac/Environments/Sky/seq.exr"
     upstream = MemoryUpstream({name: data}, ranged=True)
-    upstream.chunk_delay = 0.002
+    upstream.chunk, upstream.chunk_delay = 256 * 1024, 0.008
     rel = RelPath.parse(name)
     entry = await upstream.stat(rel)
     async with running(mirror, index, upstream) as ws:
