@@ -1,8 +1,11 @@
 """Backends: each turns one kind of upstream into the core's ``Upstream`` protocol.
 
-- ``omni``: the router (S3 cloud roots, Nucleus ``omniverse://``, ``file:``); the only
-  module of isaacfs that imports omni.client (Nucleus, and S3 buckets that want credentials).
-- ``http``: S3 listings, GETs and ranged GETs over isaacfs's own kept-alive urllib3 pool.
+- ``omni``: the router (S3 cloud roots, Nucleus ``omniverse://``, ``file:``): which way each
+  request goes, every listed name checked, the health breaker.
+- ``omni_client``: the only module of isaacfs that imports omni.client (Nucleus, and S3
+  buckets that want credentials).
+- ``s3`` over ``http``: S3 listings, GETs and ranged GETs over isaacfs's own kept-alive
+  urllib3 pool.
 - ``local``: ``file:`` trees, read block by block with a stall watchdog.
 
 The unit tier's in-memory upstream and the fault switches that wrap any upstream live in

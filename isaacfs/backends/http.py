@@ -16,7 +16,7 @@ stall is the socket's read timeout (no byte for ``stall_timeout``).
 Listings are S3 ListObjectsV2 requests on the same pool (omni.client's S3 provider sends
 the same requests, anonymously, but held 20 parallel listings at 200 ms to 1.7 s where
 one round trip will do). Stats stay with omni.client. Where the bucket refuses anonymous
-requests (credentials in omniverse.toml), everything goes through omni.client (omni.py).
+requests (credentials in omniverse.toml), everything goes through omni.client (omni_client.py).
 """
 
 from __future__ import annotations

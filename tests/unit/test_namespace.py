@@ -311,7 +311,7 @@ async def test_a_big_mirror_folder_is_scanned_off_the_loop(mirror: Mirror, index
     it cannot stall other requests; a small folder's stays on the loop (cheaper there)."""
     import threading
 
-    from isaacfs.tree import namespace
+    from isaacfs.tree import loader
 
     root = Path(mirror.display) / "Isaac" / "Props"
     (root / "Big").mkdir(parents=True)
@@ -322,7 +322,7 @@ async def test_a_big_mirror_folder_is_scanned_off_the_loop(mirror: Mirror, index
     # The rule, not the threshold's value (64 KiB of folder: some thousands of names): "big"
     # is anything larger than the small folder here.
     assert os.stat(root / "Big").st_size > os.stat(root / "Small").st_size
-    monkeypatch.setattr(namespace, "BIG_FOLDER_BYTES", os.stat(root / "Small").st_size)
+    monkeypatch.setattr(loader, "BIG_FOLDER_BYTES", os.stat(root / "Small").st_size)
     on_loop: dict[str, bool] = {}
     real = mirror.scan
 
