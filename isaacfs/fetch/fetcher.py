@@ -20,49 +20,19 @@ from ..core.budget import MemoryBudget
 from ..core.errors import FetchFailed, IntegrityError, MirrorFull, Stopping, UpstreamError, is_disk_full
 from ..core.paths import RelPath
 from ..core.retry import RetryPolicy, retrying
-from ..core.types import PREFETCH, READER, Installed, LocalEntry, RemoteEntry, Upstream
+from ..core.types import READER, Installed, LocalEntry, RemoteEntry, Upstream
 from ..store.index import Index
 from ..store.mirror import Mirror
+from .disk import DiskClaims
 from .integrity import BodyHash
 from .limits import PriorityLimiter, Ticket
+from .preload import ReadAheads
 from .stream import PART_SIZE, READ_BLOCK, Transfer
 
 log = logging.getLogger("isaacfs.fetch")
 
-# Room left free on the mirror's disk beyond the file itself, so a fetch never fills it:
-# 64 MiB, or a twentieth of a small disk.
-DISK_RESERVE = 64 * 1024 * 1024
-# Bodies read ahead into memory (``Fetcher.preload``): in all, and per file.
-PRELOAD_BYTES = 64 * 1024 * 1024
-PRELOAD_FILE_BYTES = 16 * 1024 * 1024
 # Every download buffer in all, by default (``download_memory_mb``).
 DOWNLOAD_MEMORY = 256 * 1024 * 1024
-
-
-# Priority classes (core.types): a reader's demand first, then prefetch, then bulk warm.
-class _Preload:
-    """A body read into memory ahead of its ensure()."""
-
-    __slots__ = ("body", "budget", "done", "scope", "share", "size")
-
-    def __init__(self, size: int, budget: MemoryBudget) -> None:
-        self.size = size
-        self.body: bytearray | None = None
-        self.done = trio.Event()
-        self.scope = trio.CancelScope()
-        self.budget = budget
-        self.share = 0  # of the memory budget, held while the body lives
-
-    def free(self) -> None:
-        """The body is gone (used, dropped or failed): its memory goes back, once."""
-        self.body = None
-        if self.share:
-            self.budget.release(self.share)
-            self.share = 0
-
-    async def write(self, data: bytes | memoryview) -> None:  # a Sink
-        assert self.body is not None
-        self.body += data
 
 
 class _Flight:
@@ -90,10 +60,8 @@ class Fetcher:
         # A quarter more places for readers and prefetches, which a bulk warm never fills.
         self.limit = PriorityLimiter(jobs, express=max(2, jobs // 4))
         self._inflight: dict[RelPath, _Flight] = {}
-        self._preloads: dict[RelPath, _Preload] = {}
-        self._preloaded_bytes = 0
-        self._claimed = 0  # bytes the downloads in flight will write
-        self._disk_freed = trio.Event()
+        self.read_aheads = ReadAheads(upstream, self.budget, self.limit)
+        self.disk = DiskClaims(mirror)
         # Told when bytes a reader may have seen turned out wrong (the kernel drops its pages).
         self.on_discarded: Callable[[RelPath], None] = lambda rel: None
         # Told of every file installed, once (the mount's tree marks the node mirrored, the
@@ -166,79 +134,24 @@ class Fetcher:
     # -- reading ahead ----------------------------------------------------------------
     def preload(self, rel: RelPath, expected: RemoteEntry) -> bool:
         """Start reading ``rel`` into memory now, at prefetch priority, ahead of an ensure()
-        that may come: a closure reads ahead the layers listed in a robot's folder, so its
-        chain of layers (root, payload, meshes) costs one round trip, not one per level.
-        The body is only used by an ensure() of the same size, and goes through the same
-        checks and atomic install as any download; one nobody asks for is dropped by
-        ``drop_preloads``. Bounded (PRELOAD_BYTES in all, PRELOAD_FILE_BYTES a file);
-        False where it is not started."""
-        if (self._nursery is None or rel in self._preloads or rel in self._inflight
-                or expected.size > PRELOAD_FILE_BYTES
-                or self._preloaded_bytes + expected.size > min(PRELOAD_BYTES, self.budget.limit // 2)):
+        that may come (``preload.ReadAheads``); False where it is not started (in flight
+        already, mirrored, or past the read-aheads' bounds)."""
+        if self._nursery is None or rel in self._inflight:
             return False
         local = self.mirror.entry(rel)
         if local is not None and not local.is_dir and local.size == expected.size:
             return False
-        preload = self._preloads[rel] = _Preload(expected.size, self.budget)
-        self._preloaded_bytes += expected.size
-        self._nursery.start_soon(self._read_ahead, rel, expected, preload)
-        return True
-
-    async def _read_ahead(self, rel: RelPath, expected: RemoteEntry, preload: _Preload) -> None:
-        ticket = self.limit.ticket(PREFETCH, expected.size)
-        try:
-            with preload.scope:
-                preload.share = await self.budget.acquire(expected.size)
-                await self.limit.acquire(ticket)
-                try:
-                    preload.body = bytearray()
-                    await self.upstream.download(rel, expected.size, preload, expected.etag)
-                finally:
-                    self.limit.release(ticket)
-        except UpstreamError as exc:
-            log.debug("read-ahead of %s did not happen: %s", rel, exc)  # its ensure() downloads it
-            preload.body = None
-        except Exception:
-            log.exception("read-ahead of %s failed", rel)
-            preload.body = None
-        finally:
-            if preload.scope.cancelled_caught or preload.body is None:
-                preload.free()
-            preload.done.set()
+        return self.read_aheads.start(self._nursery, rel, expected)
 
     def drop_preloads(self, rels: Iterable[RelPath]) -> int:
-        """Forget the bodies read ahead for ``rels`` that nobody asked for (cancelling those
-        still coming); returns how many. Another job's read-aheads are left alone."""
-        dropped = 0
-        for rel in rels:
-            preload = self._preloads.pop(rel, None)
-            if preload is not None:
-                preload.scope.cancel()
-                preload.free()
-                self._preloaded_bytes -= preload.size
-                dropped += 1
-        return dropped
-
-    async def _take_preload(self, rel: RelPath, expected: RemoteEntry) -> _Preload | None:
-        """The read-ahead of ``rel`` if its body has the expected size (waiting for it to
-        land); the taker frees it when done with the body."""
-        preload = self._preloads.pop(rel, None)
-        if preload is None:
-            return None
-        try:
-            await preload.done.wait()
-        finally:
-            self._preloaded_bytes -= preload.size
-        if preload.body is None or len(preload.body) != expected.size:
-            preload.free()
-            return None
-        self.index.count("read_ahead_used")
-        return preload
+        """Forget the bodies read ahead for ``rels`` that nobody asked for; returns how many."""
+        return self.read_aheads.drop(rels)
 
     async def _fly(self, rel: RelPath, expected: RemoteEntry, flight: _Flight) -> None:
         try:
-            preload = await self._take_preload(rel, expected)
+            preload = await self.read_aheads.take(rel, expected)
             if preload is not None:
+                self.index.count("read_ahead_used")
                 try:  # no request: no place taken
                     flight.result = await self._fetch(rel, expected, flight, preload.body)
                 finally:
@@ -265,26 +178,6 @@ class Fetcher:
             flight.done.set()
             flight.streaming.set()
 
-    async def _claim_disk(self, size: int) -> None:
-        """Room on the mirror's disk for ``size`` more bytes, counting what the downloads in
-        flight will still write. If it is there only once they are done, wait for them; if it
-        is not there even with none in flight, the disk is full (MirrorFull: ENOSPC)."""
-        while True:
-            free, total = self.mirror.free_and_total_bytes()
-            reserve = min(DISK_RESERVE, total // 20)
-            if size + reserve + self._claimed <= free:
-                self._claimed += size
-                return
-            if not self._claimed:
-                raise MirrorFull(f"mirror disk is full: {size} bytes needed,"
-                                 f" {max(0, free - reserve)} usable in {self.mirror.display}")
-            await self._disk_freed.wait()
-
-    def _release_disk(self, size: int) -> None:
-        self._claimed -= size
-        self._disk_freed.set()
-        self._disk_freed = trio.Event()
-
     # -- the one download pipeline ------------------------------------------------------
     async def _fetch(self, rel: RelPath, expected: RemoteEntry, flight: _Flight,
                      body: bytearray | None = None) -> LocalEntry:
@@ -298,7 +191,7 @@ class Fetcher:
 
         async def attempt(number: int) -> LocalEntry:
             started = time.monotonic()
-            await self._claim_disk(current.size)
+            await self.disk.claim(current.size)
             try:
                 if body is not None and number == 1:
                     entry, digest = await self._whole(rel, current, body)
@@ -307,7 +200,7 @@ class Fetcher:
                 else:
                     entry, digest = await self._whole(rel, current, None)
             finally:
-                self._release_disk(current.size)
+                self.disk.release(current.size)
             self._installed(rel, entry, current, digest, started, flight.ticket.priority)
             return entry
 
@@ -410,7 +303,14 @@ class Fetcher:
             observer(event)
 
     async def _refresh(self, rel: RelPath, expected: RemoteEntry) -> RemoteEntry:
+        """What the upstream says ``rel`` is now, after a body failed its check: its folder
+        listed afresh, as the entry was first learnt (S3 listings carry the ETag, where a stat
+        through omni.client may not: the next try would be checked by size alone); a stat
+        where the listing does not name it. On no answer, the entry as it was."""
         try:
-            return await self.upstream.stat(rel, fresh=True)  # the listing was wrong: ask the upstream itself
+            for entry in await self.upstream.list(rel.parent, fresh=True):
+                if entry.name == rel.name and not entry.is_dir:
+                    return entry
+            return await self.upstream.stat(rel, fresh=True)
         except UpstreamError:
             return expected
