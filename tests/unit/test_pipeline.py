@@ -24,7 +24,7 @@ from isaacfs.core.errors import (
 )
 from isaacfs.core.paths import RelPath
 from isaacfs.core.retry import RetryPolicy, is_temp_failure, retrying
-from isaacfs.core.types import LocalEntry
+from isaacfs.core.types import LocalEntry, RemoteEntry
 from isaacfs.fetch.fetcher import Fetcher
 from isaacfs.fetch.integrity import multipart_candidates
 from isaacfs.fetch.stream import PART_SIZE
@@ -97,6 +97,34 @@ def test_a_corrupt_body_is_refused_by_both_strategies_after_the_policys_tries(
     waited = trio.run(body, clock=mock_clock())
     assert heard == [] and mirror.entry(RelPath.parse(LARGE)) is None and list(mirror.tmp.iterdir()) == []
     assert 0.25 <= waited <= 0.25 + 0.5 + 1.0  # two backoffs of the one policy (jittered), in virtual time
+
+
+def test_the_tries_after_a_bad_body_are_checked_as_strictly_as_the_first(mirror: Mirror, index: Index) -> None:
+    """After a body fails its check, the entry is learnt afresh. From a stat that carries no
+    ETag (omni.client's stat of an S3 object may not), the next try was checked by size
+    alone, and a corrupt body of the right size was installed. It is learnt from the folder's
+    listing, as it was first learnt: every try is checked by MD5."""
+    upstream = MemoryUpstream({SMALL: blob(5000, 4)})
+    upstream.corrupt.add(SMALL)  # every body: one flipped byte, the right size
+    real_stat = upstream.stat
+
+    async def stat_without_etag(rel: RelPath, fresh: bool = False) -> RemoteEntry:
+        entry = await real_stat(rel, fresh)
+        return RemoteEntry(entry.name, entry.is_dir, entry.size, entry.mtime, "")
+
+    upstream.stat = stat_without_etag  # type: ignore[method-assign]
+
+    async def body() -> None:
+        rel = RelPath.parse(SMALL)
+        entry = next(e for e in await upstream.list(rel.parent) if e.name == rel.name)
+        assert entry.etag  # the listing's entry carries the MD5
+        async with Running(mirror, index, upstream) as ws:
+            with pytest.raises(FetchFailed) as caught:
+                await ws.fetcher.ensure(rel, entry)
+            assert isinstance(caught.value.cause, IntegrityError)
+
+    trio.run(body, clock=mock_clock())
+    assert mirror.entry(RelPath.parse(SMALL)) is None  # never installed
 
 
 def test_the_policy_says_which_failures_are_temporary() -> None:
