@@ -25,10 +25,32 @@ from ..core.types import Upstream
 
 
 def open_upstream(settings: Settings) -> Upstream:
-    """The backend for the settings' upstream URL."""
+    """The backend for the settings' upstream URL; for several (``tiers`` before it), the
+    ordered tiers over one backend each."""
+    if not settings.tiers and not settings.upstream.startswith("s3://"):
+        return _one(settings.upstream, settings, front=False)  # one upstream: as it always was
+    from .tiers import TieredUpstream
+
+    backends = [_one(url, settings, front=True) for url in settings.tiers]
+    # A manifest is looked for in each tier in front, and in the last one if it is a store
+    # ``warm --to`` fills (s3://): the cloud has none.
+    manifests = [True] * len(backends) + [settings.upstream.startswith("s3://")]
+    return TieredUpstream([*backends, _one(settings.upstream, settings, front=False)],
+                          settings.upstream_retry_after, settings.listing_ttl, manifests)
+
+
+def _one(url: str, settings: Settings, front: bool) -> Upstream:
+    # A tier in front of another is on the site: it never stalls longer than it may take to
+    # answer, so a silent one costs a reader one upstream_timeout before the next tier serves.
+    stall = min(settings.stall_timeout, settings.upstream_timeout) if front else settings.stall_timeout
+    if url.startswith("s3://"):
+        from .s3tier import S3Upstream
+
+        return S3Upstream(url, settings.upstream_timeout, stall, settings.upstream_retry_after)
     from .omni import OmniUpstream
 
-    return OmniUpstream.from_settings(settings)
+    return OmniUpstream(url, settings.upstream_timeout, stall, settings.upstream_retry_after,
+                        settings.min_download_rate, settings.http_ranges)
 
 
 @contextmanager

@@ -26,7 +26,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import trio
 import urllib3
@@ -119,12 +119,27 @@ class _Stop(Exception):
     """The range read was abandoned (its part is tried again, or the transfer is over)."""
 
 
+# Adds a request's signature: (method, url, headers) -> the headers to send (s3:// tiers).
+Sign = Callable[[str, str, dict[str, str]], dict[str, str]]
+
+
+def s3_error_code(body: bytes) -> str:
+    """The <Code> of an S3 error answer (SignatureDoesNotMatch, InvalidAccessKeyId, ...), or ""."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return ""
+    return (root.findtext("Code") or root.findtext(f"{S3_NS}Code") or "").strip()
+
+
 class HttpRanges:
-    def __init__(self, health: Health, connect_timeout: float, stall_timeout: float, connections: int = 160) -> None:
+    def __init__(self, health: Health, connect_timeout: float, stall_timeout: float, connections: int = 160,
+                 sign: Sign | None = None) -> None:
         # ``connections`` kept per host: a warm of small files keeps four requests in flight
         # per place (fetch.fetcher.SMALL_PER_PLACE), more than that beyond (the pool does not
         # block; a connection it cannot keep is closed after its request).
         self.health = health
+        self.sign = sign  # None: anonymous requests
         self.stall_timeout = stall_timeout
         self.answer_timeout = connect_timeout  # a listing not answered within it: the upstream is not answering
         self.maxsize = connections
@@ -140,6 +155,10 @@ class HttpRanges:
     async def aclose(self) -> None:
         self.pool.clear()
 
+    def _headers(self, method: str, url: str, headers: dict[str, str] | None = None) -> dict[str, str]:
+        given = {"User-Agent": "isaacfs", "Accept-Encoding": "identity", **(headers or {})}
+        return self.sign(method, url, given) if self.sign is not None else given
+
     async def reachable(self, url: str, timeout: float, what: str) -> None:
         """One HEAD of ``url`` within ``timeout``: any HTTP answer is an answer; a name that
         does not resolve, a refused or silent connection raise ConnectionLost naming it."""
@@ -147,7 +166,7 @@ class HttpRanges:
 
         def head() -> None:
             try:
-                self.pool.request("HEAD", url, timeout=limit, redirect=False)
+                self.pool.request("HEAD", url, timeout=limit, redirect=False, headers=self._headers("HEAD", url))
             except urllib3.exceptions.ReadTimeoutError:
                 raise ConnectionLost(f"{what}: upstream unavailable (no answer within {timeout:g}s)") from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -157,6 +176,38 @@ class HttpRanges:
             await trio.to_thread.run_sync(head, abandon_on_cancel=True, limiter=self.threads)
             return
         raise ConnectionLost(f"{what}: upstream unavailable (no answer within {timeout:g}s)")
+
+    async def head(self, url: str, what: str) -> dict[str, str] | None:
+        """The headers of a HEAD of ``url`` (an object's size, ETag, date); None if there is
+        no such object. Failures are the core's kinds, as for a GET."""
+        self.health.check(what)
+
+        def ask() -> dict[str, str] | None:
+            timeout = urllib3.Timeout(connect=self.answer_timeout, read=self.answer_timeout)
+            try:
+                reply = self.pool.request("HEAD", url, timeout=timeout, redirect=False,
+                                          headers=self._headers("HEAD", url))
+            except urllib3.exceptions.ReadTimeoutError:
+                raise ConnectionLost(f"{what}: upstream did not answer within {self.answer_timeout:g}s") from None
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise ConnectionLost(f"{what}: upstream unavailable ({connect_failure(exc)})") from None
+            if reply.status == 404:
+                return None
+            if reply.status in (401, 403):
+                raise AccessDenied(f"{what}: access denied by upstream (HTTP {reply.status})")
+            if reply.status >= 500:
+                raise Unavailable(f"{what}: upstream failed (HTTP {reply.status})")
+            if reply.status != 200:
+                raise UpstreamError(f"{what}: upstream answered HTTP {reply.status}")
+            return dict(reply.headers.items())
+
+        try:
+            found = await trio.to_thread.run_sync(ask, abandon_on_cancel=True, limiter=self.threads)
+        except ConnectionLost as exc:
+            self.health.mark(exc)
+            raise
+        self.health.mark(None)
+        return found
 
     async def connect_ahead(self, url: str, count: int) -> int:
         """Have ``count`` connections to ``url``'s host open and kept (at most the pool's size)
@@ -170,7 +221,7 @@ class HttpRanges:
 
         def head() -> bool:
             try:
-                self.pool.request("HEAD", url, timeout=timeout, redirect=False)
+                self.pool.request("HEAD", url, timeout=timeout, redirect=False, headers=self._headers("HEAD", url))
             except (urllib3.exceptions.HTTPError, OSError):
                 return False
             return True
@@ -219,15 +270,17 @@ class HttpRanges:
             open_[0] = False
         self.health.mark(None)
 
-    async def list_folder(self, root_url: str, path: str, what: str, recursive: bool = False,
+    async def list_folder(self, bucket_url: str, path: str, what: str, recursive: bool = False,
                           max_pages: int = 0) -> list[Listed] | None:
-        """The entries of folder ``path`` (slash-separated, below the host) of the S3 host of
-        ``root_url``: ListObjectsV2 with a delimiter, every page; ``recursive``: every key below
-        it, names holding slashes, None if that takes more than ``max_pages`` pages. NotS3 if
-        the host does not answer such listings anonymously."""
+        """The entries of folder ``path`` (slash-separated key prefix) of the bucket whose
+        ListObjectsV2 URL is ``bucket_url`` (``https://bucket.host/``, or path-style
+        ``http://host:port/bucket``): with a delimiter, every page; ``recursive``: every key
+        below it, names holding slashes, None if that takes more than ``max_pages`` pages.
+        NotS3 if the host does not answer such listings anonymously; AccessDenied if it
+        refuses signed ones (a wrong key: a configuration error)."""
         self.health.check(what)
         try:
-            found = await trio.to_thread.run_sync(self._list, root_url, path, what, recursive, max_pages,
+            found = await trio.to_thread.run_sync(self._list, bucket_url, path, what, recursive, max_pages,
                                                   abandon_on_cancel=True, limiter=self.threads)
         except ConnectionLost as exc:
             self.health.mark(exc)
@@ -235,9 +288,8 @@ class HttpRanges:
         self.health.mark(None)
         return found
 
-    def _list(self, root_url: str, path: str, what: str, recursive: bool = False,
+    def _list(self, bucket_url: str, path: str, what: str, recursive: bool = False,
               max_pages: int = 0) -> list[Listed] | None:
-        parts = urlsplit(root_url)
         prefix = f"{path.strip('/')}/" if path.strip("/") else ""
         entries: list[Listed] = []
         token: str | None = None
@@ -250,11 +302,15 @@ class HttpRanges:
             if token:
                 query += f"&continuation-token={quote(token, safe='')}"
             # As omni.client's listings: no answer in time counts against the upstream (Health).
-            reply = self._get(f"{parts.scheme}://{parts.netloc}/?{query}", what,
+            reply = self._get(f"{bucket_url}?{query}", what,
                               ConnectionLost(f"{what}: upstream did not answer within {self.answer_timeout:g}s"),
                               timeout=urllib3.Timeout(connect=self.answer_timeout, read=self.answer_timeout))
             if reply.status >= 500:
                 raise Unavailable(f"{what}: upstream failed (HTTP {reply.status})")
+            if reply.status in (401, 403) and self.sign is not None:
+                code = s3_error_code(reply.data)
+                raise AccessDenied(f"{what}: the store refused the credentials (HTTP {reply.status}"
+                                   f"{' ' + code if code else ''})")
             if reply.status != 200:
                 raise NotS3(f"{what}: HTTP {reply.status} to an anonymous S3 listing")
             page, token = _parse_listing(reply.data, prefix)
@@ -265,6 +321,7 @@ class HttpRanges:
     def _get(self, url: str, what: str, silence: UpstreamError, **options: Any) -> urllib3.BaseHTTPResponse:
         """A GET on the pool, its failures as the core's kinds; ``silence``: what no answer
         within the read timeout means for this request."""
+        options["headers"] = self._headers("GET", url, options.get("headers"))
         try:
             return self.pool.request("GET", url, redirect=True, **options)
         except urllib3.exceptions.ReadTimeoutError:

@@ -22,12 +22,12 @@ from urllib.parse import quote, unquote, urlsplit
 import trio
 
 from ..core.config import Settings, redact
-from ..core.errors import InvalidPath, NotFound, Unavailable, UpstreamError
+from ..core.errors import NotFound, Unavailable, UpstreamError
 from ..core.health import Health
-from ..core.paths import RelPath, check_name, shown
-from ..core.types import RemoteEntry, Sink
+from ..core.paths import RelPath, shown
+from ..core.types import RemoteEntry, Sink, TierRows
 from . import omni_client
-from .entries import Folders, Listing
+from .entries import Folders, Listing, checked_entries
 from .local import LocalRanges
 from .omni_client import client_session
 from .s3 import RefusedBeforeBody, S3Http
@@ -70,8 +70,8 @@ class OmniUpstream:
         # S3 (the cloud root, on-prem buckets) serves byte ranges: files stream in parts over
         # HTTP. A file: tree is read directly, in blocks, so a hung network file system is seen
         # as a stall. Nucleus gets whole bodies through omni.client.
-        self.s3 = (S3Http(self.root_url, unquote(parts.path).strip("/"), self.health, timeout, stall_timeout)
-                   if parts.scheme == "https" and http_ranges else None)
+        self.s3 = (S3Http(self.root_url, f"{parts.scheme}://{parts.netloc}/", unquote(parts.path).strip("/"),
+                          self.health, timeout, stall_timeout) if parts.scheme == "https" and http_ranges else None)
         # Not in parallel parts: a file rewritten in place while its parts were read would be
         # installed half old, half new (there is no ETag to catch it); one read in order that
         # checks the file did not change while it was read catches it.
@@ -114,6 +114,12 @@ class OmniUpstream:
         assert self.local_root is not None
         return os.path.join(self.local_root, *rel.parts)
 
+    def tier_rows(self) -> TierRows:
+        return []
+
+    def rejected(self, rel: RelPath, why: str) -> None:
+        """One upstream: nothing to fail over to (the fetcher lists afresh and tries again)."""
+
     async def aclose(self) -> None:
         if self.s3 is not None:
             await self.s3.aclose()
@@ -155,25 +161,7 @@ class OmniUpstream:
         listed = await self.s3.list(rel, what) if self.s3 is not None else None
         if listed is None:
             listed = await self._omni_list(rel, fresh, what)
-        entries: dict[str, RemoteEntry] = {}
-        for raw, make in listed:
-            if raw is None:
-                log.warning("skipped upstream entry in %s/: its name is not UTF-8", rel or "")
-                continue
-            if raw == "":
-                continue  # an S3 folder marker (a key ending in a slash): the folder itself
-            try:
-                # Some providers mark folders with one trailing slash; any other slash is hostile.
-                name = check_name(raw[:-1] if raw.endswith("/") else raw)
-            except InvalidPath as exc:
-                log.warning("skipped upstream entry in %s/: %s", rel or "", exc)
-                continue
-            entry = make(name)
-            if name in entries and entries[name].is_dir != entry.is_dir:
-                log.warning("upstream %s/ lists %r as both file and folder; keeping the folder", rel or "", name)
-                if not entry.is_dir:
-                    continue
-            entries[name] = entry
+        entries = checked_entries(listed, rel)
         if self.local_root is not None and entries:
             names = tuple(entries)
             reasons = await self._local_checks(tuple(rel.child(name) for name in names), f"list {rel or '/'}")

@@ -1,7 +1,11 @@
 """An S3 root over isaacfs's own kept-alive HTTP pool (``http.py``): listings, recursive
-walks, whole GETs resumed from where they stopped, ranged parts. Anonymous: a bucket that
+walks, whole GETs resumed from where they stopped, ranged parts.
+
+Two uses. Behind the router (an ``https://`` root, the cloud): anonymous, and a bucket that
 refuses anonymous HTTP is told to the router, which sends it through omni.client (with the
-credentials of omniverse.toml) from then on."""
+credentials of omniverse.toml) from then on. As an ``s3://`` tier (``explicit``): requests
+are signed when credentials were found, and a refusal is an error of its own (a wrong key
+is a configuration error, not a reason to go elsewhere)."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from ..core.paths import RelPath, check_name
 from ..core.retry import RetryPolicy, resumable, retrying
 from ..core.types import RemoteEntry, Sink
 from .entries import Folders, Listing
-from .http import HttpRanges, NotS3
+from .http import HttpRanges, NotS3, Sign
 
 log = logging.getLogger("isaacfs.upstream")
 
@@ -31,12 +35,16 @@ class _ShortBody(Unavailable):
 
 
 class S3Http:
-    def __init__(self, root_url: str, key_root: str, health: Health, timeout: float, stall_timeout: float) -> None:
-        self.root_url = root_url
+    def __init__(self, root_url: str, bucket_url: str, key_root: str, health: Health, timeout: float,
+                 stall_timeout: float, sign: Sign | None = None, explicit: bool = False) -> None:
+        self.root_url = root_url  # for logs (redacted) and connect_ahead
+        self.bucket_url = bucket_url  # where ListObjectsV2 queries go
         self.key_root = key_root
-        self.pool = HttpRanges(health, timeout, stall_timeout)
-        # Whether the host answers anonymous HTTP (None: not asked yet; the first listing asks).
-        self.answers: bool | None = None
+        self.explicit = explicit
+        self.pool = HttpRanges(health, timeout, stall_timeout, sign=sign)
+        # Whether the host answers S3 (None: not asked yet; the first listing asks). An
+        # explicit s3:// tier is S3 by its URL.
+        self.answers: bool | None = True if explicit else None
 
     @property
     def usable(self) -> bool:
@@ -62,8 +70,12 @@ class S3Http:
         except UnicodeEncodeError:
             return None  # a name that cannot be an S3 key: omni.client answers as it can
         try:
-            found = await self.pool.list_folder(self.root_url, path, what)
+            found = await self.pool.list_folder(self.bucket_url, path, what)
         except NotS3 as exc:
+            if self.explicit:
+                raise AccessDenied(f"{what}: the store refused an anonymous listing ({str(exc).rsplit(': ', 1)[-1]});"
+                                   " give it credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or"
+                                   " AWS_PROFILE)") from None
             self.refused(str(exc).rsplit(": ", 1)[-1])
             return None
         assert found is not None  # only a recursive listing gives up on a page count
@@ -82,7 +94,7 @@ class S3Http:
         if not self.usable:
             return
         try:
-            await self.pool.connect_ahead(self.root_url, count)
+            await self.pool.connect_ahead(self.bucket_url, count)
         except Exception:  # never worth a failure: the requests open what they need
             log.debug("opening connections ahead failed", exc_info=True)
 
@@ -94,7 +106,7 @@ class S3Http:
         path = "/".join([self.key_root, *rel.parts])
         what = f"list {rel or '/'} (recursive)"
         try:
-            found = await self.pool.list_folder(self.root_url, path, what, recursive=True,
+            found = await self.pool.list_folder(self.bucket_url, path, what, recursive=True,
                                                 max_pages=max(1, max_files // 1000))
         except NotS3:
             return None  # the plain listing finds out and tells (before the first one: on the chance)
@@ -141,7 +153,7 @@ class S3Http:
             try:
                 await self.pool.read(url, landed, size, what, on_data, etag, size)
             except AccessDenied as exc:
-                if landed == 0:
+                if landed == 0 and not self.explicit:
                     self.refused(str(exc).rsplit(": ", 1)[-1])
                     raise RefusedBeforeBody from None
                 raise

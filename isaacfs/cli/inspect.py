@@ -44,7 +44,7 @@ def _bare_index(folder: Path) -> Iterator[Index]:
         index.close()
 
 
-def show_status(path: Path, as_json: bool) -> int:
+def show_status(path: Path, as_json: bool, prometheus: bool = False) -> int:
     if _live(path):
         report = control.call(path, "status")
     else:
@@ -53,7 +53,9 @@ def show_status(path: Path, as_json: bool) -> int:
             report = {"running": False, "why_bare": "not mounted", "mirror": str(path),
                       "disk_free": stat.f_bavail * stat.f_frsize, "mirrored": reports.mirrored_by_category(index),
                       "total": reports.counters(index, False), "recorded_misses": index.miss_count()}
-    if as_json:
+    if prometheus:
+        sys.stdout.write(reports.prometheus(report))
+    elif as_json:
         print(json.dumps(report, indent=2))
     else:
         print("\n".join(reports.render_status(report)))

@@ -26,12 +26,12 @@ def _mountpoint(text: str | None) -> Path:
 
 
 def _add_mount_settings(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--upstream", metavar="URL",
-                        help="asset root URL (https S3 root, omniverse://, file:, or a folder)")
-    source.add_argument("--release", metavar="X.Y",
+    parser.add_argument("--upstream", metavar="URL", action="append",
+                        help="asset root URL (https S3 root, s3://BUCKET/PREFIX?endpoint=URL, omniverse://, file:,"
+                        " or a folder); several, in tier order: the first is asked first")
+    parser.add_argument("--release", metavar="X.Y",
                         help="the NVIDIA cloud asset root of this Isaac Sim release"
-                        f" (default {config.DEFAULT_RELEASE})")
+                        f" (default {config.DEFAULT_RELEASE}); with --upstream, the last tier")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--mode", choices=MODES, help="strict (default): only the mirror;"
                       " permissive: fetch misses from the upstream")
@@ -48,9 +48,8 @@ def _add_mount_settings(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--upstream", metavar="URL")
-    source.add_argument("--release", metavar="X.Y")
+    parser.add_argument("--upstream", metavar="URL", action="append")
+    parser.add_argument("--release", metavar="X.Y")
     parser.add_argument("--new-upstream", action="store_true", default=None,
                         help="use a mirror filled from another upstream: keep its files, list the new one afresh")
 
@@ -110,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("mountpoint", nargs="?")
     status.add_argument("--mirror", metavar="DIR")
     status.add_argument("--json", action="store_true", help="machine-readable")
+    status.add_argument("--prometheus", action="store_true",
+                        help="Prometheus text format (for node_exporter's textfile collector)")
 
     misses = commands.add_parser("misses", help="the paths strict mode refused, newest first")
     misses.add_argument("mountpoint", nargs="?")
@@ -276,7 +277,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from . import inspect as inspect_cli
 
     settings = settings_from(args)
-    return inspect_cli.show_status(_mirror_arg(args, settings), args.json)
+    return inspect_cli.show_status(_mirror_arg(args, settings), args.json, args.prometheus)
 
 
 def cmd_misses(args: argparse.Namespace) -> int:

@@ -151,6 +151,7 @@ class DaemonCommands:
                 "total": total, "in_flight": self.tree.fetcher.in_flight,
                 "nodes": len(self.tree.nodes),
                 "download_path": upstream.download_path,
+                "tiers": upstream.tier_rows(),
                 "prefetch": self.prefetch_stats(),
                 "recorded_misses": recorded_misses}
 

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import UserError
+from .s3url import parse_s3
 from .types import MODES, Mode
 
 if sys.version_info >= (3, 11):
@@ -28,7 +29,7 @@ def mountpoint(given: str | None, env: Mapping[str, str]) -> Path:
     """The mount a command acts on: ``given``, else $ISAACFS_MOUNTPOINT, else the default.
     (``ISAACFS_MIRROR`` is never a mountpoint: it says where a mount keeps its mirror.)"""
     return Path(given or env.get("ISAACFS_MOUNTPOINT") or DEFAULT_MOUNTPOINT).expanduser().absolute()
-UPSTREAM_SCHEMES = ("https", "omniverse", "omni", "file")
+UPSTREAM_SCHEMES = ("https", "omniverse", "omni", "file", "s3")
 RELEASE = re.compile(r"^\d+\.\d+$")
 
 
@@ -44,6 +45,9 @@ class Settings:
     """Everything a mount or a command needs to know; see docs/configuration.md."""
 
     upstream: str = release_root(DEFAULT_RELEASE)
+    # Upstreams asked before ``upstream``, in order (a site's store in front of the cloud):
+    # every --upstream but the last. ``upstream``, the last, names the mirror's source.
+    tiers: tuple[str, ...] = ()
     mode: Mode = "strict"
     mirror: Path | None = None  # None: the mountpoint's own underlying folder.
     # Seconds one upstream list/stat may take before the lookup fails (never a hang).
@@ -111,6 +115,8 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
             return value
         if key == "upstream":
             return check_upstream_url(str(value))
+        if key == "tiers":
+            return tuple(check_upstream_url(str(url)) for url in value)
         if "float" in kind:
             number = float(value)
             if number < 0 or (number == 0 and key != "listing_ttl"):  # a TTL of 0: always list afresh
@@ -138,12 +144,15 @@ def check_upstream_url(url: str) -> str:
     if text.startswith("/"):
         return Path(text).as_uri()
     parts = urlsplit(text)
+    if parts.scheme == "s3":
+        parse_s3(text)  # an s3://BUCKET/PREFIX?endpoint=URL tier: UserError naming the fix
+        return text
     if parts.scheme == "http":
         raise UserError(f"upstream URL {url!r} is not usable: omni.client lists folders only over https://"
                         " (S3) or omniverse:// (Nucleus); write https://")
     if parts.scheme not in UPSTREAM_SCHEMES:
         raise UserError(
-            f"upstream URL {url!r} is not usable: expected https://, omniverse:// or file:"
+            f"upstream URL {url!r} is not usable: expected https://, s3://, omniverse:// or file:"
             " (or an absolute folder path)"
         )
     if parts.scheme == "file":
@@ -176,8 +185,11 @@ def load(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise UserError(f"config file {path} cannot be read: {exc}") from None
         for key, value in data.items():
-            if key not in known:
+            if key not in known - {"tiers"}:
                 raise UserError(f"config file {path}: unknown key {key!r}")
+            if key == "upstream" and isinstance(value, list):
+                _upstreams(values, sources, value, str(path))
+                continue
             values[key] = _coerce(key, value, str(path))
             sources[key] = str(path)
 
@@ -187,6 +199,9 @@ def load(
         values["mode"], sources["mode"] = "strict", "OFFLINE"
     for var, key in ENV_KEYS.items():
         if env.get(var):
+            if key == "upstream":
+                _upstreams(values, sources, env[var].split(), var)
+                continue
             values[key] = _coerce(key, env[var], var)
             sources[key] = var
 
@@ -194,12 +209,30 @@ def load(
         if value is None:
             continue
         if key == "release":
-            values["upstream"] = release_root(str(value))
-            sources["upstream"] = "--release"
+            continue
+        if key == "upstream":
+            given = value if isinstance(value, list) else [value]
+            if flags and flags.get("release") is not None:
+                given = [*given, release_root(str(flags["release"]))]  # the tiers in front of the release's root
+            _upstreams(values, sources, given, (flag_names or {}).get(key, "--upstream"), "flag")
             continue
         values[key] = _coerce(key, value, (flag_names or {}).get(key, f"--{key.replace('_', '-')}"))
         sources[key] = "flag"
+    if flags and flags.get("release") is not None and flags.get("upstream") is None:
+        values["upstream"], values["tiers"] = release_root(str(flags["release"])), ()
+        sources["upstream"] = "--release"
     return replace(Settings(), **values, sources=sources)
+
+
+def _upstreams(values: dict[str, Any], sources: dict[str, str], given: list[Any], origin: str,
+               source: str | None = None) -> None:
+    """Several upstreams, in tier order: the last is ``upstream``, the ones before ``tiers``."""
+    urls = [str(url) for url in given if str(url).strip()]
+    if not urls:
+        raise UserError(f"{origin}: no upstream URL given")
+    checked = [_coerce("upstream", url, origin) for url in urls]
+    values["upstream"], values["tiers"] = checked[-1], tuple(checked[:-1])
+    sources["upstream"] = sources["tiers"] = source or origin
 
 
 def redact(url: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from .paths import RelPath
 
@@ -56,6 +56,10 @@ class Sink(Protocol):
     """Where a download's body goes, in order (the store's temporary file, hashed as written)."""
 
     async def write(self, data: bytes | memoryview) -> None: ...
+
+
+# Each tier's state, counters and manifest (``Upstream.tier_rows``), for ``status``.
+TierRows = list[dict[str, Any]]
 
 
 class Upstream(Protocol):
@@ -124,6 +128,15 @@ class Upstream(Protocol):
     async def download(self, rel: RelPath, size: int, sink: Sink, etag: str = "") -> None:
         """Write the body of ``rel`` (``size`` bytes expected) into ``sink``, in order; with
         ``etag``, only bytes of that version (IntegrityError where the object changed)."""
+        ...
+
+    def tier_rows(self) -> TierRows:
+        """Each tier's state, counters and manifest, for ``status`` (empty for one upstream)."""
+        ...
+
+    def rejected(self, rel: RelPath, why: str) -> None:
+        """The last body of ``rel`` failed its check (size, hash): an upstream of several
+        tiers serves it from another next time (a no-op for one)."""
         ...
 
     async def aclose(self) -> None:

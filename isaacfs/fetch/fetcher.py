@@ -208,6 +208,7 @@ class Fetcher:
             nonlocal current
             if isinstance(exc, IntegrityError):
                 log.warning("fetch %s: %s", rel, exc)
+                self.upstream.rejected(rel, str(exc).rsplit(": ", 1)[-1])
                 current = await self._refresh(rel, current)
 
         try:

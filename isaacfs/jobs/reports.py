@@ -120,6 +120,7 @@ def render_status(report: dict[str, Any]) -> list[str]:
             lines.append("prefetch   off (prefetch = false)")
         if "nodes" in report:
             lines.append(f"memory     {report['nodes']:,} names held for the kernel")
+        lines += render_tiers(report.get("tiers") or [])
     lines.append(f"misses     {report['recorded_misses']:,} recorded (see: isaacfs misses)")
     return lines
 
@@ -141,3 +142,63 @@ def render_misses(found: list[dict[str, Any]], now: float | None = None, mount: 
     lines.append("or by category:")
     lines += [f"  {command}" for command in commands]
     return lines
+
+
+def render_tiers(rows: list[dict[str, Any]]) -> list[str]:
+    """One block per upstream tier: state and since when, traffic, errors, latency, manifest."""
+    lines = []
+    for row in rows:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["since"]))
+        state = row["state"] + (f" ({row['reason']})" if row["reason"] else "")
+        lines.append(f"tier {row['tier']}     {row['upstream']}: {state} since {since}")
+        errors = ", ".join(f"{kind} {count}" for kind, count in sorted(row["errors"].items())) or "none"
+        latency = (f"p50 {row['p50_ms']:g} ms, p95 {row['p95_ms']:g} ms" if row["p50_ms"] is not None
+                   else "no requests timed")
+        lines.append(f"           {row['requests']:,} requests, {size(row['bytes'])}, errors: {errors},"
+                     f" refused bodies {row['rejected']:,}, {latency}")
+        lines.append("           manifest " + (row["manifest"] or "none"))
+        if row.get("last_failover"):
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["last_failover"]["at"]))
+            lines.append(f"           last failover {at}: {row['last_failover']['why']}")
+    return lines
+
+
+def prometheus(report: dict[str, Any]) -> str:
+    """The report in Prometheus' text format (node_exporter's textfile collector reads it)."""
+    mount = str(report.get("mountpoint") or report.get("mirror", "")).replace("\\", "\\\\").replace('"', '\\"')
+    out: list[str] = []
+
+    def metric(name: str, kind: str, text: str, samples: list[tuple[str, float]]) -> None:
+        out.append(f"# HELP isaacfs_{name} {text}")
+        out.append(f"# TYPE isaacfs_{name} {kind}")
+        for labels, value in samples:
+            out.append(f'isaacfs_{name}{{mount="{mount}"{labels}}} {value:g}')
+
+    metric("up", "gauge", "1 while the mount's daemon runs", [("", 1.0 if report.get("running") else 0.0)])
+    mirrored = report.get("mirrored") or {}
+    metric("mirrored_files", "gauge", "files in the mirror", [("", float(mirrored.get("files", 0)))])
+    metric("mirrored_bytes", "gauge", "bytes in the mirror", [("", float(mirrored.get("bytes", 0)))])
+    session = report.get("session") or {}
+    for key, text in (("hits", "opens served from the mirror"), ("misses", "names the mirror did not hold"),
+                      ("fetches", "files fetched"), ("bytes_fetched", "bytes fetched"), ("errors", "fetch errors")):
+        if key in session:
+            metric(f"{key}_total", "counter", f"{text}, since the mount", [("", float(session[key]))])
+    rows = report.get("tiers") or []
+    if rows:
+        def tier(row: dict[str, Any]) -> str:
+            upstream = str(row["upstream"]).replace("\\", "\\\\").replace('"', '\\"')
+            return f',tier="{row["tier"]}",upstream="{upstream}"'
+
+        metric("tier_up", "gauge", "1 while the tier answers", [(tier(row), 1.0 if row["state"] in ("up", "unknown")
+                                                                   else 0.0) for row in rows])
+        metric("tier_requests_total", "counter", "requests to the tier", [(tier(row), row["requests"]) for row in rows])
+        metric("tier_bytes_total", "counter", "body bytes from the tier", [(tier(row), row["bytes"]) for row in rows])
+        metric("tier_errors_total", "counter", "failures of the tier, by class",
+               [(tier(row) + f',class="{kind}"', count) for row in rows for kind, count in row["errors"].items()])
+        metric("tier_rejected_total", "counter", "bodies from the tier that failed their check",
+               [(tier(row), row["rejected"]) for row in rows])
+        samples = [(tier(row) + f',quantile="{quantile}"', row[key] / 1000) for row in rows
+                   for quantile, key in (("0.5", "p50_ms"), ("0.95", "p95_ms")) if row[key] is not None]
+        if samples:
+            metric("tier_latency_seconds", "gauge", "request time, at the quantile, of the last 2048 requests", samples)
+    return "\n".join(out) + "\n"

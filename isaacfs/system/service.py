@@ -74,7 +74,10 @@ def env_text(settings: Settings) -> str:
             "fetch_jobs": "ISAACFS_FETCH_JOBS", "log_level": "ISAACFS_LOG_LEVEL"}
     for key, var in keys.items():
         if key in settings.sources:  # only what the user chose; the rest keeps its defaults
-            lines.append(f"{var}={getattr(settings, key)}")
+            value = getattr(settings, key)
+            if key == "upstream" and settings.tiers:
+                value = " ".join([*settings.tiers, settings.upstream])  # the tiers, in order
+            lines.append(f"{var}={value}")
     if settings.allow_other:
         lines.append("ISAACFS_ALLOW_OTHER=1")
     return "\n".join(lines) + "\n"

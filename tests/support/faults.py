@@ -22,7 +22,7 @@ import trio
 from isaacfs.core.errors import ConnectionLost, UpstreamError
 from isaacfs.core.health import Health
 from isaacfs.core.paths import RelPath
-from isaacfs.core.types import RemoteEntry, Sink, Upstream
+from isaacfs.core.types import RemoteEntry, Sink, TierRows, Upstream
 
 Folders = dict[RelPath, list[RemoteEntry]]
 
@@ -153,6 +153,12 @@ class FaultyUpstream:
     async def download(self, rel: RelPath, size: int, sink: Sink, etag: str = "") -> None:
         await self._answer(f"get {rel}", rel)
         await self.inner.download(rel, size, _Flipping(sink) if str(rel) in self.corrupt else sink, etag)
+
+    def rejected(self, rel: RelPath, why: str) -> None:
+        self.inner.rejected(rel, why)
+
+    def tier_rows(self) -> TierRows:
+        return self.inner.tier_rows()
 
     async def aclose(self) -> None:
         await self.inner.aclose()

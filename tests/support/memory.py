@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from isaacfs.core.errors import IntegrityError, NotFound
 from isaacfs.core.paths import RelPath
-from isaacfs.core.types import RemoteEntry, Sink
+from isaacfs.core.types import RemoteEntry, Sink, TierRows
 from tests.support.faults import FaultyUpstream
 
 Folders = dict[RelPath, list[RemoteEntry]]  # every folder below a root, with its entries
@@ -42,6 +42,7 @@ class MemoryStore:
         self.ranged = ranged
         self.etags: dict[str, str] = {}  # ETags other than the body's MD5 (a multipart upload's)
         self.chunk = 64 * 1024  # bytes per chunk of a ranged body
+        self.rejections: list[tuple[str, str]] = []  # (path, why) the fetcher refused
         self.recursive = False  # answers recursive listings (``walk``), as S3 does
 
     # -- test controls --------------------------------------------------------------
@@ -120,6 +121,12 @@ class MemoryStore:
             piece = body[position:min(end, position + self.chunk)]
             await on_data(piece)
             position += len(piece)
+
+    def rejected(self, rel: RelPath, why: str) -> None:
+        self.rejections.append((str(rel), why))
+
+    def tier_rows(self) -> TierRows:
+        return []
 
     async def aclose(self) -> None:
         return None
