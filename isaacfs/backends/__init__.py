@@ -46,11 +46,11 @@ def _one(url: str, settings: Settings, front: bool) -> Upstream:
     if url.startswith("s3://"):
         from .s3tier import S3Upstream
 
-        return S3Upstream(url, settings.upstream_timeout, stall, settings.upstream_retry_after)
+        return S3Upstream(url, settings.upstream_timeout, stall, settings.upstream_retry_after, front)
     from .omni import OmniUpstream
 
     return OmniUpstream(url, settings.upstream_timeout, stall, settings.upstream_retry_after,
-                        settings.min_download_rate, settings.http_ranges)
+                        settings.min_download_rate, settings.http_ranges, front)
 
 
 @contextmanager

@@ -25,12 +25,13 @@ from ..core.config import Settings, redact
 from ..core.errors import NotFound, Unavailable, UpstreamError
 from ..core.health import Health
 from ..core.paths import RelPath, shown
+from ..core.retry import RetryPolicy
 from ..core.types import RemoteEntry, Sink, TierRows
 from . import omni_client
 from .entries import Folders, Listing, checked_entries
 from .local import LocalRanges
 from .omni_client import client_session
-from .s3 import RefusedBeforeBody, S3Http
+from .s3 import HTTP_RETRY, RefusedBeforeBody, S3Http
 
 __all__ = ["OmniUpstream", "client_session"]
 
@@ -58,7 +59,7 @@ class OmniUpstream:
     kind = "omni.client"
 
     def __init__(self, root_url: str, timeout: float, stall_timeout: float, retry_after: float,
-                 min_rate: float, http_ranges: bool = True) -> None:
+                 min_rate: float, http_ranges: bool = True, front: bool = False) -> None:
         self.root_url = root_url.rstrip("/")
         parts = urlsplit(self.root_url)
         # A file: upstream is a local tree: links out of it and special files are never served.
@@ -71,7 +72,8 @@ class OmniUpstream:
         # HTTP. A file: tree is read directly, in blocks, so a hung network file system is seen
         # as a stall. Nucleus gets whole bodies through omni.client.
         self.s3 = (S3Http(self.root_url, f"{parts.scheme}://{parts.netloc}/", unquote(parts.path).strip("/"),
-                          self.health, timeout, stall_timeout) if parts.scheme == "https" and http_ranges else None)
+                          self.health, timeout, stall_timeout, retry=RetryPolicy(tries=1) if front else HTTP_RETRY)
+                   if parts.scheme == "https" and http_ranges else None)
         # Not in parallel parts: a file rewritten in place while its parts were read would be
         # installed half old, half new (there is no ETag to catch it); one read in order that
         # checks the file did not change while it was read catches it.

@@ -36,7 +36,11 @@ class _ShortBody(Unavailable):
 
 class S3Http:
     def __init__(self, root_url: str, bucket_url: str, key_root: str, health: Health, timeout: float,
-                 stall_timeout: float, sign: Sign | None = None, explicit: bool = False) -> None:
+                 stall_timeout: float, sign: Sign | None = None, explicit: bool = False,
+                 retry: RetryPolicy = HTTP_RETRY) -> None:
+        # ``retry``: a body's tries here; one for a tier in front of another (its failover
+        # is the next tier, at once: trying a dead site three times would triple the wait).
+        self.retry = retry
         self.root_url = root_url  # for logs (redacted) and connect_ahead
         self.bucket_url = bucket_url  # where ListObjectsV2 queries go
         self.key_root = key_root
@@ -162,7 +166,7 @@ class S3Http:
 
         try:
             # A changed object is the fetcher's to handle (it lists afresh), not worth a resume.
-            await retrying(attempt, what, HTTP_RETRY, temporary=resumable)
+            await retrying(attempt, what, self.retry, temporary=resumable)
         except _ShortBody:
             return  # short after every try: the fetcher's size check reports it and lists afresh
 

@@ -7,20 +7,25 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
 
-from ..core.errors import NotFound, UserError
+import trio
+
+from ..core.errors import ConnectionLost, NotFound, UserError
 from ..core.health import Health
+from ..core.manifest import MANIFEST_PATH
 from ..core.paths import RelPath, shown
+from ..core.retry import RetryPolicy
 from ..core.s3url import S3Location, parse_s3
 from ..core.types import RemoteEntry, Sink, TierRows
 from .entries import Folders, checked_entries
-from .s3 import S3Http
+from .s3 import HTTP_RETRY, S3Http
 from .signing import Signer
 
 
 class S3Upstream:
     kind = "s3"
 
-    def __init__(self, url: str, timeout: float, stall_timeout: float, retry_after: float) -> None:
+    def __init__(self, url: str, timeout: float, stall_timeout: float, retry_after: float,
+                 front: bool = False) -> None:
         self.location: S3Location = parse_s3(url)
         self.root_url = url.split("?", 1)[0].rstrip("/")
         self.name = self.location.display()
@@ -31,7 +36,8 @@ class S3Upstream:
         except ValueError as exc:
             raise UserError(f"{self.name}: {exc}; fix the AWS profile or its files") from None
         self.s3 = S3Http(self.name, self.location.bucket_url, self.location.prefix, self.health, timeout,
-                         stall_timeout, sign=None if self.signer.anonymous else self.signer.headers, explicit=True)
+                         stall_timeout, sign=None if self.signer.anonymous else self.signer.headers, explicit=True,
+                         retry=RetryPolicy(tries=1) if front else HTTP_RETRY)
 
     @property
     def available(self) -> bool:
@@ -72,7 +78,14 @@ class S3Upstream:
                            folded.get("etag", "").removeprefix("W/").strip('"'))
 
     async def probe(self, rel: RelPath, timeout: float) -> None:
-        await self.s3.reachable(self.location.bucket_url, timeout, "probe")
+        """A signed listing of the store's own folder (a few keys): any answer but a refusal
+        is an answer; a wrong key is AccessDenied naming the store's reason
+        (SignatureDoesNotMatch, InvalidAccessKeyId)."""
+        with trio.move_on_after(timeout):
+            await self.s3.pool.list_folder(self.location.bucket_url, self.location.key(MANIFEST_PATH.parent.parts),
+                                           "probe")
+            return
+        raise ConnectionLost(f"probe: upstream unavailable (no answer within {timeout:g}s)")
 
     async def download(self, rel: RelPath, size: int, sink: Sink, etag: str = "") -> None:
         what = f"fetch {shown(rel)}"

@@ -91,7 +91,6 @@ class Tier:
         self._manifest_at = -1.0  # trio time of the last look; -1: never looked
         self._manifest_lock = trio.Lock()
         self.stats = TierStats()
-        self._said: set[str] = set()  # configuration errors already logged
         self.last_failover: tuple[float, str] | None = None  # (epoch, why) the next tier last served for it
 
     def usable(self) -> bool:
@@ -114,8 +113,7 @@ class Tier:
         self._retry_at = trio.current_time() + self.retry_after
         cause = cause_of(exc)
         if isinstance(exc, AccessDenied):
-            if str(exc) not in self._said:
-                self._said.add(str(exc))
+            if self.state != MISCONFIGURED:  # said once, not at every retry
                 log.error("tier %d (%s) refuses isaacfs: %s; this is a configuration error (credentials, bucket"
                           " policy): fix it, the tier is skipped until then", self.number + 1, self.name, exc)
             self._set(MISCONFIGURED, cause)

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fetch USD assets and everything they depend on, transitively")
     warm.add_argument("--from-misses", action="store_true", help="fetch what strict mode recorded as missing")
     warm.add_argument("--dry-run", action="store_true", help="list what would be fetched, from listings alone")
+    warm.add_argument("--to", metavar="s3://BUCKET/PREFIX?endpoint=URL",
+                      help="then copy the selection into this S3-compatible store and write its manifest"
+                      " (a site tier: the cluster's nodes read it instead of the cloud)")
     _add_source(warm)
     warm.add_argument("--mirror", metavar="DIR", help="an unmounted mirror folder to fill (default: the"
                       " mount's: $ISAACFS_MIRROR, else the mountpoint's own folder)")
@@ -233,6 +236,8 @@ def cmd_warm(args: argparse.Namespace) -> int:
                     dry_run=args.dry_run, listing_ttl=args.listing_ttl)
     if args.manifest:
         spec.manifest, spec.manifest_name = _read_lines(args.manifest), args.manifest
+    if args.to:
+        return warm_cli.fill_and_report(settings, _mirror_arg(args, settings), spec, args.to)
     return warm_cli.warm_and_report(settings, _mirror_arg(args, settings), spec)
 
 

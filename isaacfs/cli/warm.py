@@ -197,3 +197,58 @@ def warm_and_report(settings: Settings, mirror: Path, spec: WarmSpec) -> int:
         return 130
     render(console, result, mirror, mounted)
     return 0 if result.ok else 1
+
+
+def fill_and_report(settings: Settings, mirror: Path, spec: WarmSpec, store_url: str) -> int:
+    """`warm --to s3://...`: warm into ``mirror`` (not a live mount: a filler keeps its own),
+    then copy into the store and write its manifest."""
+    from ..backends.s3store import S3Store
+    from ..core.config import check_upstream_url
+    from ..jobs.fill import fill
+
+    if not store_url.startswith("s3://"):
+        raise UserError(f"--to {store_url!r}: the store to fill is an s3://BUCKET/PREFIX?endpoint=URL")
+    check_upstream_url(store_url)
+    if spec.dry_run:
+        raise UserError("--to copies into a store; --dry-run lists what a warm would fetch: give one of them")
+    if mounts.live(mirror):
+        raise UserError(f"{mirror} is a live mount; a filler warms its own mirror: give --mirror DIR (a folder"
+                        " on this host) or unmount it")
+    logs.setup("WARNING")
+    interactive = sys.stdout.isatty()
+    console = Console(width=None if interactive else 200)
+    store = S3Store(store_url, settings.upstream_timeout)
+    try:
+        mirror.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the mirror folder {mirror}: {exc.strerror}; pick a folder you can"
+                        " write with --mirror DIR") from None
+    with WarmProgress(console, interactive) as progress:
+        try:
+            result = run_on_mirror(settings, mirror, lambda ws: fill(ws, spec, store, progress.event,
+                                                                     settings.fetch_jobs))
+        except BaseException as exc:
+            if not _is_interrupt(exc):
+                raise
+            progress.interrupted = True
+        finally:
+            store.close()
+    if progress.interrupted:
+        print("isaacfs warm: interrupted; the store's manifest is as it was (nothing half written is visible):"
+              " run the same command again to continue", file=sys.stderr)
+        return 130
+    render(console, result.warm, mirror, False)
+    table = Table(title=f"copied into {result.store}")
+    for column in ("category", "files", "uploaded", "already there", "failed", "uploaded size"):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    for row in result.rows:
+        table.add_row(row.name, f"{row.files:,}", f"{row.uploaded:,}", f"{row.present:,}", f"{row.failed:,}",
+                      size(row.uploaded_bytes))
+    console.print(table)
+    for failure in result.failures[:20]:
+        console.print(f"failed: {shown(failure)}", soft_wrap=True, markup=False)
+    if result.manifest_id:
+        console.print(f"manifest {result.manifest_id} ({result.manifest_files:,} files) written to {result.store};"
+                      f" nodes use it with: isaacfs mount --upstream '{store_url}' --upstream {settings.upstream}",
+                      soft_wrap=True, markup=False)
+    return 0 if result.ok else 1

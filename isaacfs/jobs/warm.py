@@ -39,12 +39,14 @@ def _local_sizes(ws: Workspace, planned: Planned) -> dict[RelPath, int]:
     return sizes
 
 
-async def run(ws: Workspace, spec: WarmSpec, emit: Emit) -> WarmResult:
+async def run(ws: Workspace, spec: WarmSpec, emit: Emit, plan: Plan | None = None) -> WarmResult:
+    """Warm ``spec`` into the mirror; ``plan``, if given, is filled with what was planned
+    (``warm --to`` copies it on into a store)."""
     started = time.monotonic()
     emit({"event": "phase", "text": f"planning: {spec.describe()}"})
     result = WarmResult(dry_run=spec.dry_run)
     reports: dict[str, GroupReport] = {}
-    plan = Plan()
+    plan = plan if plan is not None else Plan()
     if spec.dry_run:
         await make_plan(ws, spec, plan)
         local = await trio.to_thread.run_sync(_local_sizes, ws, plan.groups)

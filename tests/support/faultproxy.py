@@ -5,7 +5,7 @@ Modes (change them at any time through ``proxy.mode``):
 - "pass": forward as is; ``throttle`` (bytes/s, server to client) and ``delay`` (s, per
   connection) still apply;
 - "refuse": close new connections at once;
-- "stall": accept, then never answer;
+- "stall": accept, then never answer (connections already open go silent too);
 - "cut": forward ``cut_after`` bytes of the answer, then close (a body cut short);
 - "reset": forward ``cut_after`` bytes of the answer, then reset the connection (RST).
 Every loop is bounded by the connection's life; ``close()`` ends all of them.
@@ -73,6 +73,8 @@ class FaultProxy:
                 data = source.recv(65536)
                 if not data:
                     break
+                if self.mode == "stall":
+                    continue  # swallowed: the peer hears nothing more
                 if downstream and self.mode in ("cut", "reset") and sent + len(data) > self.cut_after:
                     sink.sendall(data[: max(0, self.cut_after - sent)])
                     if self.mode == "reset":
@@ -94,6 +96,17 @@ class FaultProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def drop(self) -> None:
+        """Reset every connection open now (a server that died: kept-alive connections too)."""
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    sock.close()
+                except OSError:
+                    pass
+            self._sockets.clear()
 
     def __enter__(self) -> FaultProxy:
         return self
