@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -305,3 +306,38 @@ def test_a_filler_without_write_credentials_says_so(
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "credentials" in result.stderr and "wrong" not in result.stderr.replace("wrong secret", "")
 
+
+
+def test_the_slurm_prolog_mounts_and_warms_the_jobs_manifest_and_the_epilog_unmounts(
+        filled: dict[str, int], source: Path, cloud: tuple[Upstream, Link], site: Seaweed, mounts: Mounts,
+        tmp_path: Path) -> None:
+    """deploy/slurm/isaacfs-prolog and -epilog, run as slurmd runs them (root, the job's
+    SLURM_ variables, settings in their own file), against the site store and the cloud."""
+    repo = Path(__file__).resolve().parents[2]
+    mountpoint, wrapper = tmp_path / "assets", tmp_path / "isaacfs"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m isaacfs \"$@\"\n")
+    wrapper.chmod(0o755)
+    job_manifest = tmp_path / "go2.txt"
+    job_manifest.write_text(f"{GO2}\n{POLICY}\n")
+    conf = tmp_path / "slurm.env"
+    conf.write_text(f'ISAACFS_MOUNTPOINT={mountpoint}\nISAACFS_MODE=strict\nISAACFS_BIN={wrapper}\n'
+                    f'ISAACFS_UPSTREAM="{site.url(PREFIX)} {cloud_url(cloud).url}"\n')
+    env = {**os.environ, **mounts.env, **cloud[0].env, **site.env, "ISAACFS_SLURM_CONF": str(conf),
+           "SLURM_JOB_ID": "42", "SLURM_JOB_COMMENT": f"isaacfs-manifest={job_manifest}"}
+    before = cloud_gets(cloud)
+    prolog = subprocess.run([str(repo / "deploy/slurm/isaacfs-prolog")], env=env, capture_output=True, text=True,
+                            timeout=120)
+    if mountpoint.exists() and os.path.ismount(mountpoint):
+        mounts.made.append((mountpoint, int(os.getxattr(mountpoint, "user.isaacfs.pid"))))
+    assert prolog.returncode == 0, prolog.stderr
+    assert "mounted" in prolog.stderr and "warmed" in prolog.stderr, prolog.stderr
+    for path in (GO2, POLICY):  # strict mode: there only because the prolog warmed them
+        assert (mountpoint / path).read_bytes() == (source / path).read_bytes()
+    assert cloud_gets(cloud) == before  # from the site
+    again = subprocess.run([str(repo / "deploy/slurm/isaacfs-prolog")], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0 and "mounted" not in again.stderr  # the next job: the mount is up already
+    epilog = subprocess.run([str(repo / "deploy/slurm/isaacfs-epilog")],
+                            env={**env, "ISAACFS_SLURM_UNMOUNT": "1"}, capture_output=True, text=True, timeout=120)
+    assert epilog.returncode == 0 and "unmounted" in epilog.stderr, epilog.stderr
+    assert not os.path.ismount(mountpoint)
