@@ -341,3 +341,37 @@ def test_the_slurm_prolog_mounts_and_warms_the_jobs_manifest_and_the_epilog_unmo
                             env={**env, "ISAACFS_SLURM_UNMOUNT": "1"}, capture_output=True, text=True, timeout=120)
     assert epilog.returncode == 0 and "unmounted" in epilog.stderr, epilog.stderr
     assert not os.path.ismount(mountpoint)
+
+
+def test_a_filler_killed_mid_multipart_leaves_no_partial_object_and_no_manifest(
+        source: Path, cloud: tuple[Upstream, Link], site: Seaweed, tmp_path: Path) -> None:
+    big_source = tmp_path / "big-source"
+    big = "Isaac/Props/Large/terrain.bin"
+    (big_source / big).parent.mkdir(parents=True)
+    (big_source / big).write_bytes(os.urandom(80 * 1024 * 1024))  # above 64 MiB: multipart
+    server = start_s3(big_source, tmp_path / "big-cloud", keepalive=True)
+    prefix = "killed"
+    try:
+        with FaultProxy(site.port) as proxy:
+            env = {**os.environ, **server.env, **site.env, "XDG_STATE_HOME": str(tmp_path / "state")}
+            filler = subprocess.Popen([sys.executable, "-m", "isaacfs", "warm", "--mirror", str(tmp_path / "filler"),
+                                       "--upstream", server.url, "--categories", "Props", "--to",
+                                       site.url(prefix, proxy.port)], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+            try:
+                wait_for(lambda: proxy.up_bytes > 24 * 1024 * 1024 or filler.poll() is not None, timeout=120)
+                assert filler.poll() is None, "the fill ended before it could be killed mid-upload"
+                filler.kill()  # SIGKILL: no cleanup of its own
+            finally:
+                filler.kill()
+                filler.wait()
+        os.environ.update(site.env)
+        store = S3Store(site.url(prefix), 10)
+        try:
+            assert store.held_md5(RelPath.parse(big), 80 * 1024 * 1024) is None  # not there, not half there
+            assert store.get(RelPath.parse(big)) is None
+            assert store.get(MANIFEST_PATH) is None  # nothing committed
+        finally:
+            store.close()
+    finally:
+        server.stop()

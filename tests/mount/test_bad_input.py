@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import REPO, Mounts, Upstream, copy_sample, isaacfs, tree_digests
+from tests.support.helpers import REPO, Mounts, Upstream, copy_sample, is_mounted, isaacfs, tree_digests
 
 
 def one_sentence(result: subprocess.CompletedProcess[str]) -> str:
@@ -62,8 +62,11 @@ def test_wrong_flags(tmp_path: Path) -> None:
     assert result.returncode == 2 and "invalid choice" in result.stderr
     result = isaacfs("mount", str(tmp_path), "--offline", "--offline-permissive")
     assert result.returncode == 2 and "not allowed with" in result.stderr
-    result = isaacfs("mount", str(tmp_path), "--release", "5.1", "--upstream", "file:/x")
-    assert result.returncode == 2
+    for tier in ("s3://bucket/6.2?endpont=http://store:8333", "s3://?endpoint=http://store:8333",
+                 "s3://bucket/6.2?endpoint=store:8333"):  # a misspelt option, no bucket, no scheme
+        result = isaacfs("mount", str(tmp_path), "--upstream", tier, "--release", "5.1")
+        assert result.returncode == 2 and "is not usable" in result.stderr and "Traceback" not in result.stderr
+    assert not is_mounted(tmp_path)
 
 
 def test_bad_environment_value(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ class FaultProxy:
         self.delay = 0.0
         self.throttle = 0  # bytes per second from server to client; 0: unlimited
         self.cut_after = 0
+        self.up_bytes = 0  # bytes forwarded from clients to the server (an upload's progress)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self._closing = threading.Event()
@@ -84,6 +85,8 @@ class FaultProxy:
                     break
                 sink.sendall(data)
                 sent += len(data)
+                if not downstream:
+                    self.up_bytes += len(data)
                 if downstream and self.throttle:
                     ahead = sent / self.throttle - (time.monotonic() - started)
                     if ahead > 0:
