@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from ..core.config import Settings
 from ..core.types import Upstream
 
+MANIFEST_TTL = 600.0
+
 
 def open_upstream(settings: Settings) -> Upstream:
     """The backend for the settings' upstream URL; for several (``tiers`` before it), the
@@ -35,8 +37,10 @@ def open_upstream(settings: Settings) -> Upstream:
     # A manifest is looked for in each tier in front, and in the last one if it is a store
     # ``warm --to`` fills (s3://): the cloud has none.
     manifests = [True] * len(backends) + [settings.upstream.startswith("s3://")]
+    # A store's manifest is looked at again every 10 minutes at most (one HEAD; the body only
+    # when it changed): a refill reaches the nodes without a remount.
     return TieredUpstream([*backends, _one(settings.upstream, settings, front=False)],
-                          settings.upstream_retry_after, settings.listing_ttl, manifests)
+                          settings.upstream_retry_after, min(settings.listing_ttl, MANIFEST_TTL), manifests)
 
 
 def _one(url: str, settings: Settings, front: bool) -> Upstream:

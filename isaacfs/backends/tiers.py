@@ -76,8 +76,11 @@ class Tier:
     """One upstream of the list, its state and its manifest."""
 
     def __init__(self, number: int, upstream: Upstream, retry_after: float, manifest_ttl: float,
-                 manifests: bool = True) -> None:
+                 manifests: bool = True, source: str = "") -> None:
         self.number = number
+        # The upstream a manifest must say it was filled from (the origin, the last tier): a
+        # store filled from another release holds other files under the same names.
+        self.source = source
         self.manifests = manifests  # whether to look for one (the cloud has none)
         self.upstream = upstream
         self.name = redact(upstream.root_url)
@@ -89,6 +92,7 @@ class Tier:
         self._retry_at = 0.0
         self.manifest: Manifest | None = None
         self._manifest_at = -1.0  # trio time of the last look; -1: never looked
+        self._manifest_etag: str | None = None
         self._manifest_lock = trio.Lock()
         self.stats = TierStats()
         self.last_failover: tuple[float, str] | None = None  # (epoch, why) the next tier last served for it
@@ -139,10 +143,13 @@ class Tier:
             started = trio.current_time()
             try:
                 entry = await self.upstream.stat(MANIFEST_PATH, fresh=True)
-                if self.manifest is None or entry.etag != getattr(self, "_manifest_etag", None) or not entry.etag:
+                if self.manifest is None or entry.etag != self._manifest_etag or not entry.etag:
                     body = _Collect()
                     await self.upstream.download(MANIFEST_PATH, entry.size, body, "")
                     manifest = Manifest.from_json(bytes(body.data))
+                    if self.source and manifest.source and manifest.source.rstrip("/") != self.source.rstrip("/"):
+                        raise AccessDenied(f"its manifest says it was filled from {manifest.source}, not"
+                                           f" {self.source}: it holds another upstream's files")
                     if self.manifest is None or manifest.id != self.manifest.id:
                         log.info("tier %d (%s): manifest %s (%d files, filled from %s)", self.number + 1, self.name,
                                  manifest.id, len(manifest.files), redact(manifest.source))
@@ -195,7 +202,9 @@ class TieredUpstream:
         # but the last of several (the origin: the cloud has none).
         last = len(upstreams) - 1
         looks = manifests or [number < last or last == 0 for number in range(len(upstreams))]
-        self.tiers = [Tier(number, upstream, retry_after, manifest_ttl, manifests=looks[number])
+        origin = "" if looks[last] else redact(upstreams[last].root_url)
+        self.tiers = [Tier(number, upstream, retry_after, manifest_ttl, manifests=looks[number],
+                           source=origin if number < last else "")
                       for number, upstream in enumerate(upstreams)]
         # The mirror's identity is the last tier's: a site tier put in front of the cloud (or
         # taken away) does not make the mirror another upstream's.

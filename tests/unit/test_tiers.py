@@ -179,3 +179,20 @@ async def test_the_sites_own_folder_never_shows(mirror: Mirror, index: Index) ->
     upstream = tiers(site, cloud)
     assert ".isaacfs" not in {entry.name for entry in await upstream.list(RelPath.parse(""))}
     assert upstream.tiers[0].manifest is None
+
+
+@trio_test
+async def test_a_store_filled_from_another_upstream_is_not_used(mirror: Mirror, index: Index) -> None:
+    """Another release holds other files under the same names: its manifest says where it was
+    filled from, and a node whose origin differs does not use it (said as a configuration error)."""
+    cloud = MemoryUpstream(dict(FILES), root_url="memory://cloud")
+    site = MemoryUpstream({path: b"#usda 1.0\n# the other release\n" for path in FILES}, root_url="memory://site",
+                          retry_after=0.0)
+    held = {RelPath.parse(path): Held(len(body), hashlib.md5(body).hexdigest(), "", 0.0)
+            for path, body in site.files.items()}
+    other = Manifest("memory://other-release", "2026-12-02", held, {RelPath.parse(ROBOT)})
+    site.put(str(MANIFEST_PATH), other.to_json())
+    upstream = tiers(site, cloud)
+    assert await fetch(mirror, index, upstream, f"{ROBOT}/dog.usd") == FILES[f"{ROBOT}/dog.usd"]
+    row = upstream.tier_rows()[0]
+    assert row["state"] == "misconfigured" and row["manifest"] is None and gets(site) == 0
