@@ -32,6 +32,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import trio
 
@@ -147,7 +148,7 @@ class Tier:
                     body = _Collect()
                     await self.upstream.download(MANIFEST_PATH, entry.size, body, "")
                     manifest = Manifest.from_json(bytes(body.data))
-                    if self.source and manifest.source and manifest.source.rstrip("/") != self.source.rstrip("/"):
+                    if self.source and manifest.source and _release(manifest.source) != _release(self.source):
                         raise AccessDenied(f"its manifest says it was filled from {manifest.source}, not"
                                            f" {self.source}: it holds another upstream's files")
                     if self.manifest is None or manifest.id != self.manifest.id:
@@ -163,6 +164,12 @@ class Tier:
             self._manifest_at = trio.current_time()
             self.answered(started)
             return self.manifest
+
+
+def _release(url: str) -> str:
+    """The part of an upstream URL that names what it holds (its path: the bucket prefix of a
+    release), without the host, which a proxy or another name for the same server changes."""
+    return urlsplit(url).path.rstrip("/")
 
 
 class _Collect:

@@ -375,3 +375,33 @@ def test_a_filler_killed_mid_multipart_leaves_no_partial_object_and_no_manifest(
             store.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("fault", ["refuse", "stall"])
+def test_a_warm_through_a_node_goes_on_from_the_cloud_when_the_site_dies_under_it(
+        filled: dict[str, int], source: Path, cloud: tuple[Upstream, Link], site: Seaweed, proxy: FaultProxy,
+        mounts: Mounts, tmp_path: Path, fault: str) -> None:
+    """A node warming (a Slurm prolog's warm) while the store stops answering mid-way: the
+    warm ends with every file, the rest from the cloud, and status names the tier and why."""
+    node = tmp_path / "node"
+    node.mkdir()
+    mounts.mount(node, None, "--upstream", site.url(PREFIX, proxy.port), "--upstream", cloud_url(cloud).url,
+                 env=node_env(cloud, site))  # strict: only the warm fetches
+    proxy.throttle = 4_000  # bytes/s per connection from the store: the warm takes seconds
+    warm = subprocess.Popen([sys.executable, "-m", "isaacfs", "warm", str(node), "--categories", "all"],
+                            env={**os.environ, **mounts.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for(lambda: proxy.down_bytes > 16_000 or warm.poll() is not None, timeout=60)
+        assert warm.poll() is None, "the warm ended before the store could die under it"
+        proxy.mode = fault
+        if fault == "refuse":
+            proxy.drop()
+        out, err = warm.communicate(timeout=120)
+    finally:
+        warm.kill()
+    assert warm.returncode == 0, out + err
+    for path, body in sample_files(source).items():
+        assert (node / path).read_bytes() == body
+    row = json.loads(isaacfs("status", str(node), "--json", env=mounts.env).stdout)["tiers"][0]
+    assert row["state"] == "down" and row["last_failover"] and row["last_failover"]["why"]

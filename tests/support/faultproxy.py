@@ -26,6 +26,7 @@ class FaultProxy:
         self.throttle = 0  # bytes per second from server to client; 0: unlimited
         self.cut_after = 0
         self.up_bytes = 0  # bytes forwarded from clients to the server (an upload's progress)
+        self.down_bytes = 0  # bytes forwarded from the server to clients (a download's progress)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self._closing = threading.Event()
@@ -85,7 +86,9 @@ class FaultProxy:
                     break
                 sink.sendall(data)
                 sent += len(data)
-                if not downstream:
+                if downstream:
+                    self.down_bytes += len(data)
+                else:
                     self.up_bytes += len(data)
                 if downstream and self.throttle:
                     ahead = sent / self.throttle - (time.monotonic() - started)

@@ -28,13 +28,16 @@ RETRY_AFTER = 30.0
 def manifest_of(files: dict[str, bytes], complete: list[str]) -> bytes:
     held = {RelPath.parse(path): Held(len(body), hashlib.md5(body).hexdigest(), hashlib.md5(body).hexdigest(), 0.0)
             for path, body in files.items()}
-    return Manifest("memory://cloud", "2026-12-02", held, {RelPath.parse(c) for c in complete}).to_json()
+    return Manifest("memory://cloud/Assets/Isaac/6.2", "2026-12-02", held, {RelPath.parse(c) for c in complete}).to_json()
 
 
 def filled_site(files: dict[str, bytes], complete: list[str]) -> MemoryUpstream:
     site = MemoryUpstream(dict(files), root_url="memory://site", retry_after=0.0)
     site.put(str(MANIFEST_PATH), manifest_of(files, complete))
     return site
+
+
+CLOUD = "memory://cloud/Assets/Isaac/6.2"
 
 
 def tiers(site: MemoryUpstream, cloud: MemoryUpstream) -> TieredUpstream:
@@ -57,7 +60,7 @@ async def fetch(mirror: Mirror, index: Index, upstream: TieredUpstream, path: st
 
 @trio_test
 async def test_a_robot_the_site_holds_whole_costs_the_cloud_nothing(mirror: Mirror, index: Index) -> None:
-    cloud = MemoryUpstream(dict(FILES), root_url="memory://cloud")
+    cloud = MemoryUpstream(dict(FILES), root_url=CLOUD)
     site = filled_site(FILES, [ROBOT, "Isaac/Props"])
     upstream = tiers(site, cloud)
     names = {entry.name for entry in await upstream.list(RelPath.parse(ROBOT))}
@@ -72,7 +75,7 @@ async def test_a_robot_the_site_holds_whole_costs_the_cloud_nothing(mirror: Mirr
 @trio_test
 async def test_a_name_the_site_lacks_comes_from_the_cloud_and_the_listing_is_the_union(
         mirror: Mirror, index: Index) -> None:
-    cloud = MemoryUpstream(dict(FILES), root_url="memory://cloud")
+    cloud = MemoryUpstream(dict(FILES), root_url=CLOUD)
     site = filled_site({f"{ROBOT}/dog.usd": FILES[f"{ROBOT}/dog.usd"]}, [])  # a closure's fill: no folder whole
     upstream = tiers(site, cloud)
     listed = {entry.name: entry for entry in await upstream.list(RelPath.parse(ROBOT))}
@@ -87,7 +90,7 @@ async def test_a_name_the_site_lacks_comes_from_the_cloud_and_the_listing_is_the
 @trio_test
 async def test_a_dead_site_fails_over_at_once_later_requests_skip_it_and_it_is_used_again(
         mirror: Mirror, index: Index, caplog: pytest.LogCaptureFixture) -> None:
-    cloud = MemoryUpstream(dict(FILES), root_url="memory://cloud")
+    cloud = MemoryUpstream(dict(FILES), root_url=CLOUD)
     site = filled_site(FILES, [ROBOT])
     upstream = tiers(site, cloud)
     await upstream.list(RelPath.parse(ROBOT))  # the manifest is read while the site is up
@@ -112,7 +115,7 @@ async def test_a_dead_site_fails_over_at_once_later_requests_skip_it_and_it_is_u
 async def test_a_bad_object_in_the_site_is_refused_by_the_manifests_hash_and_fetched_from_the_cloud(
         mirror: Mirror, index: Index, damage: str) -> None:
     path = f"{ROBOT}/dog.usd"
-    cloud = MemoryUpstream(dict(FILES), root_url="memory://cloud")
+    cloud = MemoryUpstream(dict(FILES), root_url=CLOUD)
     site = filled_site(FILES, [ROBOT])
     good = FILES[path]
     site.put(path, {"same size": b"X" + good[1:], "truncated": good[:100],
@@ -126,7 +129,7 @@ async def test_a_bad_object_in_the_site_is_refused_by_the_manifests_hash_and_fet
 @trio_test
 async def test_a_refused_key_is_one_configuration_error_and_the_next_tier_serves(
         mirror: Mirror, index: Index, caplog: pytest.LogCaptureFixture) -> None:
-    cloud = MemoryUpstream(dict(FILES), root_url="memory://cloud")
+    cloud = MemoryUpstream(dict(FILES), root_url=CLOUD)
     site = filled_site(FILES, [ROBOT])
     site.fail[str(MANIFEST_PATH)] = AccessDenied("stat .isaacfs/manifest.json: access denied by upstream"
                                                  " (HTTP 403 SignatureDoesNotMatch)")
@@ -143,7 +146,7 @@ async def test_a_refused_key_is_one_configuration_error_and_the_next_tier_serves
 @trio_test
 async def test_with_the_cloud_down_the_site_serves_and_a_name_it_lacks_fails_at_once(
         mirror: Mirror, index: Index) -> None:
-    cloud = MemoryUpstream(dict(FILES), root_url="memory://cloud", retry_after=0.0)
+    cloud = MemoryUpstream(dict(FILES), root_url=CLOUD, retry_after=0.0)
     cloud.down = True
     site = filled_site({f"{ROBOT}/dog.usd": FILES[f"{ROBOT}/dog.usd"]}, [])
     upstream = tiers(site, cloud)
@@ -161,7 +164,7 @@ async def test_with_the_cloud_down_the_site_serves_and_a_name_it_lacks_fails_at_
 
 @trio_test
 async def test_a_name_no_tier_has_is_not_found(mirror: Mirror, index: Index) -> None:
-    cloud = MemoryUpstream(dict(FILES), root_url="memory://cloud")
+    cloud = MemoryUpstream(dict(FILES), root_url=CLOUD)
     upstream = tiers(filled_site(FILES, [ROBOT]), cloud)
     with pytest.raises(NotFound):
         await upstream.stat(RelPath.parse(f"{ROBOT}/cat.usd"))  # the site holds the folder whole: no request
@@ -173,7 +176,7 @@ async def test_a_name_no_tier_has_is_not_found(mirror: Mirror, index: Index) -> 
 
 @trio_test
 async def test_the_sites_own_folder_never_shows(mirror: Mirror, index: Index) -> None:
-    cloud = MemoryUpstream(dict(FILES), root_url="memory://cloud")
+    cloud = MemoryUpstream(dict(FILES), root_url=CLOUD)
     site = MemoryUpstream(dict(FILES), root_url="memory://site")  # no manifest: a whole copy
     site.put(".isaacfs/notes.txt", b"x")
     upstream = tiers(site, cloud)
@@ -185,12 +188,12 @@ async def test_the_sites_own_folder_never_shows(mirror: Mirror, index: Index) ->
 async def test_a_store_filled_from_another_upstream_is_not_used(mirror: Mirror, index: Index) -> None:
     """Another release holds other files under the same names: its manifest says where it was
     filled from, and a node whose origin differs does not use it (said as a configuration error)."""
-    cloud = MemoryUpstream(dict(FILES), root_url="memory://cloud")
+    cloud = MemoryUpstream(dict(FILES), root_url=CLOUD)
     site = MemoryUpstream({path: b"#usda 1.0\n# the other release\n" for path in FILES}, root_url="memory://site",
                           retry_after=0.0)
     held = {RelPath.parse(path): Held(len(body), hashlib.md5(body).hexdigest(), "", 0.0)
             for path, body in site.files.items()}
-    other = Manifest("memory://other-release", "2026-12-02", held, {RelPath.parse(ROBOT)})
+    other = Manifest("memory://cloud/Assets/Isaac/5.1", "2026-12-02", held, {RelPath.parse(ROBOT)})
     site.put(str(MANIFEST_PATH), other.to_json())
     upstream = tiers(site, cloud)
     assert await fetch(mirror, index, upstream, f"{ROBOT}/dog.usd") == FILES[f"{ROBOT}/dog.usd"]
