@@ -28,7 +28,7 @@ RETRY_AFTER = 30.0
 def manifest_of(files: dict[str, bytes], complete: list[str]) -> bytes:
     held = {RelPath.parse(path): Held(len(body), hashlib.md5(body).hexdigest(), hashlib.md5(body).hexdigest(), 0.0)
             for path, body in files.items()}
-    return Manifest("memory://cloud/Assets/Isaac/6.2", "2026-12-02", held, {RelPath.parse(c) for c in complete}).to_json()
+    return Manifest(CLOUD, "2026-12-02", held, {RelPath.parse(c) for c in complete}).to_json()
 
 
 def filled_site(files: dict[str, bytes], complete: list[str]) -> MemoryUpstream:
