@@ -58,10 +58,12 @@ def timed(action: Callable[[], object]) -> float:
 
 
 def isaacfs(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
-    # ``python -m`` imports the package from the working folder first: a checkout of another
-    # revision (--against) runs its own code.
+    # A checkout of another revision (--against) runs its own code: the command through
+    # ``python -m`` from that folder, the daemon it starts through PYTHONPATH (the daemon
+    # leaves the working folder off sys.path, so without it both ran the installed package).
+    code = cwd or REPO
     subprocess.run([sys.executable, "-m", "isaacfs", *args], check=True, capture_output=True,
-                   env={**ENV, **(env or {})}, cwd=cwd or REPO)
+                   env={**ENV, **(env or {}), "PYTHONPATH": str(code)}, cwd=code)
 
 
 def daemon_pid(mountpoint: Path) -> int:
