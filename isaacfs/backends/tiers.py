@@ -51,6 +51,7 @@ Errors = list[UpstreamError]
 Servers = list[tuple["Tier", str]]
 Folders = dict[RelPath, list[RemoteEntry]]
 Rows = list[dict[str, Any]]
+Usable = list[tuple["Tier", Manifest | None]]  # tiers worth asking now, each with its manifest
 Upstreams = list[Upstream]
 
 UP, DOWN, MISCONFIGURED, UNKNOWN = "up", "down", "misconfigured", "unknown"
@@ -283,6 +284,18 @@ class TieredUpstream:
             return tier.manifest
         return await self._ask(tier, what, tier.load_manifest)
 
+    async def _usable(self, what: str, errors: Errors) -> Usable:
+        """The tiers worth asking now, in order, each with its manifest (None: a whole copy).
+        A tier whose manifest cannot be had is left out, its failure added to ``errors``."""
+        found: Usable = []
+        for tier in self.tiers:
+            if tier.usable():
+                try:
+                    found.append((tier, await self._manifest(tier, what)))
+                except UpstreamError as exc:
+                    errors.append(exc)
+        return found
+
     def _none_left(self, what: str, errors: Errors) -> UpstreamError:
         if errors and all(isinstance(exc, NotFound) for exc in errors):
             return errors[-1]
@@ -298,14 +311,7 @@ class TieredUpstream:
         what = f"list {rel or '/'}"
         held: dict[str, RemoteEntry] = {}  # from the manifests of the tiers before
         errors: Errors = []
-        for tier in self.tiers:
-            if not tier.usable():
-                continue
-            try:
-                manifest = await self._manifest(tier, what)
-            except UpstreamError as exc:
-                errors.append(exc)
-                continue
+        for tier, manifest in await self._usable(what, errors):
             if manifest is not None:
                 for name, entry in manifest.entries(rel).items():
                     held.setdefault(name, entry)
@@ -353,14 +359,7 @@ class TieredUpstream:
     async def stat(self, rel: RelPath, fresh: bool = False) -> RemoteEntry:
         what = f"stat {shown(rel)}"
         errors: Errors = []
-        for tier in self.tiers:
-            if not tier.usable():
-                continue
-            try:
-                manifest = await self._manifest(tier, what)
-            except UpstreamError as exc:
-                errors.append(exc)
-                continue
+        for tier, manifest in await self._usable(what, errors):
             if manifest is not None:
                 held = manifest.entries(rel.parent).get(rel.name)
                 if held is not None:
@@ -378,13 +377,7 @@ class TieredUpstream:
         raise self._none_left(what, errors)
 
     async def walk(self, rel: RelPath, max_files: int = 5000) -> Folders | None:
-        for tier in self.tiers:
-            if not tier.usable():
-                continue
-            try:
-                manifest = await self._manifest(tier, f"list {rel or '/'}")
-            except UpstreamError:
-                continue
+        for tier, manifest in await self._usable(f"list {rel or '/'}", []):
             if manifest is not None:
                 if manifest.is_complete(rel):
                     return _walk_manifest(manifest, rel, max_files)
@@ -418,16 +411,17 @@ class TieredUpstream:
         raise self._none_left("probe", errors)
 
     # -- bodies ---------------------------------------------------------------------
-    def _servers(self, rel: RelPath, size: int, etag: str, ranged: bool = False) -> Servers:
+    def _servers(self, usable: Usable, rel: RelPath, size: int, etag: str,
+                 ranged: bool = False) -> Servers:
         """The tiers that may serve this version of ``rel``, in order, each with the ETag to
         ask it for (If-Match): a manifest tier's objects are checked by the manifest's hash,
         not their own ETags; a whole copy is asked for the source's ETag."""
         servers: Servers = []
-        for tier in self.tiers:
+        for tier, manifest in usable:
             if (rel, tier.number) in self._rejected or (ranged and not tier.upstream.ranged):
                 continue
-            if tier.manifest is not None:
-                if tier.manifest.holds(rel, size, etag) is not None:
+            if manifest is not None:
+                if manifest.holds(rel, size, etag) is not None:
                     servers.append((tier, ""))
                 continue
             source_etag = etag
@@ -447,14 +441,9 @@ class TieredUpstream:
     async def _body(self, rel: RelPath, size: int, etag: str, what: str,
                     send: Callable[[Tier, str, _Counting | None], Awaitable[int]], ranged: bool = False) -> None:
         errors: Errors = []
-        for tier in self.tiers:
-            if tier.usable():
-                try:
-                    await self._manifest(tier, what)  # which tiers hold it is the manifests' to say
-                except UpstreamError as exc:
-                    errors.append(exc)
-        for tier, asked in self._servers(rel, size, etag, ranged):
-            if not tier.usable():
+        usable = await self._usable(what, errors)  # which tiers hold it is the manifests' to say
+        for tier, asked in self._servers(usable, rel, size, etag, ranged):
+            if not tier.usable():  # failed for an earlier path of this same request
                 continue
             self._remember(rel, tier)
             started = trio.current_time()

@@ -74,15 +74,6 @@ def proxy(site: Seaweed) -> Iterator[FaultProxy]:
         yield fault
 
 
-@pytest.fixture
-def mounts(tmp_path: Path) -> Iterator[Mounts]:
-    made = Mounts(tmp_path / "state")
-    try:
-        yield made
-    finally:
-        made.cleanup()
-
-
 def cloud_url(cloud: tuple[Upstream, Link]) -> Upstream:
     server, link = cloud
     return server.via(link.port)
