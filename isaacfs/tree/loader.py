@@ -67,8 +67,11 @@ class FolderLoader:
         return mode == "permissive" and self._wants_listing(node)
 
     def _wants_listing(self, node: Node) -> bool:
-        if node.parent is not None and node.remote is None and not node.ghost:
-            return False  # a folder only the mirror has; the upstream would list nothing
+        if node.parent is not None and node.remote is None and not node.ghost and node.parent.listed_at:
+            # Its folder's listing was merged and does not name it: a folder only the mirror
+            # has; the upstream would list nothing. (Without that listing, a folder loaded from
+            # the mirror alone, for a strict process, is not known to be the mirror's only.)
+            return False
         if node.listed_at and time.time() - node.listed_at < self.listings.ttl:
             return False
         # Never merged: a stored listing serves even while the upstream rests.

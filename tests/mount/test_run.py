@@ -168,6 +168,23 @@ def test_a_permissive_run_fetches_after_a_strict_run_looked_at_the_same_folder(
     assert sha256(mountpoint / there) == sha256(upstream_tree / there)
 
 
+def test_a_permissive_run_finds_a_new_folder_under_mirrored_folders_a_strict_run_walked(
+        any_upstream: Upstream, upstream_tree: Path, mountpoint: Path, mounts: Mounts) -> None:
+    """Issue 22's first finding as reported: the folders down to A are mirrored, A/b is not.
+    A strict run walked them first (from the mirror alone); a permissive run then got ENOENT
+    for the folder A/b. It gets the file."""
+    kept = "Isaac/Props/Blocks/DexCube/dex_cube_instanceable.usda"
+    wanted = "Isaac/Props/Odd Names/a b%+#é.usda"
+    (mountpoint / kept).parent.mkdir(parents=True)
+    (mountpoint / kept).write_bytes((upstream_tree / kept).read_bytes())  # an earlier warm's
+    mounts.mount(mountpoint, any_upstream, "--mode", "permissive")
+    strict = run(mountpoint, mounts, "--offline", "--", "cat", str(mountpoint / kept))
+    assert strict.returncode == 0, strict.stderr
+    permissive = run(mountpoint, mounts, "--offline-permissive", "--", "cat", str(mountpoint / wanted))
+    assert permissive.returncode == 0, permissive.stderr
+    assert sha256(mountpoint / wanted) == sha256(upstream_tree / wanted)
+
+
 def test_the_run_s_mode_is_in_the_command_s_environment(file_upstream: Upstream, mountpoint: Path,
                                                         mounts: Mounts) -> None:
     """A child that leaves the run's process tree (a double fork) keeps the mode through it."""

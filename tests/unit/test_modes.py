@@ -69,3 +69,32 @@ async def test_a_permissive_run_fetches_after_a_strict_run_looked_at_the_same_fo
         assert await _open(fs, THERE, permissive.pid) == 0  # its own mode's answer: fetched
         assert await _open(fs, THERE.replace("dex_cube", "other"), permissive.pid) == errno.ENOENT
         assert await _open(fs, MISSING, os.getpid()) == errno.ENOENT  # the mount's own mode: strict
+
+
+@trio_test
+async def test_a_permissive_run_finds_a_new_folder_under_mirrored_ones_a_strict_run_walked_first(
+        mirror: Mirror, index: Index, processes: list[subprocess.Popen[bytes]]) -> None:
+    """Issue 22's first finding, as reported: the folders down to A are in the mirror (an
+    earlier warm), A/b is not. A strict run walks to A first: the folders are loaded from the
+    mirror alone, no listing, so none of them has an upstream entry. A permissive run then
+    asked for A/b: A was taken for a folder only the mirror has, never listed, and the run
+    got ENOENT for the folder A/b."""
+    from pathlib import Path
+
+    upstream = MemoryUpstream(sample_files())
+    kept = "Isaac/Props/Blocks/DexCube/dex_cube_instanceable.usda"
+    target = Path(mirror.display, kept)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(upstream.files[kept])  # A = Isaac/Props is mirrored; A/b = Isaac/Props/Odd Names is not
+    wanted = "Isaac/Props/Odd Names/a b%+#é.usda"
+    running = Running(mirror, index, upstream)
+    async with running as ws:
+        tree = Tree(ws.mirror, ws.index, ws.upstream, ws.fetcher, "permissive", 3600.0, "/mnt")
+        tree.attach(running._nursery)
+        fs = AssetFS(tree, {})
+        strict, permissive = processes
+        fs.runs.register(strict.pid, "strict", lambda event: None)
+        assert await _open(fs, kept, strict.pid) == 0  # walks Isaac/Props in strict mode
+        assert await _open(fs, wanted, strict.pid) == errno.ENOENT
+        fs.runs.register(permissive.pid, "permissive", lambda event: None)
+        assert await _open(fs, wanted, permissive.pid) == 0  # fetched, in its own mode
