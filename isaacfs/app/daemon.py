@@ -168,6 +168,7 @@ class Daemon:
         try:
             mirror_folder, kind = check_mountpoint(self.mountpoint, self.settings)
             mirror = Mirror(mirror_folder)
+            mirror.io_timeout = self.settings.stall_timeout  # a hung part of the mirror: EIO after it
         except MountError as exc:
             log.error("%s", exc)
             self.report(f"ERROR {exc}")

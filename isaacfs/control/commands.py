@@ -139,7 +139,7 @@ class DaemonCommands:
             await upstream.probe(ROOT, PROBE_TIMEOUT)
         except UpstreamError as exc:
             problem = cause_of(exc)
-        free, _total = self.tree.mirror.free_and_total_bytes()
+        free, _total = await self.tree.mirror.io(self.tree.mirror.network, self.tree.mirror.free_and_total_bytes)
         index = self.tree.index
         mirrored, total, recorded_misses = await status.off_loop(index, lambda copy: (
             status.mirrored_by_category(copy), status.counters(copy, False), copy.miss_count()))

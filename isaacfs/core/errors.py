@@ -64,6 +64,11 @@ class MirrorFull(Exception):
     """The mirror's disk has no room for a file (or filled up while it was written)."""
 
 
+class MirrorStalled(Exception):
+    """A part of the mirror on a file system that can hang (a network one, or another mount
+    inside the mirror) did not answer within its deadline."""
+
+
 class Stopping(Exception):
     """A fetch discarded because isaacfs is stopping."""
 
@@ -108,6 +113,7 @@ ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (NotInMirror, errno.ENOENT),
     (IntegrityError, errno.EIO),
     (MirrorFull, errno.ENOSPC),
+    (MirrorStalled, errno.EIO),
     (Stopping, errno.EINTR),
     (ReadOnly, errno.EROFS),
     (IsAFolder, errno.EISDIR),

@@ -39,6 +39,7 @@ class LocalEntry:
     is_dir: bool
     size: int
     mtime_ns: int
+    dev: int = 0  # the file system it is on (st_dev); 0: not known
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ class DiskClaims:
         write. If it is there only once they are done, wait for them; if it is not there even
         with none in flight, the disk is full."""
         while True:
-            free, total = self.mirror.free_and_total_bytes()
+            free, total = await self.mirror.io(self.mirror.network, self.mirror.free_and_total_bytes)
             reserve = min(DISK_RESERVE, total // 20)
             if size + reserve + self.claimed <= free:
                 self.claimed += size

@@ -128,6 +128,7 @@ class AssetFS(pyfuse3.Operations):
         # Open handles reading a file still being fetched: the transfer, and what of the file
         # the handle has read.
         self._streams: dict[int, tuple[Transfer, Coverage]] = {}
+        self._foreign: set[int] = set()  # handles of files where I/O can hang (read off the loop)
         self._next_dir_handle = 1
 
     # -- attributes -----------------------------------------------------------------
@@ -256,6 +257,8 @@ class AssetFS(pyfuse3.Operations):
         started = time.monotonic()
         try:
             fd, transfer = await self.tree.open(node, asked)
+            if node.foreign and transfer is None:
+                self._foreign.add(fd)
         except FetchFailed as exc:
             run = run or asked.run
             if run is not None and is_missing(exc):
@@ -297,6 +300,8 @@ class AssetFS(pyfuse3.Operations):
             # the kernel's read-ahead runs reads concurrently) waits for the whole file's
             # check: a program that reads a file through gets verified bytes or EIO.
             await transfer.wait_for(off, size, settle=coverage.add(off, size))  # FetchFailed (EIO): check failed
+        if fh in self._foreign:  # a network mirror, a mount inside it: never on the loop
+            return await self.tree.mirror.io(True, os.pread, fh, size, off)
         # On this thread: trying the page cache without blocking (RWF_NOWAIT) and reading the
         # rest in a worker thread halved a cold sequential read (bench/bench_mount.py).
         return os.pread(fh, size, off)
@@ -306,12 +311,16 @@ class AssetFS(pyfuse3.Operations):
         stream = self._streams.pop(fh, None)
         if stream is not None:
             stream[0].readers -= 1
+        if fh in self._foreign:
+            self._foreign.discard(fh)
+            await self.tree.mirror.io(True, os.close, fh)
+            return
         os.close(fh)
 
     # -- the rest -------------------------------------------------------------------
     @answers
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
-        st = self.tree.mirror.statvfs()
+        st = await self.tree.mirror.io(self.tree.mirror.network, self.tree.mirror.statvfs)
         data = pyfuse3.StatvfsData()
         data.f_bsize, data.f_frsize = st.f_bsize, st.f_frsize
         data.f_blocks, data.f_bfree, data.f_bavail = st.f_blocks, st.f_bfree, st.f_bavail

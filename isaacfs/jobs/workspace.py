@@ -110,6 +110,7 @@ def run_on_mirror(settings: Settings, mirror_dir: Path, job: Callable[[Workspace
 async def _run(settings: Settings, mirror_dir: Path, job: Callable[[Workspace], Awaitable[T]],
                read_only: bool, make_upstream: Callable[[Settings], Upstream]) -> T:
     mirror = Mirror(mirror_dir)
+    mirror.io_timeout = settings.stall_timeout
     try:
         if not read_only:
             mirror.prepare()  # takes the lock: never two writers on one mirror

@@ -19,16 +19,38 @@ import os
 import stat
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 
-from ..core.errors import InvalidPath, MountError
+from ..core.errors import InvalidPath, MirrorStalled, MountError
 from ..core.paths import STATE_DIR_NAME, RelPath, check_name
 from ..core.types import LocalEntry
 
 log = logging.getLogger("isaacfs.mirror")
+
+T = TypeVar("T")
+# File systems whose I/O can hang on a server (and FUSE ones, on their daemon).
+NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "9p", "afs",
+                        "gpfs", "beegfs", "orangefs", "ocfs2", "gfs2", "davfs", "ncpfs"})
+IO_THREADS = 16  # worker threads for a mirror's hanging I/O: a hung server holds at most these
+
+
+def fs_type(device: int) -> str:
+    """The type of the mounted file system holding ``device`` (from /proc/self/mountinfo;
+    "" if not found)."""
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == wanted and " - " in line:
+                    return line.split(" - ", 1)[1].split()[0]
+    except OSError:
+        pass
+    return ""
 
 ASSET_TOP_LEVEL = ("Isaac", "NVIDIA")
 
@@ -70,6 +92,14 @@ class Mirror:
         self.state = self.root / STATE_DIR_NAME
         self.tmp = self.state / "tmp"
         self._lock_fd: int | None = None
+        # Where the mirror's file system can hang (a network one: a hung NFS server stops
+        # every stat and read of it), its I/O runs in worker threads under a deadline, so a
+        # reader gets EIO and the mount goes on; a local disk is read on the loop (faster).
+        self.device = os.fstat(self.fd).st_dev
+        self.fs_type = fs_type(self.device)
+        self.network = self.fs_type in NETWORK_FS or self.fs_type.startswith("fuse")
+        self.io_timeout = 30.0
+        self._io_threads = trio.CapacityLimiter(IO_THREADS)
 
     # -- lifecycle ------------------------------------------------------------------
     def prepare(self) -> None:
@@ -121,6 +151,23 @@ class Mirror:
             os.close(self._lock_fd)
             self._lock_fd = None
         os.close(self.fd)
+
+    # -- I/O that may hang -------------------------------------------------------------
+    def foreign(self, entry: LocalEntry) -> bool:
+        """Whether ``entry`` lives where I/O can hang: a network mirror, or another file
+        system mounted inside the mirror (an NFS share bind-mounted into it)."""
+        return self.network or (entry.dev != 0 and entry.dev != self.device)
+
+    async def io(self, foreign: bool, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` for a path of the mirror: at once on a local disk; where it may
+        hang (``foreign``), in a worker thread, abandoned after ``io_timeout`` seconds
+        (MirrorStalled: the reader gets EIO, the loop never waits)."""
+        if not foreign:
+            return call(*args)
+        with trio.move_on_after(self.io_timeout):
+            return await trio.to_thread.run_sync(call, *args, abandon_on_cancel=True, limiter=self._io_threads)
+        raise MirrorStalled(f"the mirror's file system did not answer within {self.io_timeout:g}s"
+                            f" ({self.fs_type or 'a mount inside the mirror'}; a hung network file system?)")
 
     # -- reading --------------------------------------------------------------------
     def path(self, rel: RelPath) -> Path:
@@ -233,9 +280,9 @@ class Mirror:
 
 def _local(name: str, st: os.stat_result) -> LocalEntry | None:
     if stat.S_ISDIR(st.st_mode):
-        return LocalEntry(name, True, 0, st.st_mtime_ns)
+        return LocalEntry(name, True, 0, st.st_mtime_ns, st.st_dev)
     if stat.S_ISREG(st.st_mode):
-        return LocalEntry(name, False, st.st_size, st.st_mtime_ns)
+        return LocalEntry(name, False, st.st_size, st.st_mtime_ns, st.st_dev)
     return None  # sockets, fifos, devices are never assets
 
 

@@ -50,7 +50,7 @@ class FolderLoader:
             if event is None:
                 break
             await event.wait()
-        if node.children is not None and not self._stale(node, mode):
+        if node.children is not None and not await self._stale(node, mode):
             return node.children
         event = self._loading[node.inode] = trio.Event()
         try:
@@ -61,8 +61,8 @@ class FolderLoader:
         assert node.children is not None
         return node.children
 
-    def _stale(self, node: Node, mode: Mode) -> bool:
-        if self.mirror_mtime(node) != node.scanned_mtime_ns:
+    async def _stale(self, node: Node, mode: Mode) -> bool:
+        if await self.mirror_mtime(node) != node.scanned_mtime_ns:
             return True
         return mode == "permissive" and self._wants_listing(node)
 
@@ -77,18 +77,28 @@ class FolderLoader:
         # Never merged: a stored listing serves even while the upstream rests.
         return self.upstream.available or not node.listed_at
 
-    def mirror_mtime(self, node: Node) -> int:
+    async def mirror_mtime(self, node: Node) -> int:
+        """The mirror folder's mtime (-1: not in the mirror; -2: unreadable). Where the
+        folder's file system can hang, asked off the loop under a deadline (MirrorStalled)."""
         if node.ghost:
-            local = self.mirror.entry(self.table.rel(node))
+            local = await self.mirror.io(node.foreign, self.mirror.entry, self.table.rel(node))
             if local is None or not local.is_dir:
                 return -1
-            self.table.set_local(node, local)  # the folder arrived in the mirror (a warm, a copy)
+            self._set_local(node, local)  # the folder arrived in the mirror (a warm, a copy)
         if not node.cached:
             return -1
+        return await self.mirror.io(node.foreign, self._mtime, self.table.rel(node))
+
+    def _mtime(self, rel: RelPath) -> int:
         try:
-            return os.stat(self.mirror.path(self.table.rel(node))).st_mtime_ns
+            return os.stat(self.mirror.path(rel)).st_mtime_ns
         except OSError:
             return -2
+
+    def _set_local(self, node: Node, local: LocalEntry) -> None:
+        self.table.set_local(node, local)
+        if not node.foreign and self.mirror.foreign(local):
+            node.foreign = True  # a network mirror, or another file system mounted here
 
     def _big_folder(self, rel: RelPath) -> bool:
         try:
@@ -100,15 +110,20 @@ class FolderLoader:
         rel = self.table.rel(node)
         if node.children is None:
             node.children = {}
-        mtime = self.mirror_mtime(node)
+        mtime = await self.mirror_mtime(node)
         if mtime != node.scanned_mtime_ns:
             # A small folder on this thread: a worker-thread hop per folder made a cold walk of
             # 20,000 files about twice as slow (bench/bench_mount.py). A big one (thousands of
-            # names: tens of ms of stats) in a worker thread, so it never stalls other requests.
+            # names: tens of ms of stats) in a worker thread, so it never stalls other requests;
+            # one where I/O can hang, in a worker thread under a deadline.
             scanned = None
             if node.cached:
-                scanned = (await trio.to_thread.run_sync(self.mirror.scan, rel) if self._big_folder(rel)
-                           else self.mirror.scan(rel))
+                if node.foreign:
+                    scanned = await self.mirror.io(True, self.mirror.scan, rel)
+                elif self._big_folder(rel):
+                    scanned = await trio.to_thread.run_sync(self.mirror.scan, rel)
+                else:
+                    scanned = self.mirror.scan(rel)
             self._merge_local(node, scanned)
             node.scanned_mtime_ns = mtime
         if mode == "permissive" and self._wants_listing(node):
@@ -124,7 +139,7 @@ class FolderLoader:
         for entry in entries or ():
             seen.add(entry.name)
             child = self.table.child(node, entry.name, entry.is_dir)
-            self.table.set_local(child, entry)
+            self._set_local(child, entry)
             if child.remote is not None and child.remote.is_dir != entry.is_dir:
                 child.remote = None  # the mirror's copy wins over a different upstream kind
         for child in list(node.children.values()):
@@ -196,7 +211,7 @@ class FolderLoader:
         """``node``'s file is in the mirror now: mark it and its folders, and record the
         folder's new mtime without a rescan (rescanning after every install made n cold files
         in one folder cost n² stats)."""
-        self.table.set_local(node, local)
+        self._set_local(node, local)
         parent = node.parent
         while parent is not None and not parent.cached:
             parent.cached = True
@@ -205,4 +220,5 @@ class FolderLoader:
             parent = parent.parent
         folder = node.parent
         if folder is not None and folder.scanned_mtime_ns >= 0:
-            folder.scanned_mtime_ns = self.mirror_mtime(folder)
+            # Its new mtime, where that costs no wait (else: rescanned, off the loop, on next use).
+            folder.scanned_mtime_ns = -3 if folder.foreign or folder.ghost else self._mtime(self.table.rel(folder))

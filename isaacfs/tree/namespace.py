@@ -137,8 +137,13 @@ class Tree:
         one. A file that replaced another gets a new node (a new inode), so a reader holding the
         old one keeps reading the old file to its end, never pages of both. True if replaced."""
         node = self.table.find(rel)
+        if node is None or node.parent is None:
+            return False
+        if node.foreign:  # its stat could hang the loop: the folder is scanned again, off it
+            node.parent.scanned_mtime_ns = -3
+            return False
         local = self.mirror.entry(rel)
-        if node is None or local is None or node.parent is None:
+        if local is None:
             return False
         replaced = node.cached and not node.is_dir and (node.size, node.mtime_ns) != (local.size, local.mtime_ns)
         if replaced:

@@ -25,6 +25,7 @@ class Node:
     __slots__ = (
         "cached",
         "children",
+        "foreign",
         "gen",
         "ghost",
         "inode",
@@ -56,6 +57,9 @@ class Node:
         self.gen = 0
         self.lookups = 0  # how many times the kernel was handed this node and has not forgotten it
         self.unknown = False  # permissive: the upstream's listing of this folder could not be had
+        # On a file system that can hang (a network mirror, a mount inside it): its I/O runs
+        # off the loop, under a deadline (store.mirror.Mirror.io). Children inherit it.
+        self.foreign: bool = parent.foreign if parent is not None else False
 
 
 class InodeTable:

@@ -60,7 +60,7 @@ class Opener:
                     local = await self.fetcher.ensure(rel, node.remote)
                 self.loader.installed(node, local)
             try:
-                fd = self.mirror.open_read(rel)
+                fd = await self.mirror.io(node.foreign, self.mirror.open_read, rel)
             except FileNotFoundError:
                 node.cached = False  # deleted from the mirror beside us; fetch again if allowed
                 node.gen += 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.helpers import FRANKA, GO2, Mounts, Upstream, isaacfs, sha256
+from tests.support.helpers import FRANKA, GO2, Mounts, Upstream, copy_sample, isaacfs, sha256, wait_for
 
 BAD = os.fsdecode(b"bad\xff.usd")  # a name that is not UTF-8
 
@@ -248,3 +248,39 @@ def test_a_hung_network_file_system_upstream_is_a_stall_not_a_wait(
     assert result.returncode == 0 and time.monotonic() - started < 10, result.stdout + result.stderr
     mounts.mount(mountpoint, Upstream(hung_upstream.as_uri()), "--mode", "permissive")
     assert (mountpoint / ok).read_bytes() == (hung_upstream / ok).read_bytes()
+
+
+def test_a_hung_file_system_inside_the_mirror_costs_its_readers_eio_not_the_mount(
+        hung_upstream: Path, tmp_path: Path, mounts: Mounts) -> None:
+    """Issue 22: a part of the mirror on a hung network file system (here a FUSE file system
+    whose reads hang, bind-mounted into the mirror as an NFS share would be) stalled the whole
+    mount: mirror reads ran on the event loop. Its readers get EIO after the stall timeout;
+    every other reader is served meanwhile."""
+    mirror = copy_sample(tmp_path / "mirror")
+    hung = mirror / "Isaac" / "Props" / "Hung"
+    hung.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(hung_upstream / "Isaac" / "Props"), str(hung)], check=True)
+    try:
+        mountpoint = tmp_path / "mnt"
+        mountpoint.mkdir()
+        pid = mounts.mount(mountpoint, None, "--mirror", str(mirror), env={"ISAACFS_STALL_TIMEOUT": "3"})
+        ok = "Isaac/Props/Hung/ok.usda"
+        assert (mountpoint / ok).read_bytes() == (hung_upstream / "Isaac/Props/ok.usda").read_bytes()
+        reader = subprocess.Popen(["cat", str(mountpoint / "Isaac/Props/Hung/stuck.bin")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        started = time.monotonic()
+
+        def stuck() -> bool:  # it read what hangfs serves (1 MiB) and waits for the rest
+            with open(f"/proc/{reader.pid}/io") as io:
+                return int(io.read().split("rchar: ")[1].split()[0]) >= 1024 * 1024
+        wait_for(stuck, timeout=20)
+        still_serving(mountpoint, pid, "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd", mirror)  # while it waits
+        assert os.listdir(mountpoint / "Isaac" / "Props")
+        _out, err = reader.communicate(timeout=60)
+        assert reader.returncode != 0 and b"Input/output error" in err, err
+        assert time.monotonic() - started < 20
+        still_serving(mountpoint, pid, "Isaac/IsaacLab/Robots/Unitree/Go2/go2.usd", mirror)
+        result = mounts.umount(mountpoint)
+        assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(hung)], capture_output=True)
