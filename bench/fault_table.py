@@ -99,20 +99,32 @@ FAULTS = {
         "8 cold large files at once under a memory budget of two parts' buffers (unit tier)",
         "every file whole and right; the budget never exceeded"),
     "test_prefetch.py::test_a_layer_naming_90000_assets_queues_only_its_budget": (
-        "a layer naming 90,000 assets, then 3,000 layers (unit tier)",
+        "a layer naming 90,000 assets, then 1,000 layers (unit tier)",
         "its budget of 100 queued, counted over budget once; what the prefetcher remembers stays bounded"),
     "test_control_server.py::test_a_client_that_stops_reading_costs_a_bounded_buffer": (
         "a control client that never reads its events (unit tier)",
         "the job ran to its end; events past 10,000 dropped and counted, not queued"),
     "test_fetch.py::test_the_daemon_gives_memory_back_after_32_concurrent_cold_large_reads": (
         "32 concurrent cold reads of 24 MiB files", "idle daemon RSS under 150 MB afterwards"),
+    "test_survival.py::test_a_hung_file_system_inside_the_mirror_costs_its_readers_eio_not_the_mount": (
+        "a part of the mirror on a file system whose reads hang (bind-mounted into it), stall timeout 3 s",
+        "its reader got EIO in < 20 s; other files read in < 1 s and the folder listed meanwhile; clean umount"),
+    "test_run.py::test_a_permissive_run_finds_a_new_folder_under_mirrored_folders_a_strict_run_walked": (
+        "a strict run walks mirrored folders first, then a permissive run asks for a new folder under them",
+        "the permissive run got the file (it used to get ENOENT for the folder)"),
+    "test_tiers.py::test_a_bad_object_in_the_site_is_refused_by_the_manifests_hash_and_fetched_from_the_cloud": (
+        "a site store's object flipped, truncated or stale behind its manifest (unit tier)",
+        "refused by the manifest's hash, fetched from the next tier, counted: 0 wrong bytes installed"),
+    "test_tiers.py::test_a_dead_site_fails_over_at_once_later_requests_skip_it_and_it_is_used_again": (
+        "the site store refuses (a tier in front of the cloud) (unit tier)",
+        "the cloud served at once; later requests skipped the store; used again once it answered"),
     f"{SAYS}[file:///nonexistent/misspelt-the upstream folder /nonexistent/misspelt does not exist]": (
         "a misspelt file: upstream at mount time", "mounted, saying the folder does not exist; status the same"),
     f"{SAYS}[https://127.0.0.1:1/Assets/Isaac/5.1-connection refused]": (
         "an upstream host that refuses at mount time", "mounted, saying connection refused; status the same"),
 }
 UNIT_TIER = {"test_priorities.py", "test_store.py", "test_same_object.py", "test_operations.py", "test_pipeline.py",
-             "test_prefetch.py", "test_control_server.py"}  # rows proven in tests/unit (no mount)
+             "test_prefetch.py", "test_control_server.py", "test_tiers.py"}  # rows proven in tests/unit (no mount)
 
 
 def main() -> None:
