@@ -90,6 +90,9 @@ async def fill(ws: Workspace, spec: WarmSpec, store: S3Store, emit: Emit, jobs: 
         raw = await trio.to_thread.run_sync(store.get, MANIFEST_PATH)
     except AccessDenied as exc:
         raise UserError(str(exc)) from None
+    except UpstreamError as exc:
+        raise UserError(f"cannot reach the store {store.name}: {exc}; check its endpoint and run the same"
+                        " command again (what was warmed is kept)") from None
     previous: Manifest | None = None
     if raw is not None:
         try:
@@ -148,8 +151,13 @@ async def fill(ws: Workspace, spec: WarmSpec, store: S3Store, emit: Emit, jobs: 
         manifest.complete |= complete_folders(spec, plan)  # whole only if every file of it is held
     body = manifest.to_json()  # sets manifest.id
     if previous is None or previous.id != manifest.id:
-        await retrying(lambda _n: trio.to_thread.run_sync(store.put_bytes, MANIFEST_PATH, body, "application/json"),
-                       "PUT manifest", PUT_RETRY, temporary=is_temp_failure)
+        try:
+            await retrying(lambda _n: trio.to_thread.run_sync(store.put_bytes, MANIFEST_PATH, body,
+                                                              "application/json"),
+                           "PUT manifest", PUT_RETRY, temporary=is_temp_failure)
+        except UpstreamError as exc:
+            raise UserError(f"the store's manifest could not be written ({exc}): nodes see the store as it was;"
+                            " run the same command again (what is there is skipped)") from None
     result.manifest_id, result.manifest_files = manifest.id, len(manifest.files)
     result.rows = sorted(rows.values(), key=lambda row: row.name)
     result.elapsed = time.monotonic() - started

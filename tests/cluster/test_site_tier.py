@@ -290,12 +290,17 @@ def test_two_fillers_at_once_give_the_same_store(
         store.close()
 
 
-def test_a_filler_without_write_credentials_says_so(
+def test_a_filler_without_write_credentials_or_a_store_says_so(
         cloud: tuple[Upstream, Link], site: Seaweed, tmp_path: Path) -> None:
     result = fill(tmp_path, cloud, site, "refused", "--categories", "Robots",
                   env={"AWS_SECRET_ACCESS_KEY": "wrong"})
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "credentials" in result.stderr and "wrong" not in result.stderr.replace("wrong secret", "")
+    dead = isaacfs("warm", "--mirror", str(tmp_path / "filler-dead"), "--upstream", cloud_url(cloud).url,
+                   "--categories", "Robots", "--to", f"s3://{site.bucket}/dead?endpoint=http://127.0.0.1:1",
+                   env={**cloud[0].env, **site.env, "XDG_STATE_HOME": str(tmp_path / "state")}, timeout=300)
+    assert dead.returncode != 0 and "Traceback" not in dead.stderr, dead.stderr
+    assert "cannot reach the store" in dead.stderr and "connection refused" in dead.stderr
 
 
 
