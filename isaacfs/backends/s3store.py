@@ -78,10 +78,8 @@ class S3Store:
         is there with ``size`` bytes."""
         what = f"HEAD {rel}"
         reply = self._send("HEAD", self.url(rel), what)
-        if reply.status == 404:
+        if not _there(reply, what):
             return None
-        if reply.status != 200:
-            raise UpstreamError(f"{what}: the store answered HTTP {reply.status}")
         headers = {key.lower(): value for key, value in reply.headers.items()}
         if headers.get("content-length") != str(size):
             return None
@@ -91,11 +89,7 @@ class S3Store:
     def get(self, rel: RelPath) -> bytes | None:
         what = f"GET {rel}"
         reply = self._send("GET", self.url(rel), what)
-        if reply.status == 404:
-            return None
-        if reply.status != 200:
-            raise UpstreamError(f"{what}: the store answered HTTP {reply.status}")
-        return bytes(reply.data)
+        return bytes(reply.data) if _there(reply, what) else None
 
     # -- writing ---------------------------------------------------------------------
     def put_bytes(self, rel: RelPath, data: bytes, content_type: str = "application/octet-stream") -> None:
@@ -165,6 +159,15 @@ class S3Store:
 
     def close(self) -> None:
         self.pool.clear()
+
+
+def _there(reply: urllib3.BaseHTTPResponse, what: str) -> bool:
+    """True for the object's answer, False for 404; UpstreamError for anything else."""
+    if reply.status == 404:
+        return False
+    if reply.status != 200:
+        raise UpstreamError(f"{what}: the store answered HTTP {reply.status}")
+    return True
 
 
 def _findtext(body: bytes, tag: str) -> str:

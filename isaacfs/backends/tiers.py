@@ -137,10 +137,10 @@ class Tier:
     async def load_manifest(self) -> Manifest | None:
         """The tier's manifest, read on first use and again after ``manifest_ttl``; None for a
         tier without one (or one that cannot be read: said once)."""
-        if self._manifest_at >= 0 and trio.current_time() - self._manifest_at < self.manifest_ttl:
+        if self.manifest_current():
             return self.manifest
         async with self._manifest_lock:
-            if self._manifest_at >= 0 and trio.current_time() - self._manifest_at < self.manifest_ttl:
+            if self.manifest_current():  # another request read it meanwhile
                 return self.manifest
             started = trio.current_time()
             try:
@@ -182,16 +182,15 @@ class _Collect:
 
 
 class _Counting:
-    """A sink that counts what went through, so a failure before the first byte can go on to
-    the next tier in the same request."""
+    """A sink that tells ``count`` how much went through it."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, count: Callable[[int], None]) -> None:
         self.sink = sink
-        self.written = 0
+        self.count = count
 
     async def write(self, data: bytes | memoryview) -> None:
         await self.sink.write(data)
-        self.written += len(data)
+        self.count(len(data))
 
 
 class AllTiersFailed(Unavailable):
@@ -439,7 +438,11 @@ class TieredUpstream:
             self._served.popitem(last=False)
 
     async def _body(self, rel: RelPath, size: int, etag: str, what: str,
-                    send: Callable[[Tier, str, _Counting | None], Awaitable[int]], ranged: bool = False) -> None:
+                    send: Callable[[Tier, str, Callable[[int], None]], Awaitable[None]], ranged: bool = False) -> None:
+        """One body (or range) from the first tier that holds this version. ``send(tier,
+        etag, count)`` asks one tier, telling ``count`` of every byte it hands on: a tier that
+        fails before the first byte gives way to the next one in the same request; after it,
+        the failure is the caller's to try again (its next try skips the tier, now down)."""
         errors: Errors = []
         usable = await self._usable(what, errors)  # which tiers hold it is the manifests' to say
         for tier, asked in self._servers(usable, rel, size, etag, ranged):
@@ -448,20 +451,25 @@ class TieredUpstream:
             self._remember(rel, tier)
             started = trio.current_time()
             tier.stats.requests += 1
+            landed = 0
+
+            def count(amount: int) -> None:
+                nonlocal landed
+                landed += amount
+
             try:
-                landed = await send(tier, asked, None)
+                await send(tier, asked, count)
             except (NotFound, IntegrityError) as exc:
                 tier.answered(started)
                 if isinstance(exc, NotFound) and tier is not self.tiers[-1]:
                     errors.append(exc)
                     continue  # a copy that lacks it: the next tier
                 raise
-            except _Landed as landed_some:
-                tier.stats.bytes += landed_some.count
-                self._failover(tier, landed_some.error, what)
-                raise landed_some.error from None  # bytes were written: the caller tries again
             except UpstreamError as exc:
+                tier.stats.bytes += landed
                 self._failover(tier, exc, what)
+                if landed:
+                    raise  # bytes were handed on: the caller tries again
                 errors.append(exc)
                 continue
             tier.stats.bytes += landed
@@ -470,35 +478,19 @@ class TieredUpstream:
         raise self._none_left(what, errors)
 
     async def download(self, rel: RelPath, size: int, sink: Sink, etag: str = "") -> None:
-        async def send(tier: Tier, asked: str, _unused: _Counting | None) -> int:
-            counting = _Counting(sink)
-            try:
-                await tier.upstream.download(rel, size, counting, asked)
-            except UpstreamError as exc:
-                if counting.written and not isinstance(exc, (NotFound, IntegrityError)):
-                    raise _Landed(counting.written, exc) from None
-                raise
-            return counting.written
+        async def send(tier: Tier, asked: str, count: Callable[[int], None]) -> None:
+            await tier.upstream.download(rel, size, _Counting(sink, count), asked)
 
         await self._body(rel, size, etag, f"fetch {shown(rel)}", send)
 
     async def read_range(self, rel: RelPath, start: int, end: int, on_data: Callable[[bytes], Awaitable[None]],
                          etag: str = "", size: int = -1) -> None:
-        async def send(tier: Tier, asked: str, _unused: _Counting | None) -> int:
-            landed = 0
-
+        async def send(tier: Tier, asked: str, count: Callable[[int], None]) -> None:
             async def counted(block: bytes) -> None:
-                nonlocal landed
                 await on_data(block)
-                landed += len(block)
+                count(len(block))
 
-            try:
-                await tier.upstream.read_range(rel, start, end, counted, asked, size)
-            except UpstreamError as exc:
-                if landed and not isinstance(exc, (NotFound, IntegrityError)):
-                    raise _Landed(landed, exc) from None
-                raise
-            return landed
+            await tier.upstream.read_range(rel, start, end, counted, asked, size)
 
         await self._body(rel, size, etag, f"fetch {shown(rel)}", send, ranged=True)
 
@@ -534,15 +526,6 @@ class TieredUpstream:
                 "path": tier.upstream.download_path,
             })
         return rows
-
-
-class _Landed(Exception):
-    """A tier failed after some bytes were handed on: the request cannot move to the next tier."""
-
-    def __init__(self, count: int, error: UpstreamError) -> None:
-        super().__init__(str(error))
-        self.count = count
-        self.error = error
 
 
 def _walk_manifest(manifest: Manifest, rel: RelPath, max_files: int) -> dict[RelPath, list[RemoteEntry]] | None:

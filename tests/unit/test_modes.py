@@ -35,6 +35,14 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
             process.wait()
 
 
+def permissive_mount(running: Running) -> AssetFS:
+    """The FUSE operations of a permissive mount over the running workspace, without a kernel."""
+    ws = running.ws
+    tree = Tree(ws.mirror, ws.index, ws.upstream, ws.fetcher, "permissive", 3600.0, "/mnt")
+    tree.attach(running._nursery)
+    return AssetFS(tree, {})
+
+
 async def _open(fs: AssetFS, path: str, pid: int) -> int:
     """What `cat MOUNT/path` by process ``pid`` gets: 0, or the errno of the first failing step."""
     ctx = SimpleNamespace(pid=pid, uid=0, gid=0, umask=0o022)
@@ -57,10 +65,9 @@ async def test_a_permissive_run_fetches_after_a_strict_run_looked_at_the_same_fo
         mirror: Mirror, index: Index, processes: list[subprocess.Popen[bytes]]) -> None:
     upstream = MemoryUpstream(sample_files())
     running = Running(mirror, index, upstream)
-    async with running as ws:
-        tree = Tree(ws.mirror, ws.index, ws.upstream, ws.fetcher, "permissive", 3600.0, "/mnt")
-        tree.attach(running._nursery)
-        fs = AssetFS(tree, {})
+    async with running:
+        fs = permissive_mount(running)
+        tree = fs.tree
         strict, permissive = processes
         fs.runs.register(strict.pid, "strict", lambda event: None)
         assert await _open(fs, MISSING, strict.pid) == errno.ENOENT  # a miss, correct
@@ -88,10 +95,8 @@ async def test_a_permissive_run_finds_a_new_folder_under_mirrored_ones_a_strict_
     target.write_bytes(upstream.files[kept])  # A = Isaac/Props is mirrored; A/b = Isaac/Props/Odd Names is not
     wanted = "Isaac/Props/Odd Names/a b%+#é.usda"
     running = Running(mirror, index, upstream)
-    async with running as ws:
-        tree = Tree(ws.mirror, ws.index, ws.upstream, ws.fetcher, "permissive", 3600.0, "/mnt")
-        tree.attach(running._nursery)
-        fs = AssetFS(tree, {})
+    async with running:
+        fs = permissive_mount(running)
         strict, permissive = processes
         fs.runs.register(strict.pid, "strict", lambda event: None)
         assert await _open(fs, kept, strict.pid) == 0  # walks Isaac/Props in strict mode
