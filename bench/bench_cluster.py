@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -59,6 +61,20 @@ def isaacfs(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 def cloud_bytes(server: object) -> int:
     stats = server.stats()  # type: ignore[attr-defined]
     return int(sum(count for key, count in stats["bytes"].items() if not key.endswith(".toml")))
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU so far, all its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(daemons: list[int], store: int) -> dict[str, float]:
+    """CPU seconds so far of the node daemons, the loaders (this process's children), the store
+    and this process (the proxy in front of the store)."""
+    children, own = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    return {"daemons": sum(cpu_seconds(pid) for pid in daemons), "loaders": children.ru_utime + children.ru_stime,
+            "store": cpu_seconds(store), "proxy": own.ru_utime + own.ru_stime}
 
 
 def mount_nodes(work: Path, count: int, tiers: list[str], env: dict[str, str], tag: str) -> list[Path]:
@@ -113,19 +129,27 @@ def main() -> None:
             print(f"fill: {fill_seconds:.2f} s, cloud sent {fill_bytes / 1e6:.1f} MB for a set of"
                   f" {set_bytes / 1e6:.1f} MB", flush=True)
             loads: dict[int, list[float]] = {}
+            cpu: dict[int, list[dict[str, float]]] = {}
             egress: dict[int, list[int]] = {}
             for run in range(args.runs):
                 for count in args.nodes:
                     nodes = mount_nodes(work, count, [store, cloud], env, f"{count}-{run}")
                     try:
                         drop_caches()
+                        daemons = [int(os.getxattr(node, "user.isaacfs.pid")) for node in nodes]
                         before = cloud_bytes(server)
+                        cpu_before = cpu_now(daemons, site.process.pid)
                         with ThreadPoolExecutor(count) as pool:
                             times = list(pool.map(lambda node: load(node / robot[0]), nodes))
+                        cpu_after = cpu_now(daemons, site.process.pid)
+                        cpu.setdefault(count, []).append({key: cpu_after[key] - cpu_before[key] for key in cpu_after})
                         egress.setdefault(count, []).append(cloud_bytes(server) - before)
                         loads.setdefault(count, []).extend(times)
+                        used = sum(cpu[count][-1].values())
                         print(f"run {run}: {count} node(s) at once: per-node load {statistics.median(times):.2f} s"
-                              f" (max {max(times):.2f}), cloud sent {egress[count][-1] / 1e6:.1f} MB", flush=True)
+                              f" (max {max(times):.2f}), cloud sent {egress[count][-1] / 1e6:.1f} MB, CPU"
+                              f" {used:.2f} s ({', '.join(f'{k} {v:.2f}' for k, v in cpu[count][-1].items())})",
+                              flush=True)
                     finally:
                         unmount(nodes, env)
             direct: list[float] = []
@@ -147,7 +171,7 @@ def main() -> None:
             site.stop()
             link.stop()
             server.stop()
-    report(args, set_bytes, fill_seconds, fill_bytes, loads, egress, direct, direct_bytes, timeline)
+    report(args, set_bytes, fill_seconds, fill_bytes, loads, egress, direct, direct_bytes, timeline, cpu)
 
 
 def outage(work: Path, robot: list[str], tiers: list[str], env: dict[str, str],
@@ -183,7 +207,7 @@ def outage(work: Path, robot: list[str], tiers: list[str], env: dict[str, str],
 
 def report(args: argparse.Namespace, set_bytes: int, fill_seconds: float, fill_bytes: int,
            loads: dict[int, list[float]], egress: dict[int, list[int]], direct: list[float], direct_bytes: list[int],
-           timeline: list[tuple[float, str, float, str]]) -> None:
+           timeline: list[tuple[float, str, float, str]], cpu: dict[int, list[dict[str, float]]]) -> None:
     alone = statistics.median(loads[min(args.nodes)])
     lines = [f"`python bench/bench_cluster.py --nodes {' '.join(map(str, args.nodes))} --rtt {args.rtt}"
              f" --runs {args.runs}` (medians; cloud: moto S3 kept alive by cheroot behind the link emulator at"
@@ -202,8 +226,19 @@ def report(args: argparse.Namespace, set_bytes: int, fill_seconds: float, fill_b
     lines.append(f"| 1, straight from the cloud (no site tier) | {statistics.median(direct):.2f} |"
                  f" {statistics.median(direct) / alone:.2f}x | {statistics.median(direct_bytes) / 1e6:.1f} MB |"
                  f" {statistics.median(direct_bytes) / set_bytes:.2f}x the set per node |")
+    cores = os.cpu_count() or 1
     lines += ["", "Targets: cloud egress 1.0x the set whatever N; a node's cold load within 1.2x of one node"
-              " alone.", "", f"An outage (one node reading textures one after another; upstream_timeout {TIMEOUT:g} s,"
+              " alone.", "", f"Where the time goes: the CPU all parts used during the loads (medians over the runs),"
+              f" and the shortest wall time that CPU allows on this machine's {cores} cores (CPU / cores).", "",
+              "| nodes at once | node daemons (s) | usd-core loaders (s) | store (s) | proxy (s) | CPU in all (s) |"
+              " CPU / cores (s) | per-node load / that |", "|---|---|---|---|---|---|---|---|"]
+    for count in args.nodes:
+        parts = {key: statistics.median(run[key] for run in cpu[count]) for key in cpu[count][0]}
+        total = sum(parts.values())
+        lines.append(f"| {count} | {parts['daemons']:.2f} | {parts['loaders']:.2f} | {parts['store']:.2f} |"
+                     f" {parts['proxy']:.2f} | {total:.2f} | {total / cores:.2f} |"
+                     f" {statistics.median(loads[count]) / (total / cores):.2f}x |")
+    lines += ["", f"An outage (one node reading textures one after another; upstream_timeout {TIMEOUT:g} s,"
               f" upstream_retry_after {RETRY_AFTER:g} s):", "", "| t (s) | event | read (s) | site tier |",
               "|---|---|---|---|"]
     for at, event, took, state in timeline:
