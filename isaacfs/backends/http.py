@@ -216,17 +216,42 @@ class HttpRanges:
         burst of small GETs. Each is opened by a HEAD of ``url``, all in parallel: a request,
         not a bare connect, because a connection that has never read holds the server's TLS
         session tickets unread, and urllib3 takes a readable idle socket for a dropped one
-        and opens another. Best effort; returns how many answered."""
-        timeout = urllib3.Timeout(connect=self.answer_timeout, read=self.answer_timeout)
+        and opens another. Only new connections are opened, beside the idle ones: a HEAD that
+        took the idle connection would leave the reader's next lookup, the very request this
+        is for, to open one of its own (three round trips instead of one). Best effort;
+        returns how many are open and idle (or answering) now."""
+        pool = self.pool.connection_from_url(url)
+        target = urllib3.util.parse_url(url).request_uri
+        slots = pool.pool  # urllib3 2.x: a LIFO of idle connections over None placeholders
+        if slots is None:
+            return 0
+        with slots.mutex:
+            idle = sum(conn is not None for conn in slots.queue)
+        wanted = min(count, self.maxsize) - idle
+
+        def claim_slot() -> bool:
+            with slots.mutex:  # a placeholder taken, the idle connections left where they are
+                if None not in slots.queue:
+                    return False
+                slots.queue.remove(None)
+                return True
 
         def head() -> bool:
-            try:
-                self.pool.request("HEAD", url, timeout=timeout, redirect=False, headers=self._headers("HEAD", url))
-            except (urllib3.exceptions.HTTPError, OSError):
+            if not claim_slot():
                 return False
+            conn = pool._new_conn()
+            conn.timeout = self.answer_timeout
+            try:
+                conn.request("HEAD", target, headers=self._headers("HEAD", url))
+                conn.getresponse().read()
+            except (urllib3.exceptions.HTTPError, OSError):
+                conn.close()
+                pool._put_conn(None)  # the placeholder back
+                return False
+            pool._put_conn(conn)
             return True
 
-        answered = [False] * min(count, self.maxsize)
+        answered = [False] * max(wanted, 0)
 
         async def one(index: int) -> None:
             answered[index] = await trio.to_thread.run_sync(head, abandon_on_cancel=True, limiter=self.threads)
@@ -234,7 +259,7 @@ class HttpRanges:
         async with trio.open_nursery() as nursery:
             for index in range(len(answered)):
                 nursery.start_soon(one, index)
-        return sum(answered)
+        return idle + sum(answered)
 
     async def read(self, url: str, start: int, end: int, what: str,
                    on_data: Callable[[bytes], Awaitable[None]], etag: str = "", size: int = -1) -> None:

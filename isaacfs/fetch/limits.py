@@ -1,5 +1,6 @@
-"""Places for transfers: a reader's demand first, then prefetch, then bulk warm; readers and
-prefetches have express places a bulk warm never takes; small files share a place."""
+"""Places for transfers: a reader's demand (and a layer that must be parsed) first, then
+prefetch, then bulk warm; readers and layers have express places that neither a bulk warm nor
+the prefetch of leaves (textures) takes; small files share a place."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import itertools
 
 import trio
 
-from ..core.types import BULK
+from ..core.types import READER
 
 # A place (of ``jobs``) is one transfer of a file that is bound by bandwidth. A file of at
 # most SMALL_FILE bytes is bound by its round trip instead (its body takes less time than
@@ -28,9 +29,11 @@ class Ticket:
 
 
 class PriorityLimiter:
-    """At most ``total`` holders, and ``express`` places more that only readers and
-    prefetches take, never a bulk warm: a reader's cold open, or a layer a closure must
-    parse before it knows what else to fetch, does not wait for a warm's transfers to end.
+    """At most ``total`` holders, and ``express`` places more that only READER tickets take: a
+    reader's cold open, or a layer a load or a closure must parse before it knows what else
+    to fetch, does not wait for a warm's transfers to end, nor for the textures a layer named
+    (which, their folder listed first, took every ordinary place: the next level of layers
+    waited a transfer for a place, bench_wan's daemon log at 200 ms).
     A freed place goes to the best waiting ticket (lowest priority value, then oldest) that
     fits. A waiting ticket can be promoted (then ``grant``). Callers keep the number of
     waiters small (a warm feeds its files a few at a time), so picking is a scan."""
@@ -52,7 +55,7 @@ class PriorityLimiter:
         return len(self._waiting)
 
     def _fits(self, ticket: Ticket) -> bool:
-        places = self.total + (self.express if ticket.priority < BULK else 0)
+        places = self.total + (self.express if ticket.priority == READER else 0)
         return self.busy + ticket.units <= places * SMALL_PER_PLACE
 
     async def acquire(self, ticket: Ticket) -> None:

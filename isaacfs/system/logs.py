@@ -36,7 +36,7 @@ class EscapeNames(logging.Filter):
 def setup(level: str = "INFO") -> None:
     # Under systemd the journal adds its own timestamps.
     fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else \
-        "%(asctime)s %(levelname)s %(message)s"
+        "%(asctime)s.%(msecs)03d %(levelname)s %(message)s"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
     handler.addFilter(EscapeNames())

@@ -85,9 +85,10 @@ async def test_a_reader_behind_a_warm_waits_one_transfer(mirror: Mirror, index: 
 
 
 @trio_test
-async def test_express_places_are_for_readers_and_prefetches_never_for_bulk() -> None:
-    """A warm fills its places; a reader (or a layer a closure must parse) still starts at
-    once, in one of the express places, which no bulk transfer ever takes."""
+async def test_express_places_are_for_readers_and_layers_never_for_bulk_or_leaves() -> None:
+    """A warm fills its places; a reader (or a layer a load or closure must parse, which is
+    asked at READER priority) still starts at once, in one of the express places, which no
+    bulk transfer and no prefetch of a leaf (a texture) ever takes."""
     limiter = PriorityLimiter(2, express=1)
     held = [limiter.ticket(BULK) for _ in range(2)]
     for ticket in held:
@@ -103,21 +104,28 @@ async def test_express_places_are_for_readers_and_prefetches_never_for_bulk() ->
         nursery.start_soon(wait, "bulk", waiting_bulk)
         await trio.sleep(0.01)
         assert granted == [] and limiter.waiting == 1  # no express place for bulk
-        prefetch = limiter.ticket(PREFETCH)
+        leaf = limiter.ticket(PREFETCH)
+        nursery.start_soon(wait, "leaf", leaf)
+        await trio.sleep(0.01)
+        assert granted == [] and limiter.waiting == 2  # nor for a texture's prefetch
+        layer = limiter.ticket(READER)
         with trio.fail_after(1):
-            await limiter.acquire(prefetch)  # at once, past the waiting bulk
+            await limiter.acquire(layer)  # at once, past the waiting bulk and leaf
         reader = limiter.ticket(READER)
         nursery.start_soon(wait, "reader", reader)
         await trio.sleep(0.01)
-        assert granted == [] and limiter.waiting == 2  # the express place is taken
-        limiter.release(prefetch)  # the prefetch ends: the reader, not the bulk, gets its place
+        assert granted == [] and limiter.waiting == 3  # the express place is taken
+        limiter.release(layer)  # the layer is in: the reader, not the others, gets its place
         await trio.sleep(0.01)
         assert granted == ["reader"]
         limiter.release(reader)
-        limiter.release(held[0])  # one ordinary place free: the bulk fits
+        limiter.release(held[0])  # one ordinary place free: the leaf before the bulk
         await trio.sleep(0.01)
-        assert granted == ["reader", "bulk"]
+        assert granted == ["reader", "leaf"]
         limiter.release(held[1])
+        await trio.sleep(0.01)
+        assert granted == ["reader", "leaf", "bulk"]
+        limiter.release(leaf)
         limiter.release(waiting_bulk)
     assert limiter.busy == 0
 
