@@ -27,7 +27,7 @@ from ..fetch.fetcher import Fetcher
 from ..fuse import session
 from ..fuse.operations import AssetFS
 from ..jobs.parser import Parser
-from ..jobs.prefetch import Prefetcher
+from ..jobs.prefetch import TREE_FILES, Prefetcher
 from ..jobs.workspace import reconcile_upstream
 from ..store.index import Index
 from ..store.mirror import Mirror, classify_folder
@@ -207,6 +207,7 @@ class Daemon:
                                          s.prefetch_mb * 1024 * 1024)
             fetcher.on_fetched.append(self.prefetcher.fetched)
             tree.opened.append(self.prefetcher.opened)
+            tree.opening.append(self.prefetcher.opening)
         socket_path = control.socket_path_for(self.mountpoint)
         root_info = {"pid": str(os.getpid()), "upstream": redact(s.upstream), "mirror": str(mirror.display),
                      "log": str(self.request.log_path or "stderr"), "control": str(socket_path)}
@@ -266,6 +267,7 @@ class Daemon:
         async with trio.open_nursery() as downloads:
             tree.fetcher.attach(downloads)
             tree.attach(downloads)
+            tree.listings.read_trees(downloads, TREE_FILES)  # a cold path's folders in fewer round trips
             if self.prefetcher is not None:
                 self.prefetcher.attach(downloads)
                 if tree.mode == "permissive":  # usd-core loads now, not when the first robot is opened

@@ -133,7 +133,7 @@ class Fetcher:
 
     # -- reading ahead ----------------------------------------------------------------
     def preload(self, rel: RelPath, expected: RemoteEntry) -> bool:
-        """Start reading ``rel`` into memory now, at prefetch priority, ahead of an ensure()
+        """Start reading ``rel`` into memory now, at a reader's priority, ahead of an ensure()
         that may come (``preload.ReadAheads``); False where it is not started (in flight
         already, mirrored, or past the read-aheads' bounds)."""
         if self._nursery is None or rel in self._inflight:

@@ -14,7 +14,7 @@ import trio
 from ..core.budget import MemoryBudget
 from ..core.errors import UpstreamError
 from ..core.paths import RelPath
-from ..core.types import PREFETCH, RemoteEntry, Upstream
+from ..core.types import READER, RemoteEntry, Upstream
 from .limits import PriorityLimiter
 
 log = logging.getLogger("isaacfs.fetch")
@@ -61,7 +61,8 @@ class ReadAheads:
         return rel in self._preloads
 
     def start(self, nursery: trio.Nursery, rel: RelPath, expected: RemoteEntry) -> bool:
-        """Start reading ``rel`` into memory, at prefetch priority; False where it is not
+        """Start reading ``rel`` into memory, at a reader's priority (a layer, to be parsed next,
+        which takes the express places: see limits.py); False where it is not
         started (already there, too large, or past the bounds)."""
         if (rel in self._preloads or expected.size > PRELOAD_FILE_BYTES
                 or self._bytes + expected.size > min(PRELOAD_BYTES, self.budget.limit // 2)):
@@ -72,7 +73,7 @@ class ReadAheads:
         return True
 
     async def _read_ahead(self, rel: RelPath, expected: RemoteEntry, preload: Preload) -> None:
-        ticket = self.limit.ticket(PREFETCH, expected.size)
+        ticket = self.limit.ticket(READER, expected.size)
         try:
             with preload.scope:
                 preload.share = await self.budget.acquire(expected.size)

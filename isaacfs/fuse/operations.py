@@ -115,6 +115,12 @@ def answers(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corouti
     return wrapper
 
 
+# pyfuse3 built with scripts/patches/ (scripts/bootstrap does it): opendir may return a
+# FileInfo, and the kernel keeps a folder's entries between opens (FOPEN_CACHE_DIR), so a
+# second walk reads no folder from the daemon. The plain binding lists each open afresh.
+CACHE_DIRS = bool(getattr(pyfuse3, "OPENDIR_CACHE_READDIR", False))
+
+
 class AssetFS(pyfuse3.Operations):
     def __init__(self, tree: Tree, root_info: dict[str, str], runs: Runs | None = None) -> None:
         super().__init__()
@@ -125,6 +131,8 @@ class AssetFS(pyfuse3.Operations):
         self.uid, self.gid = os.getuid(), os.getgid()
         self._attrs: dict[int, tuple[int, pyfuse3.EntryAttributes]] = {}
         self._dirs: dict[int, tuple[Node, list[Node], bool]] = {}
+        self.cache_dirs = CACHE_DIRS
+        self._shown: dict[int, int] = {}  # folder inode -> the entries the kernel was last handed
         # Open handles reading a file still being fetched: the transfer, and what of the file
         # the handle has read.
         self._streams: dict[int, tuple[Transfer, Coverage]] = {}
@@ -206,7 +214,7 @@ class AssetFS(pyfuse3.Operations):
 
     # -- folders --------------------------------------------------------------------
     @answers
-    async def opendir(self, inode: int, ctx: Any) -> int:
+    async def opendir(self, inode: int, ctx: Any) -> int | pyfuse3.FileInfo:  # type: ignore[override]
         node = self._node(inode)
         if not node.is_dir:
             raise NotAFolder(self.tree.rel(node))
@@ -219,7 +227,16 @@ class AssetFS(pyfuse3.Operations):
         self._next_dir_handle += 1
         # A snapshot, so offsets stay valid while it is read; "." and ".." come first.
         self._dirs[handle] = (node, children, asked.overridden)
-        return handle
+        if not self.cache_dirs:
+            return handle
+        # Every open still comes here. The kernel keeps the entries it read last time only
+        # while they are what this open lists: an open that lists otherwise (a file installed
+        # by a warm, a listing refreshed, a process in another mode) has the kernel drop them
+        # and read this snapshot instead.
+        shown = hash(tuple((child.name, child.inode) for child in children))
+        kept = self._shown.get(inode) == shown
+        self._shown[inode] = shown
+        return pyfuse3.FileInfo(fh=handle, keep_cache=kept)
 
     @answers
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:

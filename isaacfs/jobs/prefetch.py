@@ -76,6 +76,10 @@ class Bounded(Generic[K, V]):
         self.put(key, None)  # type: ignore[arg-type]
 
 
+TREE_FILES = 1000  # a root layer's folder is read ahead when it holds at most this many files
+READ_AHEAD_KEPT = 60.0  # seconds a layer read ahead waits for a layer to name it
+
+
 @dataclass
 class _Budget:
     files: int = 0
@@ -103,18 +107,20 @@ class Prefetcher:
     _budgets: Bounded[RelPath, _Budget] = field(init=False)
     _roots: Bounded[RelPath, RelPath] = field(init=False)  # a queued file -> the layer that led to it
     _ancestors_listed: Bounded[RelPath, None] = field(init=False)  # folders above prefetched files, listed
+    _trees: Bounded[RelPath, None] = field(init=False)  # root layers' folders read ahead
     _limit: trio.CapacityLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         self._limit = trio.CapacityLimiter(self.parallel)
         self._parsed, self._queued, self._prefetched, self._read = (Bounded(self.remembered) for _ in range(4))
         self._budgets, self._roots, self._ancestors_listed = (Bounded(self.remembered) for _ in range(3))
+        self._trees = Bounded(self.remembered)
 
     @property
     def remembering(self) -> int:
         """Entries held in all (bounded by 7 x ``remembered``)."""
         return sum(len(kept) for kept in (self._parsed, self._queued, self._prefetched, self._read,
-                                          self._budgets, self._roots, self._ancestors_listed))
+                                          self._budgets, self._roots, self._ancestors_listed, self._trees))
 
     def _root_of(self, rel: RelPath) -> RelPath:
         return self._roots.get(rel) or rel
@@ -144,6 +150,37 @@ class Prefetcher:
             self.index.count("prefetch_read")
         if self._wanted(rel) and mode_of() == "permissive":
             self._consider(rel, self._root_of(rel))
+
+    def opening(self, rel: RelPath) -> None:
+        """A permissive reader's cold open of ``rel``, before its fetch starts. A root layer (one
+        no layer led to) has its folder read ahead meanwhile: one recursive listing (skipped
+        over ``TREE_FILES`` files) stores every folder below as listed, and the layers in it
+        are read into memory at once, so the chain root -> payload -> meshes costs one round
+        trip, not a listing and a GET per level (the closure does the same)."""
+        if (not self._wanted(rel) or rel in self._roots
+                or any(RelPath(rel.parts[:depth]) in self._trees for depth in range(len(rel.parts)))):
+            return  # a layer some other layer leads to, or a folder read ahead already
+        assert self._nursery is not None
+        self._trees.add(rel.parent)
+        self._nursery.start_soon(self._read_ahead_folder, rel.parent)
+
+    async def _read_ahead_folder(self, folder: RelPath) -> None:
+        try:
+            tree = self.listings.stored_tree(folder, TREE_FILES)  # read already beside a listing
+            if tree is None:
+                tree = await self.listings.fetch_tree(folder, max_files=TREE_FILES)
+        except UpstreamError as exc:
+            log.info("prefetch: the folder %s/ was not read ahead: %s", folder, exc)
+            return
+        started = [below.child(entry.name) for below, entries in (tree or {}).items() for entry in entries
+                   if not entry.is_dir and wants_parsing(entry.name)
+                   and self.fetcher.preload(below.child(entry.name), entry)]
+        if started:
+            # What no layer named by then is dropped: its memory goes back.
+            await trio.sleep(READ_AHEAD_KEPT)
+            dropped = self.fetcher.drop_preloads(started)
+            if dropped:
+                log.debug("prefetch: %d layer(s) of %s/ read ahead and not named, dropped", dropped, folder)
 
     def _wanted(self, rel: RelPath) -> bool:
         return (self._nursery is not None and self.active() and rel not in self._parsed

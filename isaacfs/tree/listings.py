@@ -34,6 +34,34 @@ class Listings:
         # Told of every listing stored afresh (the mount's tree merges it on next use).
         self.observers: list[Callable[[RelPath], None]] = []
         self._flights: dict[RelPath, _Flight] = {}
+        self._trees: trio.Nursery | None = None  # read_trees(): where trees are read beside listings
+        self._tree_files = 0
+        self._trees_tried: dict[RelPath, None] = {}
+
+    def read_trees(self, nursery: trio.Nursery, max_files: int) -> None:
+        """From now on, a folder listed upstream for the first time has its whole tree read
+        beside its listing, in one request (``fetch_tree``; given up over ``max_files`` files
+        below it). A reader's path goes down one folder at a time, a round trip each: with the
+        tree of a folder small enough stored, the folders below it answer with no request.
+        A path from the root to a robot six folders deep costs the levels above the first
+        folder of at most ``max_files`` files, not six. A tree that is too large costs one
+        request of ``max_files`` entries, once per folder."""
+        self._trees = nursery
+        self._tree_files = max_files
+
+    def _start_tree(self, rel: RelPath) -> None:
+        if self._trees is None or rel in self._trees_tried:
+            return
+        if len(self._trees_tried) >= 100_000:
+            self._trees_tried.clear()  # bounded: at worst a folder's tree is asked again
+        self._trees_tried[rel] = None
+        self._trees.start_soon(self._tree_quietly, rel)
+
+    async def _tree_quietly(self, rel: RelPath) -> None:
+        try:
+            await self.fetch_tree(rel, self._tree_files)
+        except Exception:  # an upstream error: the folders are listed one by one, as before
+            self.index.count("trees_failed")
 
     def stored(self, rel: RelPath) -> tuple[float, list[RemoteEntry]] | None:
         """The listing stored by any earlier run, and when it was fetched (epoch seconds)."""
@@ -61,6 +89,7 @@ class Listings:
                 raise flight.error
             # the one who asked was cancelled: ask again
         flight = self._flights[rel] = _Flight()
+        self._start_tree(rel)
         try:
             if limit is None:
                 flight.entries = await self._fetch(rel)
@@ -84,6 +113,23 @@ class Listings:
         for observer in self.observers:
             observer(rel)
         return entries
+
+    def stored_tree(self, rel: RelPath, max_files: int) -> dict[RelPath, list[RemoteEntry]] | None:
+        """Every folder below ``rel`` with its entries, from fresh stored listings alone (no
+        request); None where one of them is not fresh, or over ``max_files`` files."""
+        kept: dict[RelPath, list[RemoteEntry]] = {}
+        folders, files = [rel], 0
+        while folders:
+            folder = folders.pop()
+            fresh = self.fresh(folder)
+            if fresh is None:
+                return None
+            kept[folder] = fresh[1]
+            files += sum(not entry.is_dir for entry in fresh[1])
+            if files > max_files:
+                return None
+            folders += [folder.child(entry.name) for entry in fresh[1] if entry.is_dir]
+        return kept
 
     async def fetch_tree(self, rel: RelPath, max_files: int = 5000) -> dict[RelPath, list[RemoteEntry]] | None:
         """Every folder below ``rel`` with its entries, in one go where the upstream can

@@ -47,10 +47,14 @@ class Tree:
         self.root = self.table.root
         self.nodes = self.table.nodes
         self.loader = FolderLoader(self.table, mirror, self.listings, upstream)
-        self.opener = Opener(self.table, self.loader, mirror, index, fetcher, self._miss, self._tell_opened)
+        self.opener = Opener(self.table, self.loader, mirror, index, fetcher, self._miss, self._tell_opened,
+                             self._tell_opening)
         # Told of every open of a file, with the asker's mode (the prefetcher reads what a
         # layer names, for a permissive asker only): (path, a callable giving that mode).
         self.opened: list[Callable[[RelPath, Callable[[], Mode]], None]] = []
+        # Told of a permissive reader's cold open before its fetch starts (the prefetcher
+        # reads a robot's folder ahead while the root layer is on its way).
+        self.opening: list[Callable[[RelPath], None]] = []
         fetcher.on_fetched.append(self._fetched)
 
     def rel(self, node: Node) -> RelPath:
@@ -120,6 +124,10 @@ class Tree:
         asker: Callable[[], Mode] = mode_of if mode_of is not None else (lambda: self.mode)
         for observer in self.opened:
             observer(rel, asker)
+
+    def _tell_opening(self, rel: RelPath) -> None:
+        for observer in self.opening:
+            observer(rel)
 
     def _miss(self, rel: RelPath, parent: Node | None, mode: Mode) -> None:
         upstream_down = parent is not None and parent.remote is not None and not self.upstream.available

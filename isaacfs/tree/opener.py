@@ -22,7 +22,8 @@ from .nodes import InodeTable, Node
 class Opener:
     def __init__(self, table: InodeTable, loader: FolderLoader, mirror: Mirror, index: Index,
                  fetcher: Fetcher, miss: Callable[[RelPath, Node | None, Mode], None],
-                 opened: Callable[[RelPath, Callable[[], Mode] | None], None]) -> None:
+                 opened: Callable[[RelPath, Callable[[], Mode] | None], None],
+                 opening: Callable[[RelPath], None] = lambda rel: None) -> None:
         self.table = table
         self.loader = loader
         self.mirror = mirror
@@ -30,6 +31,7 @@ class Opener:
         self.fetcher = fetcher
         self._miss = miss  # a name the asker may not have: reported to the miss record
         self._opened = opened  # tell the listeners (the prefetcher) with the asker's mode
+        self._opening = opening  # a permissive reader's cold open, before its fetch starts
 
     async def open(self, node: Node, mode: Callable[[], Mode]) -> tuple[int, Transfer | None]:
         rel = self.table.rel(node)
@@ -40,6 +42,7 @@ class Opener:
                     self._miss(rel, node.parent, asker)
                     raise FetchFailed(f"{rel} is not in the mirror", NotInMirror(rel))
                 self.index.count("misses_fetched")
+                self._opening(rel)
                 if self.fetcher.ranged:
                     got = await self.fetcher.stream(rel, node.remote)
                     if not isinstance(got, LocalEntry):

@@ -193,3 +193,38 @@ def test_the_run_s_mode_is_in_the_command_s_environment(file_upstream: Upstream,
     assert shown.stdout.strip() == "1/", shown.stderr
     shown = run(mountpoint, mounts, "--offline-permissive", "--", "sh", "-c", 'echo "$OFFLINE/$OFFLINE_PERMISSIVE"')
     assert shown.stdout.strip() == "/1", shown.stderr
+
+
+LIST = "import os, sys; print(' '.join(sorted(os.listdir(sys.argv[1]))))"
+
+
+def test_a_folder_listing_the_kernel_keeps_is_each_process_s_own_and_follows_the_mirror(
+        file_upstream: Upstream, tmp_path: Path, mountpoint: Path, mounts: Mounts) -> None:
+    """With the patched pyfuse3 (scripts/build-pyfuse3) the kernel keeps a folder's entries
+    between opens (FOPEN_CACHE_DIR). What it keeps for the mount's strict mode must never
+    answer a permissive run, nor the other way round, and a file a warm puts in the mirror
+    must show at the next listing. (On the plain binding the same answers hold; they are
+    listed afresh each time.)"""
+    mounts.mount(mountpoint, file_upstream)  # strict, an empty mirror
+    go2 = Path(GO2)
+    manifest = tmp_path / "one.txt"
+
+    def warm(*names: str) -> None:
+        manifest.write_text("".join(f"{go2.parent / name}\n" for name in names))
+        result = isaacfs("warm", str(mountpoint), "--manifest", str(manifest), env=mounts.env)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def listed() -> list[str]:
+        return sorted(os.listdir(mountpoint / go2.parent))
+
+    warm(go2.name)
+    assert listed() == [go2.name]
+    assert listed() == [go2.name]  # the kernel's kept entries, where the binding allows it
+    permissive = run(mountpoint, mounts, "--offline-permissive", "--", sys.executable, "-c", LIST,
+                     str(mountpoint / go2.parent))
+    assert permissive.returncode == 0, permissive.stderr
+    assert permissive.stdout.split() == sorted(["Props", "Textures", "go2.usd", "go2_physics.usda",
+                                                "go2_sensors.usda"])
+    assert listed() == [go2.name]  # the strict process is not handed the permissive run's entries
+    warm("go2_physics.usda")
+    assert listed() == [go2.name, "go2_physics.usda"]  # the warm's file shows at once

@@ -98,3 +98,36 @@ async def test_a_cancelled_asker_does_not_leave_the_others_waiting(index: Index,
             first.cancel()  # the leader gives up: the follower asks itself
     assert got and got[0] > 0
     assert upstream.requests[f"list {TEXTURES}"] == 2
+
+
+@trio_test
+async def test_a_folder_listed_first_has_its_tree_read_beside_so_the_path_below_costs_no_request(
+        index: Index, upstream: MemoryUpstream) -> None:
+    """A reader's path goes down a folder at a time. With read_trees, the first listing of a
+    folder small enough also reads its whole tree in one request: the folders below are then
+    fresh, and the lookups down to a robot ask the upstream nothing more."""
+    upstream.recursive = True
+    listings = Listings(index, upstream, ttl=3600)
+    robots = RelPath.parse("Isaac/IsaacLab/Robots")
+    async with trio.open_nursery() as nursery:
+        listings.read_trees(nursery, 1000)
+        await listings.get(robots)
+    before = dict(upstream.requests)
+    for folder in ("Isaac/IsaacLab/Robots/Unitree", "Isaac/IsaacLab/Robots/Unitree/Go2", PROPS, TEXTURES):
+        assert listings.fresh(RelPath.parse(folder)) is not None, folder
+        await listings.get(RelPath.parse(folder))
+    assert upstream.requests == before  # every folder below answered with no request
+    stored = listings.stored_tree(RelPath.parse("Isaac/IsaacLab/Robots/Unitree/Go2"), 1000)
+    assert stored is not None and RelPath.parse(TEXTURES) in stored
+    assert listings.stored_tree(RelPath.parse("Isaac/IsaacLab/Robots/Unitree/Go2"), 1) is None  # over the bound
+
+
+@trio_test
+async def test_without_read_trees_or_a_recursive_upstream_folders_are_listed_one_by_one(
+        index: Index, upstream: MemoryUpstream) -> None:
+    listings = Listings(index, upstream, ttl=3600)
+    async with trio.open_nursery() as nursery:
+        listings.read_trees(nursery, 1000)  # the upstream cannot walk: nothing more is stored
+        await listings.get(RelPath.parse("Isaac/IsaacLab/Robots"))
+    assert listings.fresh(RelPath.parse("Isaac/IsaacLab/Robots/Unitree")) is None
+    assert listings.stored_tree(RelPath.parse("Isaac/IsaacLab/Robots"), 1000) is None

@@ -171,3 +171,37 @@ async def test_a_reader_whose_reads_come_out_of_order_gets_eio_when_the_check_fa
                 await fs.read(info.fh, offset, step)
         assert caught.value.errno == errno.EIO
         await fs.release(info.fh)
+
+
+@trio_test
+async def test_the_kernel_keeps_a_folders_entries_only_while_they_are_what_an_open_lists(
+        mirror: Mirror, index: Index) -> None:
+    """With the patched binding (FOPEN_CACHE_DIR), an open whose listing is the one the kernel
+    was last handed lets it keep its entries; a listing that differs (a process in another
+    mode, a file put in the mirror) has it drop them: no process reads another's listing."""
+    upstream = MemoryUpstream(sample_files())
+    running = Running(mirror, index, upstream)
+    async with running:
+        fs = _fs(running, mode="strict")
+        fs.cache_dirs = True
+        parent = RelPath.parse(GO2).parent
+        await running.ws.fetcher.ensure(RelPath.parse(GO2), await upstream.stat(RelPath.parse(GO2)))
+        folder = await _lookup(fs, str(parent))
+
+        async def opened() -> tuple[bool, list[str]]:
+            info = await fs.opendir(folder, CTX)
+            assert isinstance(info, pyfuse3.FileInfo)
+            names = [child.name for child in fs._dirs[info.fh][1]]
+            await fs.releasedir(info.fh)
+            return bool(info.keep_cache), names
+
+        first = await opened()
+        assert first == (False, [RelPath.parse(GO2).name])  # nothing kept yet
+        assert (await opened())[0]  # the same listing: kept
+        fs.tree.mode = "permissive"  # another process's view: more names
+        kept, names = await opened()
+        assert not kept and len(names) > 1
+        fs.tree.mode = "strict"
+        assert await opened() == first  # back: dropped again, the strict names
+        fs.cache_dirs = False
+        assert isinstance(await fs.opendir(folder, CTX), int)  # the plain binding: a handle

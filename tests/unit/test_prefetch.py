@@ -72,6 +72,29 @@ async def test_opening_a_robot_fetches_what_it_names_before_anyone_asks(
 
 
 @trio_test
+async def test_a_root_layers_folder_is_read_ahead_while_the_root_comes_and_only_what_is_named_stays(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    """A reader's cold open of a root layer starts the read-ahead of its folder (one
+    recursive listing, its layers into memory at once): the chain root -> payload -> meshes
+    costs one round trip, not a listing and a GET per level. What no layer names is dropped:
+    the mirror holds exactly what the robot names."""
+    upstream.recursive = True
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree, prefetcher = build(running)
+        tree.opening.append(prefetcher.opening)
+        node = await walk(tree, GO2)
+        os.close((await tree.open(node))[0])  # type: ignore[arg-type]
+        with trio.fail_after(30):
+            while not mirrored(mirror) >= GO2_DEPENDENCIES:
+                await trio.sleep(0.05)
+        await prefetcher.aclose()
+    assert index.session["read_ahead_used"] >= 3  # go2_physics, go2_sensors, instanceable_meshes
+    assert mirrored(mirror) == GO2_DEPENDENCIES | {GO2}
+    assert all(upstream.requests[f"get {layer}"] <= 1 for layer in GO2_DEPENDENCIES)
+
+
+@trio_test
 async def test_prefetch_is_bounded_and_off_in_strict_mode(mirror: Mirror, index: Index,
                                                          upstream: MemoryUpstream) -> None:
     parser = _ListParser(["./go2_physics.usda", "./go2_sensors.usda", "./Props/instanceable_meshes.usda"])

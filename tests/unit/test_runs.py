@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -101,7 +102,10 @@ def test_a_process_that_execs_with_another_environment_is_asked_afresh() -> None
         process.stdin.write(b"go\n")
         process.stdin.flush()
         deadline = time.monotonic() + 10
-        while not os.readlink(f"/proc/{pid}/exe").endswith("sleep"):  # the exec has happened
+        # The exec has happened, and finished: /proc shows the new program a moment before its
+        # environment (a process's own FUSE requests come after both; this test asks from outside).
+        while not (os.readlink(f"/proc/{pid}/exe").endswith("sleep")
+                   and b"OFFLINE=1" in Path(f"/proc/{pid}/environ").read_bytes()):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert runs.lookup(pid)[0] == "strict"  # `[ -e M/x ]; exec env OFFLINE=1 cat M/y`
