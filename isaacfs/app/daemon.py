@@ -267,7 +267,8 @@ class Daemon:
         async with trio.open_nursery() as downloads:
             tree.fetcher.attach(downloads)
             tree.attach(downloads)
-            tree.listings.read_trees(downloads, TREE_FILES)  # a cold path's folders in fewer round trips
+            if self.settings.listing_trees:
+                tree.listings.read_trees(downloads, TREE_FILES)  # a cold path's folders in fewer round trips
             if self.prefetcher is not None:
                 self.prefetcher.attach(downloads)
                 if tree.mode == "permissive":  # usd-core loads now, not when the first robot is opened

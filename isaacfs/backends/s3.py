@@ -121,10 +121,13 @@ class S3Http:
         for key, _is_dir, size, mtime, etag in found:
             names = key.split("/")
             try:
-                checked = [check_name(name) for name in names[:-1]]
+                checked: list[str] = []
+                for name in names[:-1]:
+                    checked.append(check_name(name))
                 leaf = check_name(names[-1]) if names[-1] else None  # "" ends a folder marker
-            except InvalidPath as exc:
-                log.warning("skipped upstream key %s below %s/: %s", key, rel or "", exc)
+            except InvalidPath as exc:  # said as a folder's own listing says it
+                where = RelPath((*rel.parts, *checked))
+                log.warning("skipped upstream entry in %s/: %s", where or "", exc)
                 continue
             folder = rel
             for name in checked:

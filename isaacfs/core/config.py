@@ -70,6 +70,9 @@ class Settings:
     prefetch: bool = True
     prefetch_files: int = 2000  # per root layer
     prefetch_mb: int = 2048  # per root layer
+    # A folder listed upstream for the first time has its whole tree read beside (one
+    # request, at most 1,000 files below it): the folders below answer with no request.
+    listing_trees: bool = True
     read_ahead_kb: int = 1024
     # Every download buffer in all (streamed parts, whole bodies, read-aheads), in MiB.
     download_memory_mb: int = 256
@@ -92,6 +95,7 @@ ENV_KEYS: dict[str, str] = {
     "ISAACFS_ALLOW_OTHER": "allow_other",
     "ISAACFS_HTTP_RANGES": "http_ranges",
     "ISAACFS_PREFETCH": "prefetch",
+    "ISAACFS_LISTING_TREES": "listing_trees",
     "ISAACFS_DOWNLOAD_MEMORY_MB": "download_memory_mb",
 }
 

@@ -78,6 +78,7 @@ class Bounded(Generic[K, V]):
 
 TREE_FILES = 1000  # a root layer's folder is read ahead when it holds at most this many files
 READ_AHEAD_KEPT = 60.0  # seconds a layer read ahead waits for a layer to name it
+READ_AHEAD_LAYERS = 32  # a root layer's folder of more layers than this is not read ahead
 
 
 @dataclass
@@ -172,9 +173,15 @@ class Prefetcher:
         except UpstreamError as exc:
             log.info("prefetch: the folder %s/ was not read ahead: %s", folder, exc)
             return
-        started = [below.child(entry.name) for below, entries in (tree or {}).items() for entry in entries
-                   if not entry.is_dir and wants_parsing(entry.name)
-                   and self.fetcher.preload(below.child(entry.name), entry)]
+        layers = [(below.child(entry.name), entry) for below, entries in (tree or {}).items() for entry in entries
+                  if not entry.is_dir and wants_parsing(entry.name)]
+        # A robot's folder holds a few layers that name each other; a folder of many is a
+        # category of independent assets (props), of which the root names none: not read
+        # ahead. And only bodies pinned to the listed version (S3's ETag, every GET If-Match)
+        # are read before they are asked for.
+        if len(layers) > READ_AHEAD_LAYERS or not self.fetcher.ranged:
+            return
+        started = [layer for layer, entry in layers if entry.etag and self.fetcher.preload(layer, entry)]
         if started:
             # What no layer named by then is dropped: its memory goes back.
             await trio.sleep(READ_AHEAD_KEPT)

@@ -79,6 +79,7 @@ async def test_a_root_layers_folder_is_read_ahead_while_the_root_comes_and_only_
     costs one round trip, not a listing and a GET per level. What no layer names is dropped:
     the mirror holds exactly what the robot names."""
     upstream.recursive = True
+    upstream.ranged = True  # S3: every body pinned to the listed ETag, which read-aheads need
     running = Running(mirror, index, upstream)
     async with running:
         tree, prefetcher = build(running)
@@ -92,6 +93,25 @@ async def test_a_root_layers_folder_is_read_ahead_while_the_root_comes_and_only_
     assert index.session["read_ahead_used"] >= 3  # go2_physics, go2_sensors, instanceable_meshes
     assert mirrored(mirror) == GO2_DEPENDENCIES | {GO2}
     assert all(upstream.requests[f"get {layer}"] <= 1 for layer in GO2_DEPENDENCIES)
+
+
+@trio_test
+async def test_a_folder_of_many_independent_layers_is_not_read_ahead(mirror: Mirror, index: Index) -> None:
+    """A category of props (40 layers that name nothing of each other): opening one reads
+    no sibling ahead; only a robot's folder of a few layers is."""
+    files = {f"Isaac/Props/Blocks/block_{n:02}.usda": b"#usda 1.0\n" for n in range(40)}
+    upstream = MemoryUpstream(files, ranged=True)
+    upstream.recursive = True
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree, prefetcher = build(running)
+        tree.opening.append(prefetcher.opening)
+        node = await walk(tree, "Isaac/Props/Blocks/block_00.usda")
+        os.close((await tree.open(node))[0])  # type: ignore[arg-type]
+        await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+        await prefetcher.aclose()
+    assert sum(count for key, count in upstream.requests.items() if key.startswith("get ")) == 1
+    assert mirrored(mirror) == {"Isaac/Props/Blocks/block_00.usda"}
 
 
 @trio_test
