@@ -16,7 +16,7 @@ from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
 from isaacfs.tree.namespace import Tree
 from tests.support.memory import MemoryUpstream
-from tests.unit.conftest import GO2, Running, trio_test, trio_test_real_clock
+from tests.unit.conftest import GO2, Running, sample_files, trio_test, trio_test_real_clock
 
 # What the sample Go2 stage names, directly or through its layers (tests/mount/test_usd_stage.py).
 GO2_DEPENDENCIES = {
@@ -73,13 +73,13 @@ async def test_opening_a_robot_fetches_what_it_names_before_anyone_asks(
 
 @trio_test
 async def test_a_root_layers_folder_is_read_ahead_while_the_root_comes_and_only_what_is_named_stays(
-        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+        mirror: Mirror, index: Index) -> None:
     """A reader's cold open of a root layer starts the read-ahead of its folder (one
     recursive listing, its layers into memory at once): the chain root -> payload -> meshes
     costs one round trip, not a listing and a GET per level. What no layer names is dropped:
     the mirror holds exactly what the robot names."""
+    upstream = MemoryUpstream(sample_files(), ranged=True)  # S3: every GET pinned to the listed ETag
     upstream.recursive = True
-    upstream.ranged = True  # S3: every body pinned to the listed ETag, which read-aheads need
     running = Running(mirror, index, upstream)
     async with running:
         tree, prefetcher = build(running)
