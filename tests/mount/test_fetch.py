@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -266,6 +267,22 @@ def test_a_bucket_that_refuses_anonymous_http_is_served_through_omni_client(
         server.stop()
 
 
+@contextmanager
+def _far_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rtt: float) -> Iterator[tuple[str, str]]:
+    """The sample root in a test S3 server kept alive as real S3, behind a link of ``rtt``:
+    the root's URL and the bucket's (where ListObjectsV2 queries go)."""
+    from tests.support.helpers import start_link
+
+    server = start_s3(copy_sample(tmp_path / "source"), tmp_path / "s3", keepalive=True)
+    monkeypatch.setenv("SSL_CERT_FILE", server.cert)
+    link = start_link(server.port, rtt)
+    try:
+        yield f"https://127.0.0.1:{link.port}/{S3_PREFIX}", f"https://127.0.0.1:{link.port}/"
+    finally:
+        link.stop()
+        server.stop()
+
+
 def test_connections_opened_ahead_serve_the_burst_that_follows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A new connection costs two round trips (TCP, TLS 1.3) before its request; a warm opens
     its connections while it plans. They are opened by a request, not a bare connect: a
@@ -275,14 +292,8 @@ def test_connections_opened_ahead_serve_the_burst_that_follows(tmp_path: Path, m
 
     from isaacfs.backends.http import HttpRanges
     from isaacfs.core.health import Health
-    from tests.support.helpers import start_link
 
-    server = start_s3(copy_sample(tmp_path / "source"), tmp_path / "s3", keepalive=True)  # as real S3
-    monkeypatch.setenv("SSL_CERT_FILE", server.cert)
     rtt = 0.3
-    link = start_link(server.port, rtt)
-    url = f"https://127.0.0.1:{link.port}/{S3_PREFIX}"
-    bucket = f"https://127.0.0.1:{link.port}/"  # where ListObjectsV2 queries go (the bucket's host)
     took: list[float] = []
     opened: list[int] = []
 
@@ -301,11 +312,8 @@ def test_connections_opened_ahead_serve_the_burst_that_follows(tmp_path: Path, m
         finally:
             await ranges.aclose()
 
-    try:
+    with _far_s3(tmp_path, monkeypatch, rtt) as (url, bucket):
         trio.run(main)
-    finally:
-        link.stop()
-        server.stop()
     # One round trip each, all at once; a handshake would add two more (0.9 s in all).
     assert took[0] < 2.5 * rtt, (took, opened)
 
@@ -320,14 +328,8 @@ def test_connections_opened_ahead_leave_the_idle_one_to_the_readers_next_lookup(
 
     from isaacfs.backends.http import HttpRanges
     from isaacfs.core.health import Health
-    from tests.support.helpers import start_link
 
-    server = start_s3(copy_sample(tmp_path / "source"), tmp_path / "s3", keepalive=True)
-    monkeypatch.setenv("SSL_CERT_FILE", server.cert)
     rtt = 0.3
-    link = start_link(server.port, rtt)
-    url = f"https://127.0.0.1:{link.port}/{S3_PREFIX}"
-    bucket = f"https://127.0.0.1:{link.port}/"
     took: list[float] = []
 
     async def main() -> None:
@@ -347,11 +349,8 @@ def test_connections_opened_ahead_leave_the_idle_one_to_the_readers_next_lookup(
         finally:
             await ranges.aclose()
 
-    try:
+    with _far_s3(tmp_path, monkeypatch, rtt) as (url, bucket):
         trio.run(main)
-    finally:
-        link.stop()
-        server.stop()
     assert took[0] < 2 * rtt, took  # one round trip; a connection of its own costs three
 
 

@@ -54,18 +54,24 @@ def mirrored(mirror: Mirror) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and ".isaacfs" not in p.parts}
 
 
-@trio_test
-async def test_opening_a_robot_fetches_what_it_names_before_anyone_asks(
-        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
-    running = Running(mirror, index, upstream)
+async def _open_go2_until_its_dependencies_land(running: Running, mirror: Mirror, read_ahead: bool = False) -> None:
+    """A reader opens the Go2 root layer; returns once everything it names is in the mirror."""
     async with running:
         tree, prefetcher = build(running)
+        if read_ahead:
+            tree.opening.append(prefetcher.opening)
         node = await walk(tree, GO2)
         os.close((await tree.open(node))[0])  # type: ignore[arg-type]
         with trio.fail_after(30):
             while not mirrored(mirror) >= GO2_DEPENDENCIES:
                 await trio.sleep(0.05)
         await prefetcher.aclose()
+
+
+@trio_test
+async def test_opening_a_robot_fetches_what_it_names_before_anyone_asks(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    await _open_go2_until_its_dependencies_land(Running(mirror, index, upstream), mirror)
     assert index.session["prefetched"] >= len(GO2_DEPENDENCIES)
     # Only what the robot names: nothing else of the upstream was fetched.
     assert mirrored(mirror) == GO2_DEPENDENCIES | {GO2}
@@ -80,16 +86,7 @@ async def test_a_root_layers_folder_is_read_ahead_while_the_root_comes_and_only_
     the mirror holds exactly what the robot names."""
     upstream = MemoryUpstream(sample_files(), ranged=True)  # S3: every GET pinned to the listed ETag
     upstream.recursive = True
-    running = Running(mirror, index, upstream)
-    async with running:
-        tree, prefetcher = build(running)
-        tree.opening.append(prefetcher.opening)
-        node = await walk(tree, GO2)
-        os.close((await tree.open(node))[0])  # type: ignore[arg-type]
-        with trio.fail_after(30):
-            while not mirrored(mirror) >= GO2_DEPENDENCIES:
-                await trio.sleep(0.05)
-        await prefetcher.aclose()
+    await _open_go2_until_its_dependencies_land(Running(mirror, index, upstream), mirror, read_ahead=True)
     assert index.session["read_ahead_used"] >= 3  # go2_physics, go2_sensors, instanceable_meshes
     assert mirrored(mirror) == GO2_DEPENDENCIES | {GO2}
     assert all(upstream.requests[f"get {layer}"] <= 1 for layer in GO2_DEPENDENCIES)
