@@ -27,11 +27,12 @@ from ..fetch.fetcher import Fetcher
 from ..fuse import session
 from ..fuse.operations import AssetFS
 from ..jobs.parser import Parser
-from ..jobs.prefetch import TREE_FILES, Prefetcher
+from ..jobs.prefetch import Prefetcher
 from ..jobs.workspace import reconcile_upstream
 from ..store.index import Index
 from ..store.mirror import Mirror, classify_folder
 from ..system import mounts, sdnotify
+from ..tree.listings import TREE_FILES
 from ..tree.namespace import Tree
 
 log = logging.getLogger("isaacfs")

@@ -24,7 +24,7 @@ import trio
 from ..core.config import CLOUD_ROOT
 from ..core.errors import InvalidPath
 from ..core.paths import RelPath
-from ..core.types import RemoteEntry
+from ..core.types import PREFETCH, READER, RemoteEntry
 from .parser import ParseFailed, Parser
 from .usd_deps import wants_parsing
 
@@ -42,6 +42,18 @@ class Closure:
     files: dict[RelPath, RemoteEntry] = field(default_factory=dict)
     not_offline: list[str] = field(default_factory=list)  # "dep (named by layer): why"
     failures: list[tuple[RelPath, str]] = field(default_factory=list)
+
+
+def fetch_priority(rel: RelPath) -> int:
+    """A layer (USD, MDL) is parsed next, and what it names is unknown until it is in: it is
+    fetched as a reader's open is, before the leaves (textures) queued for places."""
+    return READER if wants_parsing(rel.name) else PREFETCH
+
+
+def layers_in(tree: dict[RelPath, list[RemoteEntry]]) -> list[tuple[RelPath, RemoteEntry]]:
+    """The layers (USD, MDL) among a tree's files: what a read-ahead of a robot's folder reads."""
+    return [(folder.child(entry.name), entry) for folder, entries in tree.items() for entry in entries
+            if not entry.is_dir and wants_parsing(entry.name)]
 
 
 def resolve(dependency: str, layer: RelPath, root_url: str) -> RelPath | str | None:

@@ -20,9 +20,9 @@ from ..core.paths import RelPath
 from ..core.retry import RetryPolicy, retrying
 from ..core.types import RemoteEntry, Upstream
 from ..store.mirror import TempWriter
+from ..tree.listings import TREE_FILES
 from . import closure as closures
 from .spec import WarmSpec, parse_manifest
-from .usd_deps import wants_parsing
 from .workspace import Workspace, ensure_present
 
 Planned = dict[str, dict[RelPath, RemoteEntry]]
@@ -271,7 +271,7 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
         # Materials/): one recursive listing of it, beside the root layer's own, spares a
         # round trip per level of folders on the way down. Skipped over 1,000 files.
         try:
-            tree = await ws.listings.fetch_tree(folder, max_files=1000)
+            tree = await ws.listings.fetch_tree(folder, max_files=TREE_FILES)
         except UpstreamError:
             return  # the folders are listed one by one as they are met
         if tree is None or spec.dry_run:
@@ -279,11 +279,7 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
         # And the layers in it are read ahead into memory (bounded; only those the closure
         # then reaches are installed), so the chain root -> payload -> meshes costs one round
         # trip, not one per level.
-        for below, entries in tree.items():
-            for entry in entries:
-                layer = below.child(entry.name)
-                if not entry.is_dir and wants_parsing(entry.name) and ws.fetcher.preload(layer, entry):
-                    read_ahead.append(layer)
+        read_ahead.extend(layer for layer, entry in closures.layers_in(tree) if ws.fetcher.preload(layer, entry))
 
     async with trio.open_nursery() as nursery:
         for folder in dict.fromkeys(root.parent for root in roots):

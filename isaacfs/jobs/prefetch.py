@@ -29,12 +29,12 @@ import trio
 
 from ..core.errors import FetchFailed, UpstreamError
 from ..core.paths import RelPath
-from ..core.types import BULK, PREFETCH, READER, Installed, Mode, RemoteEntry
+from ..core.types import BULK, Installed, Mode, RemoteEntry
 from ..fetch.fetcher import Fetcher
 from ..store.index import Index
 from ..store.mirror import Mirror
-from ..tree.listings import Listings
-from .closure import resolve
+from ..tree.listings import TREE_FILES, Listings
+from .closure import fetch_priority, layers_in, resolve
 from .parser import ParseFailed, Parser
 from .usd_deps import wants_parsing
 
@@ -76,7 +76,6 @@ class Bounded(Generic[K, V]):
         self.put(key, None)  # type: ignore[arg-type]
 
 
-TREE_FILES = 1000  # a root layer's folder is read ahead when it holds at most this many files
 READ_AHEAD_KEPT = 60.0  # seconds a layer read ahead waits for a layer to name it
 READ_AHEAD_LAYERS = 32  # a root layer's folder of more layers than this is not read ahead
 
@@ -173,8 +172,7 @@ class Prefetcher:
         except UpstreamError as exc:
             log.info("prefetch: the folder %s/ was not read ahead: %s", folder, exc)
             return
-        layers = [(below.child(entry.name), entry) for below, entries in (tree or {}).items() for entry in entries
-                  if not entry.is_dir and wants_parsing(entry.name)]
+        layers = layers_in(tree or {})
         # A robot's folder holds a few layers that name each other; a folder of many is a
         # category of independent assets (props), of which the root names none: not read
         # ahead. And only bodies pinned to the listed version (S3's ETag, every GET If-Match)
@@ -274,11 +272,9 @@ class Prefetcher:
                 return
             budget.bytes += entry.size
             self._prefetched.add(rel)
-            # A layer (or MDL module) is on the load's critical path: what it names is unknown
-            # until it is parsed, and usd-core will open it next. It goes before the leaves
-            # (textures, meshes' payload data) queued for places, as a reader's open would;
-            # behind them, the next level of layers waited for 16 textures (bench_wan's log).
-            got = await self.fetcher.ensure(rel, entry, priority=READER if wants_parsing(rel.name) else PREFETCH)
+            # A layer is on the load's critical path (usd-core opens it next); behind the
+            # textures queued for places, the next level of layers waited (bench_wan's log).
+            got = await self.fetcher.ensure(rel, entry, priority=fetch_priority(rel))
             self.index.count("prefetched")
             self.index.count("prefetched_bytes", got.size)
             self._consider(rel, root)  # when it was there already, no install told us

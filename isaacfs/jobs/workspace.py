@@ -17,12 +17,12 @@ import trio
 from ..core.config import Settings, redact
 from ..core.errors import UserError
 from ..core.paths import RelPath
-from ..core.types import PREFETCH, READER, RemoteEntry, Upstream
+from ..core.types import RemoteEntry, Upstream
 from ..fetch.fetcher import Fetcher
 from ..store.index import Index
 from ..store.mirror import Mirror
 from ..tree.listings import Listings
-from .usd_deps import wants_parsing
+from .closure import fetch_priority
 
 
 @dataclass
@@ -53,9 +53,7 @@ async def ensure_present(ws: Workspace, rel: RelPath, entry: RemoteEntry) -> boo
     if _present(ws, rel, entry):
         return False
     local = ws.mirror.entry(rel)
-    # A layer is parsed next (what it names is unknown until then): it goes first, as a reader's open.
-    priority = READER if wants_parsing(rel.name) else PREFETCH
-    await ws.fetcher.ensure(rel, entry, replace=local is not None and not local.is_dir, priority=priority)
+    await ws.fetcher.ensure(rel, entry, replace=local is not None and not local.is_dir, priority=fetch_priority(rel))
     ws.on_installed(rel)
     return True
 

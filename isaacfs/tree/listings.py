@@ -16,6 +16,11 @@ from ..core.paths import STATE_DIR_NAME, RelPath
 from ..core.types import RemoteEntry, Upstream
 from ..store.index import Index
 
+# A folder's tree is read in one request where it holds at most this many files (S3 answers
+# 1,000 keys a page): beside a folder's first listing (read_trees), a closure's robot folder,
+# a root layer's folder read ahead.
+TREE_FILES = 1000
+
 
 class _Flight:
     """One listing on its way; those who ask for the same folder meanwhile wait for it."""
@@ -37,6 +42,7 @@ class Listings:
         self._trees: trio.Nursery | None = None  # read_trees(): where trees are read beside listings
         self._tree_files = 0
         self._trees_tried: dict[RelPath, None] = {}
+        self._tree_flights: dict[RelPath, tuple[trio.Event, int]] = {}  # trees on their way, and their bound
 
     def read_trees(self, nursery: trio.Nursery, max_files: int) -> None:
         """From now on, a folder listed upstream for the first time has its whole tree read
@@ -135,6 +141,22 @@ class Listings:
         """Every folder below ``rel`` with its entries, in one go where the upstream can
         (``walk``), each stored as that folder's listing; None where it cannot, or where
         there are more than about ``max_files`` files below."""
+        going = self._tree_flights.get(rel)
+        if going is not None and going[1] >= max_files:
+            # One on its way (beside the folder's listing, say), as large: its answer, from the
+            # listings it stored, and no second request.
+            await going[0].wait()
+            return self.stored_tree(rel, max_files)
+        flight = trio.Event()
+        self._tree_flights[rel] = (flight, max_files)
+        try:
+            return await self._fetch_tree(rel, max_files)
+        finally:
+            if self._tree_flights.get(rel, (None, 0))[0] is flight:
+                del self._tree_flights[rel]
+            flight.set()
+
+    async def _fetch_tree(self, rel: RelPath, max_files: int) -> dict[RelPath, list[RemoteEntry]] | None:
         tree = await self.upstream.walk(rel, max_files)
         if tree is None:
             return None

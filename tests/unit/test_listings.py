@@ -131,3 +131,24 @@ async def test_without_read_trees_or_a_recursive_upstream_folders_are_listed_one
         await listings.get(RelPath.parse("Isaac/IsaacLab/Robots"))
     assert listings.fresh(RelPath.parse("Isaac/IsaacLab/Robots/Unitree")) is None
     assert listings.stored_tree(RelPath.parse("Isaac/IsaacLab/Robots"), 1000) is None
+
+
+@trio_test
+async def test_a_tree_asked_for_while_one_is_on_its_way_is_that_one(index: Index, upstream: MemoryUpstream) -> None:
+    """The tree read beside a folder's first listing and a root layer's read-ahead of the same
+    folder, at once: one recursive request, both answered from it."""
+    upstream.recursive = True
+    upstream.delay = 0.05
+    listings = Listings(index, upstream, ttl=3600)
+    go2 = RelPath.parse("Isaac/IsaacLab/Robots/Unitree/Go2")
+    answers: list[object] = []
+
+    async def ask() -> None:
+        answers.append(await listings.fetch_tree(go2, 1000))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)
+        nursery.start_soon(ask)
+    assert upstream.requests[f"walk {go2}"] == 1
+    assert answers[0] is not None and answers[1] is not None
+    assert sorted(map(str, answers[0])) == sorted(map(str, answers[1]))  # type: ignore[call-overload]
