@@ -58,9 +58,10 @@ def _one(url: str, settings: Settings, front: bool) -> Upstream:
 
 
 @contextmanager
-def client_session() -> Iterator[None]:
-    """Initialize (and at the end shut down) the libraries the backends need in this process."""
-    from .omni import client_session as omni_session
+def client_session(lazy: bool = False) -> Iterator[None]:
+    """Initialize (and at the end shut down) the libraries the backends need in this process:
+    now, or (``lazy``: a short command) at their first use."""
+    from .omni_client import client_session as omni_session
 
-    with omni_session():
+    with omni_session(lazy):
         yield

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
-import omni.client as oc
 import trio
 
 from ..core.errors import AccessDenied, ConnectionLost, NotFound, Unavailable, UpstreamError
@@ -41,16 +40,38 @@ def _forward_log(_thread: Any, component: Any, level: Any, message: Any) -> None
     log.log(_LEVELS.get(str(level), logging.INFO), "omni.client %s: %s", component, str(message).strip())
 
 
+# omni.client, imported and initialized on first use inside a session: a command that never
+# asks it (a warm over S3's HTTP path, a no-op warm) does not pay its import.
+oc: Any = None
 _initialized = False
+_sessions = 0
 
 
 @contextmanager
-def client_session() -> Iterator[None]:
-    """Initialize omni.client for this process (once) and shut it down at the end."""
-    global _initialized
-    if _initialized:
+def client_session(lazy: bool = False) -> Iterator[None]:
+    """omni.client for this process, shut down at the end: initialized now, or (``lazy``) at
+    its first request."""
+    global _sessions
+    _sessions += 1
+    try:
+        if not lazy:
+            _client()
         yield
-        return
+    finally:
+        _sessions -= 1
+        if not _sessions:
+            _shutdown()
+
+
+def _client() -> Any:
+    global oc, _initialized
+    if _initialized:
+        return oc
+    if not _sessions:
+        raise RuntimeError("omni.client asked outside client_session()")
+    import omni.client
+
+    oc = omni.client
     # No Hub process is wanted by a daemon: without this it searches for one and logs about it.
     os.environ.setdefault("OMNICLIENT_HUB_MODE", "disabled")
     oc.set_log_callback(_forward_log)
@@ -59,16 +80,19 @@ def client_session() -> Iterator[None]:
     oc.set_log_level(oc.LogLevel.DEBUG if log.isEnabledFor(logging.DEBUG) else oc.LogLevel.WARNING)
     oc.initialize()
     _initialized = True
-    try:
-        yield
-    finally:
+    return oc
+
+
+def _shutdown() -> None:
+    global _initialized
+    if _initialized:
         oc.shutdown()
         _initialized = False
 
 
 def join(url: str, name: str) -> str:
     """``url`` with one more path segment, percent-encoded as omni.client does."""
-    return str(oc.join(url, name))
+    return str(_client().join(url, name))
 
 
 def raise_for(result: Any, what: str) -> None:
@@ -128,6 +152,7 @@ async def call(start: Callable[[Callable[..., None]], Any], timeout: float, what
     """Start an omni.client request and wait for its callback, at most ``timeout`` seconds;
     past that the request is abandoned and ``silence`` raised (default: ConnectionLost)."""
     on_result, done, box = _trio_callback()
+    _client()
     request = start(on_result)
     try:
         with trio.move_on_after(timeout):
@@ -144,7 +169,7 @@ async def forget_cached(url: str, timeout: float) -> None:
     """omni.client keeps list and stat answers of HTTP/S3 providers: drop them, so the next
     answer is the upstream's own (an object changed during the mount)."""
     with trio.move_on_after(timeout):
-        await trio.to_thread.run_sync(oc.clear_list_cache, url, abandon_on_cancel=True)
+        await trio.to_thread.run_sync(_client().clear_list_cache, url, abandon_on_cancel=True)
 
 
 async def list_folder(url: str, timeout: float, what: str) -> Listing:

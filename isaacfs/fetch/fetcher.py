@@ -67,6 +67,7 @@ class Fetcher:
         # Told of every file installed, once (the mount's tree marks the node mirrored, the
         # prefetcher reads what a layer names).
         self.on_fetched: list[Callable[[Installed], None]] = []
+        self.downloading = trio.Event()  # set when the first download starts
         self._nursery: trio.Nursery | None = None
 
     def attach(self, nursery: trio.Nursery) -> None:
@@ -90,6 +91,7 @@ class Fetcher:
                 raise RuntimeError("Fetcher.attach() was not called")
             flight = self._inflight[rel] = _Flight(self.limit.ticket(priority, expected.size))
             self._nursery.start_soon(self._fly, rel, expected, flight)
+            self.downloading.set()
         else:
             self.index.count("fetch_joined")
             if priority < flight.ticket.priority:

@@ -68,20 +68,24 @@ async def run(ws: Workspace, spec: WarmSpec, emit: Emit, plan: Plan | None = Non
         plan.found = found
         refused: list[UserError] = []
         with trio.CancelScope() as scope:
-            async with trio.open_nursery() as nursery:
-                # while the plan's first listings go; the express places too
-                nursery.start_soon(ws.upstream.connect_ahead, ws.jobs + ws.fetcher.limit.express)
-                async with receive:
-                    # Enough to fill every place with small files (a share of a place each).
-                    for _ in range(max((SMALL_PER_PLACE + 1) * ws.jobs, 8)):
-                        nursery.start_soon(_worker, ws, plan, receive.clone(), reports, result, emit, scope)
-                async with send:
-                    try:
-                        await make_plan(ws, spec, plan)
-                    except UserError as exc:
-                        refused.append(exc)  # raised below, outside the nursery, as itself
-                        nursery.cancel_scope.cancel()
-                    _announce(plan, emit)
+            async with trio.open_nursery() as outer:
+                # Every place's connection (the express ones too) is opened once the first
+                # download starts, beside it; a warm with nothing to fetch opens none, and no
+                # warm waits for connections it no longer needs.
+                outer.start_soon(_connect_ahead, ws)
+                async with trio.open_nursery() as nursery:
+                    async with receive:
+                        # Enough to fill every place with small files (a share of a place each).
+                        for _ in range(max((SMALL_PER_PLACE + 1) * ws.jobs, 8)):
+                            nursery.start_soon(_worker, ws, plan, receive.clone(), reports, result, emit, scope)
+                    async with send:
+                        try:
+                            await make_plan(ws, spec, plan)
+                        except UserError as exc:
+                            refused.append(exc)  # raised below, outside the nursery, as itself
+                            nursery.cancel_scope.cancel()
+                        _announce(plan, emit)
+                outer.cancel_scope.cancel()
         if refused:
             raise refused[0]
     if spec.dry_run:
@@ -96,6 +100,11 @@ async def run(ws: Workspace, spec: WarmSpec, emit: Emit, plan: Plan | None = Non
     result.groups = sorted(reports.values(), key=lambda r: r.name)
     result.elapsed = time.monotonic() - started
     return result
+
+
+async def _connect_ahead(ws: Workspace) -> None:
+    await ws.fetcher.downloading.wait()
+    await ws.upstream.connect_ahead(ws.jobs + ws.fetcher.limit.express)
 
 
 def _announce(plan: Plan, emit: Emit) -> None:

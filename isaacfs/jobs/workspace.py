@@ -104,7 +104,7 @@ def run_on_mirror(settings: Settings, mirror_dir: Path, job: Callable[[Workspace
         return trio.run(_run, settings, mirror_dir, job, read_only, lambda _settings: given, clock=clock)
     from ..backends import client_session, open_upstream
 
-    with client_session():
+    with client_session(lazy=True):  # a job that never asks omni.client does not import it
         return trio.run(_run, settings, mirror_dir, job, read_only, open_upstream)
 
 

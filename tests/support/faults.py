@@ -114,6 +114,7 @@ class FaultyUpstream:
         await self.inner.probe(rel, timeout)
 
     async def connect_ahead(self, count: int) -> None:
+        self.requests["connect_ahead"] += 1
         await self.inner.connect_ahead(count)
 
     async def read_range(self, rel: RelPath, start: int, end: int, on_data: Callable[[bytes], Awaitable[None]],

@@ -4,6 +4,7 @@ the backends import omni.client; only the FUSE layer imports pyfuse3."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,27 @@ def test_only_backends_import_omni_client() -> None:
     importers = [str(path.relative_to(PACKAGE)) for path in modules("")
                  if any(name == "omni" or name.startswith("omni.") for name in imports_of(path))]
     assert importers == ["backends/omni_client.py"], importers
+
+
+def test_omni_client_is_imported_at_its_first_use_in_a_lazy_session() -> None:
+    """A short command (a warm over S3's HTTP path, a no-op warm) does not pay omni.client's
+    import; a daemon's eager session, and a lazy one's first request, do."""
+    code = ("import sys; from isaacfs.backends import client_session, omni_client as c;"
+            "s = client_session(lazy=True); s.__enter__(); print('omni.client' in sys.modules);"
+            "c.join('http://h/a', 'b c'); print('omni.client' in sys.modules, c._initialized);"
+            "s.__exit__(None, None, None); print(c._initialized);"
+            "e = client_session(); e.__enter__(); print('eager', c._initialized); e.__exit__(None, None, None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMNICLIENT_HUB_MODE": "disabled"}).stdout.split("\n")
+    assert out[:4] == ["False", "True True", "False", "eager True"], out
+
+
+def test_omni_client_outside_a_session_is_a_clear_error() -> None:
+    from isaacfs.backends import omni_client
+
+    assert not omni_client._initialized  # every session in this process has ended
+    with pytest.raises(RuntimeError, match="outside client_session"):
+        omni_client.join("http://h/a", "b")
 
 
 def test_only_the_fuse_layer_imports_pyfuse3() -> None:

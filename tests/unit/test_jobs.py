@@ -67,6 +67,15 @@ def test_category_warm_fetches_exactly_the_category_then_nothing(folder: Path, u
     assert not any(k.startswith("list") for k, n in upstream.requests.items() if n > 1)  # listings reused
 
 
+def test_a_warm_opens_connections_ahead_only_once_it_downloads(folder: Path, upstream: MemoryUpstream) -> None:
+    """A no-op rerun opened (and waited for) a connection for every place, TLS handshakes in
+    worker threads: some 0.1 s of a 0.5 s no-op warm."""
+    warm(folder, upstream, WarmSpec(categories=["IsaacLab/Robots"]))
+    assert upstream.requests["connect_ahead"] == 1
+    again, _ = warm(folder, upstream, WarmSpec(categories=["IsaacLab/Robots"]))
+    assert again.ok and upstream.requests["connect_ahead"] == 1
+
+
 def test_a_category_is_planned_from_one_recursive_listing_where_the_upstream_has_it(
         folder: Path, upstream: MemoryUpstream) -> None:
     """S3 lists every key below a prefix in one request per 1,000: a category's plan costs one
