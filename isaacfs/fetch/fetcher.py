@@ -259,13 +259,16 @@ class Fetcher:
             flight.transfer = transfer
             flight.streaming.set()
             await transfer.run(self.upstream.read_range)
-            await trio.to_thread.run_sync(os.fsync, transfer.fd)
             problem = transfer.problem()
             if problem is not None:
                 raise IntegrityError(problem)
+            # Checked: a reader that read the file through has its answer now. The file counts
+            # as mirrored only once it is on disk (fsynced) and installed.
+            transfer.complete = True
+            transfer.checked.set()
+            await trio.to_thread.run_sync(os.fsync, transfer.fd)
             entry = await trio.to_thread.run_sync(self.mirror.install, Path(transfer.path), rel, expected.mtime)
             installed = True
-            transfer.complete = True
             transfer.settled.set()
             return entry, transfer.hash.md5
         except Exception as exc:

@@ -95,6 +95,7 @@ class Transfer:
         self.wanted: set[_Part] = set()
         self.error: FetchFailed | None = None
         self.complete = False  # every byte landed and hashed
+        self.checked = trio.Event()  # every byte landed and matched the object listed, or failed
         self.settled = trio.Event()  # installed after its check, or failed
         self.hash = BodyHash(expected)  # fed the file in order as its parts land
         self.readers = 0  # handles open on it now
@@ -152,7 +153,7 @@ class Transfer:
             if self.error is not None:
                 raise self.error
             if settle and (self.complete or self.covered(offset, length)):
-                await self.settled.wait()
+                await self.checked.wait()  # not its fsync and install: the reader has its answer
                 if self.error is not None:
                     raise self.error
                 return
@@ -174,6 +175,7 @@ class Transfer:
     def fail(self, error: FetchFailed) -> None:
         if self.error is None:
             self.error = error
+        self.checked.set()
         self.settled.set()
         self._notify()
 

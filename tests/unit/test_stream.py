@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,27 @@ async def test_a_reader_gets_its_first_bytes_before_the_file_is_whole(
             await got.wait_for(PART_SIZE + 5 * MIB, 4096)
         await ws.fetcher.ensure(rel, entry)
     assert Path(mirror.display, BIG).read_bytes() == ranged.files[BIG]
+
+
+@trio_test
+async def test_a_reader_of_the_whole_file_has_its_answer_once_it_is_checked_not_once_it_is_on_disk(
+        mirror: Mirror, index: Index, ranged: MemoryUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read that completes a file waited for the file's fsync and install too: on a slow
+    disk, a 256 MiB file's last read waited for 256 MiB to be written back. It waits for the
+    check only; the file counts as mirrored once it is on disk."""
+    held, fsync = threading.Event(), os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (held.wait(10), fsync(fd)))
+    rel = RelPath.parse(BIG)
+    entry = await ranged.stat(rel)
+    async with running(mirror, index, ranged) as ws:
+        got = await ws.fetcher.stream(rel, entry)
+        assert isinstance(got, Transfer)
+        await got.wait_for(0, 20 * MIB, settle=True)
+        assert got.complete and not got.settled.is_set() and got.error is None
+        assert index.file_record(rel) is None and not Path(mirror.display, BIG).exists()  # not mirrored yet
+        held.set()
+        await got.settled.wait()
+    assert Path(mirror.display, BIG).read_bytes() == ranged.files[BIG] and index.file_md5(rel) == entry.etag
 
 
 @trio_test
