@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +50,10 @@ from bench_peers import (  # noqa: E402
     write_rclone_conf,
 )
 from benchdoc import write_section  # noqa: E402
+from critical_path import critical_path, parse  # noqa: E402
+from critical_path import report as path_report  # noqa: E402
 
+from isaacfs.system.logs import log_path_for  # noqa: E402
 from tests.support.helpers import S3_PREFIX, start_link, start_s3  # noqa: E402
 from tests.support.s3server import BUCKET  # noqa: E402
 
@@ -249,6 +253,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     results: dict[tuple[str, float], list[float]] = {}
+    paths: dict[tuple[str, float], list[str]] = {}  # each isaacfs cold load's critical path, printed
+    ENV["ISAACFS_REQUEST_LOG"] = "1"  # the mounts log every request: the critical path is read from them
     with link_workdir("isaacfs-bench-wan-") as work:
         source = work / "source"
         robots = {(layout, rtt, run, tool): make_robot(source, index, layout)
@@ -283,10 +289,17 @@ def main() -> None:
                 record(results, named(FLOOR_LABEL), rtt, json.loads(floor.stdout.strip().splitlines()[-1])["seconds"])
                 for label, peer in peers.items():
                     tool = "isaacfs" if peer.name == "isaacfs" else "rclone"
+                    since = datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
                     with mounted(peer, work) as root:
                         drop_caches()
                         record(results, named(label), rtt,
                                load(root / robots[(layout, rtt, run, tool)][0], EXPECTED[layout]))
+                        if tool == "isaacfs":
+                            log = log_path_for(work / f"mnt-{peer.name}", ENV).read_text(errors="replace")
+                            requests = parse(log.splitlines(), since)
+                            record(results, named("isaacfs: requests on the critical path (daemon log)"), rtt,
+                                   len(critical_path(requests)))
+                            paths.setdefault((layout, rtt), []).append(path_report(requests))
                 manifest = work / f"manifest-{layout}-{rtt}-{run}.txt"
                 manifest.write_text("\n".join(robots[(layout, rtt, run, "manifest")]) + "\n")
                 warms = [("isaacfs warm --closure", ["--closure", robots[(layout, rtt, run, "closure")][0]]),
@@ -311,6 +324,8 @@ def main() -> None:
             if link is not None:
                 link.stop()
         server.stop()
+    for (layout, rtt), found in paths.items():
+        print(f"\n{layout} at {rtt * 1000:.0f} ms, isaacfs cold load, first run: {found[0]}")
     report(results, args)
 
 
@@ -358,7 +373,7 @@ def report(results: dict[tuple[str, float], list[float]], args: argparse.Namespa
                   " (t_high - t_low) / (RTT_high - RTT_low), the figure that does not depend on the rig (target for"
                   " isaacfs permissive: at most 10 for the walker):", "", "| | sequential round trips |", "|---|---|"]
         for label in labels:
-            if not label.startswith("category"):
+            if not label.startswith("category") and "critical path" not in label:
                 lines.append(f"| {label} | {(med(label, high) - med(label, low)) / (high - low):.1f} |")
     table = "\n".join(lines) + "\n"
     print(table)

@@ -21,12 +21,14 @@ requests (credentials in omniverse.toml), everything goes through omni.client (o
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import trio
 import urllib3
@@ -35,6 +37,22 @@ from ..core.errors import AccessDenied, ConnectionLost, IntegrityError, NotFound
 from ..core.health import Health
 
 BLOCK = 1024 * 1024
+
+# One line per upstream request, where ``request_log`` is on (the daemon sets this logger's
+# level): what a slow first load waited on, request by request (bench/critical_path.py).
+requests_log = logging.getLogger("isaacfs.requests")
+
+
+def log_request(method: str, url: str, started: float, status: object, first_byte: float | None = None,
+                note: str = "") -> None:
+    """The request line for ``url`` (its path and query: no host, no credential), finished now."""
+    if not requests_log.isEnabledFor(logging.INFO):
+        return
+    now = time.monotonic()
+    parts = urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    waited = f", first byte after {(first_byte - started) * 1000:.1f} ms" if first_byte is not None else ""
+    requests_log.info("request %s %s%s: %s in %.1f ms%s", method, target, note, status, (now - started) * 1000, waited)
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
@@ -184,9 +202,11 @@ class HttpRanges:
 
         def ask() -> dict[str, str] | None:
             timeout = urllib3.Timeout(connect=self.answer_timeout, read=self.answer_timeout)
+            started = time.monotonic()
             try:
                 reply = self.pool.request("HEAD", url, timeout=timeout, redirect=False,
                                           headers=self._headers("HEAD", url))
+                log_request("HEAD", url, started, reply.status)
             except urllib3.exceptions.ReadTimeoutError:
                 raise ConnectionLost(f"{what}: upstream did not answer within {self.answer_timeout:g}s") from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -327,9 +347,11 @@ class HttpRanges:
             if token:
                 query += f"&continuation-token={quote(token, safe='')}"
             # As omni.client's listings: no answer in time counts against the upstream (Health).
+            started = time.monotonic()
             reply = self._get(f"{bucket_url}?{query}", what,
                               ConnectionLost(f"{what}: upstream did not answer within {self.answer_timeout:g}s"),
                               timeout=urllib3.Timeout(connect=self.answer_timeout, read=self.answer_timeout))
+            log_request("LIST", f"{bucket_url}?{query}", started, reply.status)
             if reply.status >= 500:
                 raise Unavailable(f"{what}: upstream failed (HTTP {reply.status})")
             if reply.status in (401, 403) and self.sign is not None:
@@ -362,8 +384,10 @@ class HttpRanges:
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if etag:
             headers["If-Match"] = f'"{etag}"'
+        started = time.monotonic()
         reply = self._get(url, what, Unavailable(f"{what}: no answer for {self.stall_timeout:g}s"),
                           headers=headers, preload_content=False)
+        answered = time.monotonic()
         whole = False
         try:
             if reply.status == 412:
@@ -398,6 +422,9 @@ class HttpRanges:
         except (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError, OSError) as exc:
             raise Unavailable(f"{what}: the connection broke mid-body ({type(exc).__name__})") from None
         finally:
+            cut = not whole and reply.status in (200, 206)
+            log_request("GET", url, started, f"{reply.status}, body cut" if cut else reply.status, answered,
+                        f" bytes {start}-{end - 1}")
             if whole:
                 reply.release_conn()  # the connection goes back to the pool, kept alive
             else:

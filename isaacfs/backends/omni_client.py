@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -23,6 +24,7 @@ import trio
 from ..core.errors import AccessDenied, ConnectionLost, NotFound, Unavailable, UpstreamError
 from ..core.types import RemoteEntry
 from .entries import Listing
+from .http import requests_log
 
 log = logging.getLogger("isaacfs.upstream")
 
@@ -153,6 +155,7 @@ async def call(start: Callable[[Callable[..., None]], Any], timeout: float, what
     past that the request is abandoned and ``silence`` raised (default: ConnectionLost)."""
     on_result, done, box = _trio_callback()
     _client()
+    started = time.monotonic()
     request = start(on_result)
     try:
         with trio.move_on_after(timeout):
@@ -160,6 +163,10 @@ async def call(start: Callable[[Callable[..., None]], Any], timeout: float, what
     finally:
         if not done.is_set():
             _abandon(request)
+        if requests_log.isEnabledFor(logging.INFO):
+            answer = getattr(box[0][0], "name", box[0][0]) if box and box[0] else "no answer"
+            took = (time.monotonic() - started) * 1000
+            requests_log.info("request omni.client %s: %s in %.1f ms", what, answer, took)
     if not box:
         raise silence or ConnectionLost(f"{what}: upstream did not answer within {timeout:g}s")
     return box[0]

@@ -212,7 +212,7 @@ def cmd_mount(args: argparse.Namespace, argv: list[str]) -> int:
     if args.foreground:
         from ..app.daemon import Daemon, MountRequest
 
-        logs.setup(settings.log_level)
+        logs.setup(settings.log_level, settings.request_log)
         log_path = Path(os.environ["ISAACFS_LOG_FILE"]) if "ISAACFS_LOG_FILE" in os.environ else None
         return Daemon(MountRequest(mountpoint, settings, log_path, args.ready_fd)).run()
     return lifecycle.start_background(mountpoint, argv)

@@ -77,6 +77,9 @@ class Settings:
     # Every download buffer in all (streamed parts, whole bodies, read-aheads), in MiB.
     download_memory_mb: int = 256
     log_level: str = "INFO"
+    # One line per upstream request in the daemon's log (method, path, status, time): what a
+    # slow first load waited on (bench/critical_path.py reads them).
+    request_log: bool = False
     # Where each value came from (flag, variable, config file), for error messages and tests.
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -92,6 +95,7 @@ ENV_KEYS: dict[str, str] = {
     "ISAACFS_UPSTREAM_RETRY_AFTER": "upstream_retry_after",
     "ISAACFS_FETCH_JOBS": "fetch_jobs",
     "ISAACFS_LOG_LEVEL": "log_level",
+    "ISAACFS_REQUEST_LOG": "request_log",
     "ISAACFS_ALLOW_OTHER": "allow_other",
     "ISAACFS_HTTP_RANGES": "http_ranges",
     "ISAACFS_PREFETCH": "prefetch",

@@ -33,7 +33,9 @@ class EscapeNames(logging.Filter):
         return True
 
 
-def setup(level: str = "INFO") -> None:
+def setup(level: str = "INFO", requests: bool = False) -> None:
+    """Log lines to stderr at ``level``; ``requests``: one line per upstream request too
+    (``request_log``), whatever the level."""
     # Under systemd the journal adds its own timestamps.
     fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else \
         "%(asctime)s.%(msecs)03d %(levelname)s %(message)s"
@@ -43,3 +45,4 @@ def setup(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("isaacfs.requests").setLevel(logging.INFO if requests else logging.WARNING)
