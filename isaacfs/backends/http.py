@@ -108,6 +108,11 @@ class NotS3(UpstreamError):
 Listed = tuple[str, bool, int, float, str]
 
 
+class Partial(list[Listed]):
+    """The first pages of a recursive listing that goes on: its keys in S3's order, so every
+    folder none of whose keys comes after the last one here is here whole."""
+
+
 def _parse_listing(body: bytes, prefix: str) -> tuple[list[Listed], str | None]:
     """Entries of one ListObjectsV2 page below ``prefix``, and the continuation token."""
     try:
@@ -316,16 +321,17 @@ class HttpRanges:
         self.health.mark(None)
 
     async def list_folder(self, bucket_url: str, path: str, what: str, recursive: bool = False,
-                          max_pages: int = 0) -> list[Listed] | None:
+                          max_pages: int = 0, partial: bool = False) -> list[Listed] | None:
         """The entries of folder ``path`` (slash-separated key prefix) of the bucket whose
         ListObjectsV2 URL is ``bucket_url`` (``https://bucket.host/``, or path-style
         ``http://host:port/bucket``): with a delimiter, every page; ``recursive``: every key
-        below it, names holding slashes, None if that takes more than ``max_pages`` pages.
+        below it, names holding slashes, None if that takes more than ``max_pages`` pages
+        (``partial``: those pages, as a ``Partial``).
         NotS3 if the host does not answer such listings anonymously; AccessDenied if it
         refuses signed ones (a wrong key: a configuration error)."""
         self.health.check(what)
         try:
-            found = await trio.to_thread.run_sync(self._list, bucket_url, path, what, recursive, max_pages,
+            found = await trio.to_thread.run_sync(self._list, bucket_url, path, what, recursive, max_pages, partial,
                                                   abandon_on_cancel=True, limiter=self.threads)
         except ConnectionLost as exc:
             self.health.mark(exc)
@@ -334,7 +340,7 @@ class HttpRanges:
         return found
 
     def _list(self, bucket_url: str, path: str, what: str, recursive: bool = False,
-              max_pages: int = 0) -> list[Listed] | None:
+              max_pages: int = 0, partial: bool = False) -> list[Listed] | None:
         prefix = f"{path.strip('/')}/" if path.strip("/") else ""
         entries: list[Listed] = []
         token: str | None = None
@@ -342,7 +348,7 @@ class HttpRanges:
         while True:
             pages += 1
             if max_pages and pages > max_pages:
-                return None
+                return Partial(entries) if partial else None
             query = ("list-type=2" + ("" if recursive else "&delimiter=%2F") + f"&prefix={quote(prefix, safe='')}")
             if token:
                 query += f"&continuation-token={quote(token, safe='')}"

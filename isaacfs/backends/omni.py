@@ -179,12 +179,12 @@ class OmniUpstream:
         if self.s3 is not None:
             await self.s3.connect_ahead(count)
 
-    async def walk(self, rel: RelPath, max_files: int = 5000) -> Folders | None:
+    async def walk(self, rel: RelPath, max_files: int = 5000, partial: bool = False) -> Folders | None:
         """Every folder below ``rel`` with its entries, from one recursive S3 listing (a
         request per 1,000 keys, where a walk lists folder by folder: one round trip per level
         of depth, as rclone copy does). None where that is not how this upstream is listed,
         or for a tree of more than ``max_files`` files (then a parallel walk is quicker)."""
-        return await self.s3.walk(rel, max_files) if self.s3 is not None else None
+        return await self.s3.walk(rel, max_files, partial) if self.s3 is not None else None
 
     async def _omni_list(self, rel: RelPath, fresh: bool, what: str) -> Listing:
         url = self.url_for(rel)

@@ -19,7 +19,7 @@ from ..core.paths import RelPath, check_name
 from ..core.retry import RetryPolicy, resumable, retrying
 from ..core.types import RemoteEntry, Sink
 from .entries import Folders, Listing
-from .http import HttpRanges, NotS3, Sign
+from .http import HttpRanges, NotS3, Partial, Sign
 
 log = logging.getLogger("isaacfs.upstream")
 
@@ -102,16 +102,17 @@ class S3Http:
         except Exception:  # never worth a failure: the requests open what they need
             log.debug("opening connections ahead failed", exc_info=True)
 
-    async def walk(self, rel: RelPath, max_files: int) -> Folders | None:
+    async def walk(self, rel: RelPath, max_files: int, partial: bool = False) -> Folders | None:
         """Every folder below ``rel`` with its entries, from one recursive listing (a request
-        per 1,000 keys); None if the host does not answer those, or past ``max_files``."""
+        per 1,000 keys); None if the host does not answer those, or past ``max_files``
+        (``partial``: the folders the first ``max_files`` keys hold whole, None if none)."""
         if not self.usable:
             return None
         path = "/".join([self.key_root, *rel.parts])
         what = f"list {rel or '/'} (recursive)"
         try:
             found = await self.pool.list_folder(self.bucket_url, path, what, recursive=True,
-                                                max_pages=max(1, max_files // 1000))
+                                                max_pages=max(1, max_files // 1000), partial=partial)
         except NotS3:
             return None  # the plain listing finds out and tells (before the first one: on the chance)
         self.answers = True
@@ -138,6 +139,13 @@ class S3Http:
                 known = folders.setdefault(folder, {}).get(leaf)
                 if known is None or not known.is_dir:
                     folders[folder][leaf] = RemoteEntry(leaf, False, size, mtime, etag)
+        if isinstance(found, Partial):
+            # The folders holding the last key listed go on past it: only the others are whole.
+            last = found[-1][0].split("/")[:-1] if found else []
+            for depth in range(len(last) + 1):
+                folders.pop(RelPath((*rel.parts, *last[:depth])), None)
+            if not folders:
+                return None
         return {folder: list(entries.values()) for folder, entries in folders.items()}
 
     async def read_range(self, url: str, start: int, end: int, what: str,

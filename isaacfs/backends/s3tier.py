@@ -97,8 +97,8 @@ class S3Upstream:
                          etag: str = "", size: int = -1) -> None:
         await self.s3.read_range(self.url_for(rel), start, end, f"fetch {shown(rel)}", on_data, etag, size)
 
-    async def walk(self, rel: RelPath, max_files: int = 5000) -> Folders | None:
-        return await self.s3.walk(rel, max_files)
+    async def walk(self, rel: RelPath, max_files: int = 5000, partial: bool = False) -> Folders | None:
+        return await self.s3.walk(rel, max_files, partial)
 
     async def connect_ahead(self, count: int) -> None:
         await self.s3.connect_ahead(count)

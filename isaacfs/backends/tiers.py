@@ -375,7 +375,7 @@ class TieredUpstream:
                     raise self._none_left(what, errors) from None
         raise self._none_left(what, errors)
 
-    async def walk(self, rel: RelPath, max_files: int = 5000) -> Folders | None:
+    async def walk(self, rel: RelPath, max_files: int = 5000, partial: bool = False) -> Folders | None:
         for tier, manifest in await self._usable(f"list {rel or '/'}", []):
             if manifest is not None:
                 if manifest.is_complete(rel):
@@ -383,7 +383,7 @@ class TieredUpstream:
                 continue
             try:
                 found = await self._ask(tier, f"list {rel or '/'} (recursive)",
-                                        functools.partial(tier.upstream.walk, rel, max_files))
+                                        functools.partial(tier.upstream.walk, rel, max_files, partial))
             except UpstreamError:
                 continue
             if found is None:

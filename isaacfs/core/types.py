@@ -104,9 +104,11 @@ class Upstream(Protocol):
         asked for. Anything else is ``IntegrityError`` (the object changed: list it afresh)."""
         ...
 
-    async def walk(self, rel: RelPath, max_files: int = 5000) -> dict[RelPath, list[RemoteEntry]] | None:
+    async def walk(self, rel: RelPath, max_files: int = 5000,
+                   partial: bool = False) -> dict[RelPath, list[RemoteEntry]] | None:
         """Every folder below ``rel`` with its entries in one go; None where the upstream
-        cannot, or over ``max_files`` files."""
+        cannot, or over ``max_files`` files. With ``partial``, over ``max_files`` files: the
+        folders the first ``max_files`` keys hold whole, never ``rel`` itself (None if none)."""
         ...
 
     async def connect_ahead(self, count: int) -> None:

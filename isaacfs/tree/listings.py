@@ -157,7 +157,10 @@ class Listings:
             flight.set()
 
     async def _fetch_tree(self, rel: RelPath, max_files: int) -> dict[RelPath, list[RemoteEntry]] | None:
-        tree = await self.upstream.walk(rel, max_files)
+        # A tree too large still holds some folders whole (those its first keys cover, as S3
+        # lists in order): they are stored too, so a path into one of them needs no listing;
+        # the answer is a tree only where ``rel`` itself came whole.
+        tree = await self.upstream.walk(rel, max_files, partial=True)
         if tree is None:
             return None
         kept: dict[RelPath, list[RemoteEntry]] = {}
@@ -171,7 +174,7 @@ class Listings:
             for observer in self.observers:
                 observer(folder)
         self.index.count("listings")
-        return kept
+        return kept if rel in kept else None
 
     async def get(self, rel: RelPath, ttl: float | None = None,
                   limit: trio.CapacityLimiter | None = None) -> list[RemoteEntry]:

@@ -403,3 +403,45 @@ def test_the_daemon_gives_memory_back_after_32_concurrent_cold_large_reads(tmp_p
         assert rss_mb < 150, f"idle daemon RSS {rss_mb:.0f} MB after the reads"
     finally:
         server.stop()
+
+
+def test_a_recursive_listing_too_large_answers_the_folders_its_first_page_holds_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against a real S3 implementation (its key order, its pages of 1,000): a tree of 1,100
+    files gives, from its first page, the folders that page holds whole, and only those."""
+    import trio
+
+    from isaacfs.backends.s3 import S3Http
+    from isaacfs.core.health import Health
+    from isaacfs.core.paths import RelPath
+
+    source = tmp_path / "source"
+    for folder in range(22):
+        (source / "Isaac" / "Big" / f"A{folder:02}").mkdir(parents=True)
+        for index in range(50):
+            (source / "Isaac" / "Big" / f"A{folder:02}" / f"f{index:02}.usd").write_bytes(b"x")
+    server = start_s3(source, tmp_path / "s3", keepalive=True)
+    monkeypatch.setenv("SSL_CERT_FILE", server.cert)
+    found: list[object] = []
+
+    async def main() -> None:
+        url = f"https://127.0.0.1:{server.port}"
+        s3 = S3Http(f"{url}/{S3_PREFIX}", f"{url}/", S3_PREFIX, Health(url, 5), 10, 10)
+        try:
+            found.append(await s3.walk(RelPath.parse("Isaac/Big"), 1000))
+            found.append(await s3.walk(RelPath.parse("Isaac/Big"), 1000, partial=True))
+            found.append(await s3.walk(RelPath.parse("Isaac/Big/A03"), 1000, partial=True))
+        finally:
+            await s3.pool.aclose()
+
+    try:
+        trio.run(main)
+    finally:
+        server.stop()
+    assert found[0] is None
+    partial = found[1]
+    assert isinstance(partial, dict)
+    assert sorted(str(rel) for rel in partial) == [f"Isaac/Big/A{folder:02}" for folder in range(19)]
+    assert all(len(entries) == 50 for entries in partial.values())
+    whole = found[2]
+    assert isinstance(whole, dict) and list(map(str, whole)) == ["Isaac/Big/A03"]  # small enough: whole, itself

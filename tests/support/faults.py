@@ -99,8 +99,8 @@ class FaultyUpstream:
         await self._answer(f"list {rel}", rel)
         return await self.inner.list(rel, fresh)
 
-    async def walk(self, rel: RelPath, max_files: int = 5000) -> Folders | None:
-        found = await self.inner.walk(rel, max_files)
+    async def walk(self, rel: RelPath, max_files: int = 5000, partial: bool = False) -> Folders | None:
+        found = await self.inner.walk(rel, max_files, partial)
         if found is not None:
             await self._answer(f"walk {rel}", rel)
         return found

@@ -86,20 +86,26 @@ class MemoryStore:
     async def connect_ahead(self, count: int) -> None:
         pass  # no connections
 
-    async def walk(self, rel: RelPath, max_files: int = 5000) -> Folders | None:
+    async def walk(self, rel: RelPath, max_files: int = 5000, partial: bool = False) -> Folders | None:
         """Every folder below ``rel`` with its entries, in one request (where ``recursive``);
-        None over ``max_files`` files (as S3 over that many pages)."""
+        None over ``max_files`` files (as S3 over that many pages); ``partial``: the folders
+        the first keys, in S3's order, hold whole."""
         if not self.recursive:
             return None
         prefix = f"{rel}/" if rel.parts else ""
         folders: dict[RelPath, list[RemoteEntry]] = {}
-        below = {key[len(prefix):] for key in self.files if key.startswith(prefix)}
-        if len(below) > max(1000, max_files):
+        below = sorted(key[len(prefix):] for key in self.files if key.startswith(prefix))
+        limit = max(1000, max_files)
+        whole = len(below) <= limit
+        if not whole and not partial:
             return None
-        paths = {RelPath.parse(f"{prefix}{key}").parent for key in below} | {rel}
+        seen = below[:limit]
+        paths = {RelPath.parse(f"{prefix}{key}").parent for key in seen} | {rel}
+        going = set() if whole else {rel, *_parents(RelPath.parse(f"{prefix}{seen[-1]}"), rel)}
         for folder in paths | {parent for path in paths for parent in _parents(path, rel)}:
-            folders[folder] = await self.list(folder)
-        return folders
+            if folder not in going:
+                folders[folder] = await self.list(folder)
+        return folders or None
 
     async def stat(self, rel: RelPath, fresh: bool = False) -> RemoteEntry:
         entry = self._entry(str(rel), rel.name)

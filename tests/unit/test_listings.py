@@ -152,3 +152,25 @@ async def test_a_tree_asked_for_while_one_is_on_its_way_is_that_one(index: Index
     assert upstream.requests[f"walk {go2}"] == 1
     assert answers[0] is not None and answers[1] is not None
     assert sorted(map(str, answers[0])) == sorted(map(str, answers[1]))  # type: ignore[call-overload]
+
+
+@trio_test
+async def test_a_tree_too_large_still_stores_the_folders_its_first_keys_hold_whole(index: Index) -> None:
+    """S3 lists keys in order: of a tree of 1,100 files, the first 1,000 keys hold the first
+    folders whole. Those are stored (a path into one needs no listing); the folder holding
+    the last key listed, the ones after it, and the tree's own folder are not, and the
+    answer is not a tree."""
+    files = {f"Isaac/Big/A{folder:02}/f{index:02}.usd": b"x" for folder in range(22) for index in range(50)}
+    upstream = MemoryUpstream(files)
+    upstream.recursive = True
+    listings = Listings(index, upstream, ttl=3600)
+    assert await listings.fetch_tree(RelPath.parse("Isaac/Big"), 1000) is None
+    assert upstream.requests["walk Isaac/Big"] == 1
+    for folder in range(19):
+        stored = listings.fresh(RelPath.parse(f"Isaac/Big/A{folder:02}"))
+        assert stored is not None and len(stored[1]) == 50, folder
+    for unknown in ("Isaac/Big/A19", "Isaac/Big/A20", "Isaac/Big/A21", "Isaac/Big"):
+        assert listings.fresh(RelPath.parse(unknown)) is None, unknown
+    before = dict(upstream.requests)
+    await listings.get(RelPath.parse("Isaac/Big/A07"))
+    assert upstream.requests == before
