@@ -80,9 +80,10 @@ class _SinkFailed(Exception):
         self.inner = inner
 
 
-def _same_object(reply: urllib3.BaseHTTPResponse, start: int, end: int, etag: str, size: int, what: str) -> None:
+def _same_object(reply: urllib3.BaseHTTPResponse, start: int, end: int, etag: str, size: int, what: str) -> int:
     """An answer of the object and range asked for, or IntegrityError (UpstreamError for a
-    range that is not the one asked for: a server or proxy fault)."""
+    range that is not the one asked for: a server or proxy fault). Returns where the answer
+    ends: ``end``, or the object's end where its size was not known and it is shorter."""
     answered = reply.headers.get("ETag", "").removeprefix("W/").strip('"')
     if etag and answered and answered != etag:
         raise IntegrityError(f"{what}: the object changed upstream (ETag {answered}, not {etag})")
@@ -93,11 +94,14 @@ def _same_object(reply: urllib3.BaseHTTPResponse, start: int, end: int, etag: st
         first, last, total = int(found.group(1)), int(found.group(2)), found.group(3)
         if size >= 0 and total != "*" and int(total) != size:
             raise IntegrityError(f"{what}: the object is {total} bytes upstream, not {size}")
-        if first != start or last < min(end, size if size >= 0 else end) - 1:
+        known = size if size >= 0 else int(total) if total != "*" else end
+        if first != start or last < min(end, known) - 1:
             raise UpstreamError(f"{what}: bytes {first}-{last} answered for {start}-{end - 1}")
-    elif size >= 0 and reply.headers.get("Content-Length") not in (None, str(size)):
+        return min(end, known)
+    if size >= 0 and reply.headers.get("Content-Length") not in (None, str(size)):
         raise IntegrityError(f"{what}: the object is {reply.headers.get('Content-Length')} bytes upstream,"
                              f" not {size}")
+    return end
 
 
 class NotS3(UpstreamError):
@@ -410,7 +414,7 @@ class HttpRanges:
                 raise UpstreamError(f"{what}: the upstream ignores byte ranges (HTTP 200 to a ranged GET)")
             if reply.status not in (200, 206):
                 raise UpstreamError(f"{what}: upstream answered HTTP {reply.status}")
-            _same_object(reply, start, end, etag, size, what)
+            end = _same_object(reply, start, end, etag, size, what)
             buffer = bytearray(BLOCK)
             view = memoryview(buffer)
             position = start

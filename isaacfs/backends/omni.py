@@ -98,6 +98,10 @@ class OmniUpstream:
         """Files stream in ranged parts (S3 over anonymous HTTP)."""
         return self.s3 is not None and self.s3.answers is True
 
+    @property
+    def reads_unlisted(self) -> bool:
+        return self.ranged
+
     @classmethod
     def from_settings(cls, settings: Settings) -> OmniUpstream:
         return cls(settings.upstream, settings.upstream_timeout, settings.stall_timeout,

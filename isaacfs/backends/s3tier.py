@@ -48,6 +48,10 @@ class S3Upstream:
         return True
 
     @property
+    def reads_unlisted(self) -> bool:
+        return True
+
+    @property
     def body_in_memory(self) -> bool:
         return False
 

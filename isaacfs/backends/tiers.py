@@ -226,6 +226,10 @@ class TieredUpstream:
         return any(tier.usable() and tier.upstream.available for tier in self.tiers)
 
     @property
+    def reads_unlisted(self) -> bool:
+        return False  # which tier serves a file is its manifests' to say, by size and ETag
+
+    @property
     def ranged(self) -> bool:
         """As the first usable tier reads (parts go only to tiers that read ranges)."""
         for tier in self.tiers:

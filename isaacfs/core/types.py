@@ -86,6 +86,13 @@ class Upstream(Protocol):
         ...
 
     @property
+    def reads_unlisted(self) -> bool:
+        """``read_range`` serves a file whose size and ETag are not known yet (``etag`` "",
+        ``size`` -1; the answer stops at the file's end), from where a read of it once listed
+        would come. False for tiers: their manifests choose a tier by size and ETag."""
+        ...
+
+    @property
     def body_in_memory(self) -> bool:
         """``download`` gets each body whole in memory before it is written (omni.client's
         whole-body reads), rather than block by block."""

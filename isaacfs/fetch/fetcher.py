@@ -145,6 +145,14 @@ class Fetcher:
             return False
         return self.read_aheads.start(self._nursery, rel, expected)
 
+    def preload_blind(self, rel: RelPath) -> bool:
+        """``preload`` for a file whose entry is not known yet (where files are read by range):
+        its first bytes are read while its folder is listed (``ReadAheads.start_blind``)."""
+        if (self._nursery is None or rel in self._inflight or not self.upstream.reads_unlisted
+                or self.mirror.entry(rel) is not None):
+            return False
+        return self.read_aheads.start_blind(self._nursery, rel)
+
     def drop_preloads(self, rels: Iterable[RelPath]) -> int:
         """Forget the bodies read ahead for ``rels`` that nobody asked for; returns how many."""
         return self.read_aheads.drop(rels)

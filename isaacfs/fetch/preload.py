@@ -22,6 +22,9 @@ log = logging.getLogger("isaacfs.fetch")
 # Bodies read ahead into memory: in all, and per file.
 PRELOAD_BYTES = 64 * 1024 * 1024
 PRELOAD_FILE_BYTES = 16 * 1024 * 1024
+# A layer read before its folder's listing says its size: this much of it at most (a larger
+# one is fetched as usual once listed, and this read wasted).
+BLIND_BYTES = 1024 * 1024
 
 
 class Preload:
@@ -72,15 +75,29 @@ class ReadAheads:
         nursery.start_soon(self._read_ahead, rel, expected, preload)
         return True
 
-    async def _read_ahead(self, rel: RelPath, expected: RemoteEntry, preload: Preload) -> None:
-        ticket = self.limit.ticket(READER, expected.size)
+    def start_blind(self, nursery: trio.Nursery, rel: RelPath) -> bool:
+        """Start reading ``rel`` (its first BLIND_BYTES) before its entry is known: a layer a
+        layer names, whose GET then goes while its folder is listed, not after. The download
+        that takes it checks it against the listing's size and ETag, as any body."""
+        if rel in self._preloads or self._bytes + BLIND_BYTES > min(PRELOAD_BYTES, self.budget.limit // 2):
+            return False
+        preload = self._preloads[rel] = Preload(BLIND_BYTES, self.budget)
+        self._bytes += BLIND_BYTES
+        nursery.start_soon(self._read_ahead, rel, None, preload)
+        return True
+
+    async def _read_ahead(self, rel: RelPath, expected: RemoteEntry | None, preload: Preload) -> None:
+        ticket = self.limit.ticket(READER, preload.size)
         try:
             with preload.scope:
-                preload.share = await self.budget.acquire(expected.size)
+                preload.share = await self.budget.acquire(preload.size)
                 await self.limit.acquire(ticket)
                 try:
                     preload.body = bytearray()
-                    await self.upstream.download(rel, expected.size, preload, expected.etag)
+                    if expected is None:
+                        await self.upstream.read_range(rel, 0, BLIND_BYTES, preload.write)
+                    else:
+                        await self.upstream.download(rel, expected.size, preload, expected.etag)
                 finally:
                     self.limit.release(ticket)
         except UpstreamError as exc:

@@ -445,3 +445,43 @@ def test_a_recursive_listing_too_large_answers_the_folders_its_first_page_holds_
     assert all(len(entries) == 50 for entries in partial.values())
     whole = found[2]
     assert isinstance(whole, dict) and list(map(str, whole)) == ["Isaac/Big/A03"]  # small enough: whole, itself
+
+
+def test_a_read_of_unknown_size_stops_at_the_objects_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer read before its folder is listed asks for its first MiB, size and ETag
+    unknown: a real S3 server answers the bytes there are (Content-Range of the object's
+    own size), the read takes them and the connection goes back to the pool."""
+    import trio
+
+    from isaacfs.backends.http import HttpRanges
+    from isaacfs.core.health import Health
+
+    source = tmp_path / "source"
+    (source / "Isaac").mkdir(parents=True)
+    (source / "Isaac" / "small.usda").write_bytes(b"#usda 1.0\n" * 50)
+    server = start_s3(source, tmp_path / "s3", keepalive=True)
+    monkeypatch.setenv("SSL_CERT_FILE", server.cert)
+    got = bytearray()
+    pooled: list[int] = []
+
+    async def main() -> None:
+        url = f"https://127.0.0.1:{server.port}/{S3_PREFIX}/Isaac/small.usda"
+        ranges = HttpRanges(Health(url, 5), 10, 10)
+
+        async def take(block: bytes) -> None:
+            got.extend(block)
+
+        try:
+            await ranges.read(url, 0, 1024 * 1024, "fetch small.usda", take)
+            pool = ranges.pool.connection_from_url(url).pool
+            assert pool is not None
+            pooled.append(sum(conn is not None for conn in pool.queue))
+        finally:
+            await ranges.aclose()
+
+    try:
+        trio.run(main)
+    finally:
+        server.stop()
+    assert bytes(got) == b"#usda 1.0\n" * 50
+    assert pooled == [1]  # kept alive: the body was read to its end

@@ -85,6 +85,10 @@ class FaultyUpstream:
         return self.inner.ranged
 
     @property
+    def reads_unlisted(self) -> bool:
+        return self.inner.reads_unlisted
+
+    @property
     def body_in_memory(self) -> bool:
         return self.inner.body_in_memory
 

@@ -80,6 +80,10 @@ class MemoryStore:
     body_in_memory = False
 
     @property
+    def reads_unlisted(self) -> bool:
+        return self.ranged
+
+    @property
     def download_path(self) -> str:
         return "in memory" + (", ranged parts" if self.ranged else "")
 

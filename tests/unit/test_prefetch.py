@@ -267,3 +267,45 @@ async def test_a_layer_still_streaming_is_read_once_it_is_installed(mirror: Mirr
         await trio.testing.wait_all_tasks_blocked(cushion=0.1)
         assert [path.rsplit("/", 1)[-1] for path in parser.asked][:1] == ["big.usda"]
         assert "Isaac/Robots/Big/part.usda" in mirrored(mirror)
+
+
+@trio_test
+async def test_a_layer_in_a_folder_not_listed_yet_is_read_beside_the_listing(mirror: Mirror, index: Index) -> None:
+    """A layer a layer names, in a folder nobody listed (the MDL module in NVIDIA/...): its
+    read goes beside the folder's listing, not after it, and the download takes that body,
+    checked against the listing's size and ETag: no second request for it."""
+    from isaacfs.fetch.preload import BLIND_BYTES
+
+    upstream = MemoryUpstream(sample_files(), ranged=True)
+    await _open_go2_until_its_dependencies_land(Running(mirror, index, upstream), mirror)
+    mdl = "NVIDIA/Materials/Base/Metals/Aluminum_Anodized.mdl"
+    assert (mdl, 0, BLIND_BYTES) in upstream.ranges  # read before its size was known
+    assert upstream.requests[f"get {mdl}"] == 0 and upstream.requests[f"range {mdl}"] == 1
+    assert index.session["read_ahead_used"] >= 1
+    assert mirrored(mirror) == GO2_DEPENDENCIES | {GO2}
+    assert index.file_md5(RelPath.parse(mdl)) is not None
+
+
+@trio_test
+async def test_a_layer_read_before_its_listing_that_the_listing_does_not_name_is_dropped(
+        mirror: Mirror, index: Index) -> None:
+    """The blind read of a named layer that is not upstream (the listing says so): dropped,
+    nothing installed, its memory given back."""
+    files = sample_files()
+    del files["NVIDIA/Materials/Base/Metals/Aluminum_Anodized.mdl"]
+    upstream = MemoryUpstream(files, ranged=True)
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree, prefetcher = build(running)
+        node = await walk(tree, GO2)
+        os.close((await tree.open(node))[0])  # type: ignore[arg-type]
+        with trio.fail_after(30):
+            while not mirrored(mirror) >= GO2_DEPENDENCIES - {"NVIDIA/Materials/Base/Metals/Aluminum_Anodized.mdl",
+                                                              "NVIDIA/Materials/Base/Metals/Aluminum_Anodized/"
+                                                              "Aluminum_Anodized_BaseColor.png"}:
+                await trio.sleep(0.05)
+        await trio.testing.wait_all_tasks_blocked()
+        assert RelPath.parse("NVIDIA/Materials/Base/Metals/Aluminum_Anodized.mdl") not in running.ws.fetcher.read_aheads
+        assert upstream.requests["range NVIDIA/Materials/Base/Metals/Aluminum_Anodized.mdl"] == 1  # it was read
+        assert running.ws.fetcher.budget.used == 0
+        await prefetcher.aclose()
