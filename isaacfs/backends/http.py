@@ -38,6 +38,9 @@ from ..core.health import Health
 
 BLOCK = 1024 * 1024
 
+CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
 # One line per upstream request, where ``request_log`` is on (the daemon sets this logger's
 # level): what a slow first load waited on, request by request (bench/critical_path.py).
 requests_log = logging.getLogger("isaacfs.requests")
@@ -53,8 +56,6 @@ def log_request(method: str, url: str, started: float, status: object, first_byt
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     waited = f", first byte after {(first_byte - started) * 1000:.1f} ms" if first_byte is not None else ""
     requests_log.info("request %s %s%s: %s in %.1f ms%s", method, target, note, status, (now - started) * 1000, waited)
-CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
 def connect_failure(exc: BaseException) -> str:
