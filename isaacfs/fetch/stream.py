@@ -298,9 +298,9 @@ class Transfer:
         return self.hash.problem(os.fstat(self.fd).st_size)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        fd, self.fd = self.fd, -1  # forgotten first: never closed twice (TempWriter._close)
+        if fd >= 0:
+            os.close(fd)
 
 
 class Coverage:

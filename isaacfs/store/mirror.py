@@ -148,8 +148,8 @@ class Mirror:
                 self._clear_tmp()
             except OSError:
                 pass
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            lock_fd, self._lock_fd = self._lock_fd, None  # forgotten first: never closed twice
+            os.close(lock_fd)
         os.close(self.fd)
 
     # -- I/O that may hang -------------------------------------------------------------
@@ -358,9 +358,13 @@ class TempWriter:
         return self.hasher.md5
 
     def _close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        # Forgotten before it is closed: a Ctrl-C landing just after the close (its handler
+        # runs between the two) must not leave the number to be closed again by ``discard``,
+        # by then another download's file (EBADF there, and the OSError replaced the
+        # KeyboardInterrupt: the warm went on).
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def discard(self) -> None:
         self._close()

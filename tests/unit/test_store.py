@@ -173,3 +173,33 @@ def test_an_unreadable_or_wrong_mirror_folder_is_one_sentence(tmp_path: Path,
     monkeypatch.setattr(os, "listdir", denied)
     with pytest.raises(MountError, match=r"cannot be read \(Permission denied\)"):
         classify_folder(tmp_path)
+
+
+def test_a_ctrl_c_just_after_a_close_stops_the_job_and_closes_no_other_file(
+        mirror: Mirror, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGINT whose handler ran between a temporary file's close and the line that forgot
+    its number: the caller's ``discard`` closed the number again, by then another download's
+    file (EBADF there), and that OSError replaced the KeyboardInterrupt, so a warm Ctrl-C'd
+    went on to the end (tests/mount/test_warm.py caught it, now and then)."""
+    writer = mirror.writer()
+    other = os.open(os.devnull, os.O_RDONLY)
+    real_close, closes = os.close, []
+
+    def close_then_signal(fd: int) -> None:
+        real_close(fd)
+        closes.append(fd)
+        if len(closes) == 1:
+            raise KeyboardInterrupt  # the handler runs as the close returns
+
+    monkeypatch.setattr(os, "close", close_then_signal)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            try:
+                writer._close()
+            finally:
+                writer.discard()  # what every download's cleanup does
+    finally:
+        monkeypatch.undo()
+    assert len(closes) == 1
+    os.fstat(other)  # still open
+    os.close(other)
