@@ -181,6 +181,7 @@ class Daemon:
             log.error("%s", exc)
             self.report(f"ERROR {exc}")
             return exc.exit_code
+        mirror.start_scan_ahead()
         index = Index(mirror.state / "index.db")
         try:
             try:

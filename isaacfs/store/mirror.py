@@ -28,6 +28,7 @@ import trio
 from ..core.errors import InvalidPath, MirrorStalled, MountError
 from ..core.paths import STATE_DIR_NAME, RelPath, check_name
 from ..core.types import LocalEntry
+from .scanahead import ScanAhead
 
 log = logging.getLogger("isaacfs.mirror")
 
@@ -89,6 +90,7 @@ class Mirror:
         except OSError as exc:
             raise MountError(f"mirror folder {folder} cannot be opened: {exc.strerror}") from None
         self.root = Path(f"/proc/self/fd/{self.fd}")
+        self._root_text = str(self.root)
         self.state = self.root / STATE_DIR_NAME
         self.tmp = self.state / "tmp"
         self._lock_fd: int | None = None
@@ -100,6 +102,13 @@ class Mirror:
         self.network = self.fs_type in NETWORK_FS or self.fs_type.startswith("fuse")
         self.io_timeout = 30.0
         self._io_threads = trio.CapacityLimiter(IO_THREADS)
+        self.scan_ahead: ScanAhead | None = None
+
+    def start_scan_ahead(self) -> None:
+        """Scan folders ahead of a walk in a helper process (``scanahead.py``), where the
+        mirror is on a local disk: a network one's reads can hang, and its server caches."""
+        if not self.network and self.scan_ahead is None:
+            self.scan_ahead = ScanAhead(self.fd)
 
     # -- lifecycle ------------------------------------------------------------------
     def prepare(self) -> None:
@@ -141,6 +150,9 @@ class Mirror:
         self._lock_fd = fd
 
     def close(self) -> None:
+        if self.scan_ahead is not None:
+            self.scan_ahead.close()
+            self.scan_ahead = None
         if self._lock_fd is not None:
             # A Ctrl-C can land between a temporary file's creation and the code that would
             # discard it; whatever is left, this writer leaves nothing half-written behind.
@@ -175,10 +187,17 @@ class Mirror:
             raise InvalidPath("isaacfs state is not part of the tree")
         return self.root.joinpath(*rel.parts)
 
+    def os_path(self, rel: RelPath) -> str:
+        """``path`` as text, for the calls a walk makes per folder and file (building a
+        ``Path`` took as long as the system call it was for)."""
+        if rel.is_state():
+            raise InvalidPath("isaacfs state is not part of the tree")
+        return "/".join((self._root_text, *rel.parts))
+
     def entry(self, rel: RelPath) -> LocalEntry | None:
         """What the mirror holds at ``rel``: a file or folder, or None."""
         try:
-            st = os.stat(self.path(rel))
+            st = os.stat(self.os_path(rel))
         except (FileNotFoundError, NotADirectoryError):
             return None
         return _local(rel.name, st)
@@ -188,7 +207,7 @@ class Mirror:
         try:
             # Scanning by fd makes each entry's stat an fstatat() on that fd, not a walk of
             # the whole /proc/self/fd/N/... path again.
-            fd = os.open(self.path(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(self.os_path(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             return None
         entries = []
@@ -197,9 +216,14 @@ class Mirror:
                 for item in iterator:
                     if rel.is_root and item.name == STATE_DIR_NAME:
                         continue
+                    name = item.name
                     try:
-                        check_name(item.name)
-                        local = _local(item.name, item.stat())
+                        # A directory read never names "", "." or "..", nor one holding "/" or
+                        # NUL; only the length is left to check, and 63 characters cannot
+                        # reach NAME_MAX's 255 bytes.
+                        if len(name) > 63:
+                            check_name(name)
+                        local = _local(name, item.stat())
                     except (InvalidPath, OSError):
                         continue
                     if local is not None:
@@ -209,7 +233,7 @@ class Mirror:
         return entries
 
     def open_read(self, rel: RelPath) -> int:
-        return os.open(self.path(rel), os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(self.os_path(rel), os.O_RDONLY | os.O_CLOEXEC)
 
     def free_and_total_bytes(self) -> tuple[int, int]:
         st = os.statvfs(self.root)

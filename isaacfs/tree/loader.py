@@ -80,37 +80,36 @@ class FolderLoader:
     async def mirror_mtime(self, node: Node) -> int:
         """The mirror folder's mtime (-1: not in the mirror; -2: unreadable). Where the
         folder's file system can hang, asked off the loop under a deadline (MirrorStalled)."""
+        return (await self._mirror_folder(node))[0]
+
+    async def _mirror_folder(self, node: Node) -> tuple[int, int]:
+        """The mirror folder's mtime (as ``mirror_mtime``) and size, from one stat."""
         if node.ghost:
             local = await self.mirror.io(node.foreign, self.mirror.entry, self.table.rel(node))
             if local is None or not local.is_dir:
-                return -1
+                return -1, 0
             self._set_local(node, local)  # the folder arrived in the mirror (a warm, a copy)
         if not node.cached:
-            return -1
-        return await self.mirror.io(node.foreign, self._mtime, self.table.rel(node))
+            return -1, 0
+        return await self.mirror.io(node.foreign, self._stat, self.table.rel(node))
 
-    def _mtime(self, rel: RelPath) -> int:
+    def _stat(self, rel: RelPath) -> tuple[int, int]:
         try:
-            return os.stat(self.mirror.path(rel)).st_mtime_ns
+            st = os.stat(self.mirror.os_path(rel))
         except OSError:
-            return -2
+            return -2, 0
+        return st.st_mtime_ns, st.st_size
 
     def _set_local(self, node: Node, local: LocalEntry) -> None:
         self.table.set_local(node, local)
         if not node.foreign and self.mirror.foreign(local):
             node.foreign = True  # a network mirror, or another file system mounted here
 
-    def _big_folder(self, rel: RelPath) -> bool:
-        try:
-            return os.stat(self.mirror.path(rel)).st_size > BIG_FOLDER_BYTES
-        except OSError:
-            return False
-
     async def _load(self, node: Node, mode: Mode) -> None:
         rel = self.table.rel(node)
         if node.children is None:
             node.children = {}
-        mtime = await self.mirror_mtime(node)
+        mtime, size = await self._mirror_folder(node)
         if mtime != node.scanned_mtime_ns:
             # A small folder on this thread: a worker-thread hop per folder made a cold walk of
             # 20,000 files about twice as slow (bench/bench_mount.py). A big one (thousands of
@@ -120,10 +119,15 @@ class FolderLoader:
             if node.cached:
                 if node.foreign:
                     scanned = await self.mirror.io(True, self.mirror.scan, rel)
-                elif self._big_folder(rel):
-                    scanned = await trio.to_thread.run_sync(self.mirror.scan, rel)
                 else:
-                    scanned = self.mirror.scan(rel)
+                    if size > BIG_FOLDER_BYTES:
+                        scanned = await trio.to_thread.run_sync(self.mirror.scan, rel)
+                    else:
+                        scanned = self.mirror.scan(rel)
+                    if scanned and self.mirror.scan_ahead is not None:
+                        # The first subfolder last: the helper scans the latest hint first.
+                        self.mirror.scan_ahead.hint(
+                            [rel.child(entry.name) for entry in reversed(scanned) if entry.is_dir])
             self._merge_local(node, scanned)
             node.scanned_mtime_ns = mtime
         if mode == "permissive" and self._wants_listing(node):
@@ -135,6 +139,10 @@ class FolderLoader:
 
     def _merge_local(self, node: Node, entries: list[LocalEntry] | None) -> None:
         assert node.children is not None
+        if not node.children:
+            # A first scan (the common case: every folder a walk opens): new nodes only.
+            self.table.add_local(node, entries or (), self.mirror.foreign)
+            return
         seen = set()
         for entry in entries or ():
             seen.add(entry.name)
@@ -221,4 +229,4 @@ class FolderLoader:
         folder = node.parent
         if folder is not None and folder.scanned_mtime_ns >= 0:
             # Its new mtime, where that costs no wait (else: rescanned, off the loop, on next use).
-            folder.scanned_mtime_ns = -3 if folder.foreign or folder.ghost else self._mtime(self.table.rel(folder))
+            folder.scanned_mtime_ns = -3 if folder.foreign or folder.ghost else self._stat(self.table.rel(folder))[0]

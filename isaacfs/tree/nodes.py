@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..core.paths import RelPath
 from ..core.types import LocalEntry, RemoteEntry
@@ -98,6 +98,21 @@ class InodeTable:
             parent.children[name] = node
             self.nodes[node.inode] = node
         return node
+
+    def add_local(self, parent: Node, entries: Iterable[LocalEntry], foreign: Callable[[LocalEntry], bool]) -> None:
+        """New children of ``parent`` (which has none yet) for mirror entries, as ``child``
+        then ``set_local`` would make them, without their per-entry calls (a cold walk makes
+        one per file). ``foreign(entry)``: the entry is on a file system that can hang."""
+        children, nodes, inodes = parent.children, self.nodes, self._inodes
+        assert children is not None
+        for entry in entries:
+            name = entry.name
+            node = Node(next(inodes), parent, name, entry.is_dir)
+            node.cached, node.size, node.mtime_ns, node.gen = True, entry.size, entry.mtime_ns, 1
+            if not node.foreign and foreign(entry):
+                node.foreign = True
+            children[name] = node
+            nodes[node.inode] = node
 
     def replace(self, node: Node) -> Node:
         """A new node (a new inode) for ``node``'s name: the old one lives on for its open

@@ -338,3 +338,61 @@ async def test_a_big_mirror_folder_is_scanned_off_the_loop(mirror: Mirror, index
         assert big is not None and small is not None
         assert len(await tree.listdir(big)) == 400 and len(await tree.listdir(small)) == 1
     assert on_loop["Isaac/Props/Big"] is False and on_loop["Isaac/Props/Small"] is True
+
+
+class _Hints:
+    """Stands in for the scan-ahead helper: records what the loader hands it."""
+
+    def __init__(self) -> None:
+        self.given: list[list[str]] = []
+
+    def hint(self, folders: list[RelPath]) -> None:
+        self.given.append([str(rel) for rel in folders])
+
+
+@trio_test
+async def test_a_scanned_folder_hands_its_subfolders_to_scan_ahead_the_first_last(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    robots = mirror.display / "Isaac" / "Robots"
+    for name in ("A", "B", "C"):
+        (robots / name).mkdir(parents=True)
+    (robots / "readme.txt").write_bytes(b"x")
+    hints = _Hints()
+    mirror.scan_ahead = hints  # type: ignore[assignment]
+    running = Running(mirror, index, upstream)
+    try:
+        async with running:
+            tree = make_tree(running, "strict")
+            folder = await walk(tree, "Isaac/Robots")
+            assert folder is not None
+            listed = [node.name for node in await tree.listdir(folder)]
+    finally:
+        mirror.scan_ahead = None
+    subfolders = [f"Isaac/Robots/{name}" for name in listed if name != "readme.txt"]
+    assert sorted(subfolders) == ["Isaac/Robots/A", "Isaac/Robots/B", "Isaac/Robots/C"]
+    # In the order a walk goes down: the helper takes the last hint first.
+    assert hints.given[-1] == subfolders[::-1]
+    assert ["Isaac"] in hints.given  # the root's one subfolder, when the root was scanned
+
+
+@trio_test
+async def test_a_first_scan_makes_the_nodes_a_rescan_would(mirror: Mirror, index: Index,
+                                                           upstream: MemoryUpstream) -> None:
+    folder_path = mirror.display / "Isaac" / "Props"
+    folder_path.mkdir(parents=True)
+    (folder_path / "a.usda").write_bytes(b"#usda 1.0\n")
+    (folder_path / "Sub").mkdir()
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree = make_tree(running, "strict")
+        folder = await walk(tree, "Isaac/Props")
+        assert folder is not None
+        first = {node.name: (node.cached, node.is_dir, node.size, node.mtime_ns, node.gen, node.foreign)
+                 for node in await tree.listdir(folder)}
+        assert all(tree.table.nodes[node.inode] is node for node in await tree.listdir(folder))
+        (folder_path / "b.usda").write_bytes(b"#usda 1.0\n# two\n")  # a rescan, through child/set_local
+        names = {node.name: node for node in await tree.listdir(folder)}
+    made = names["b.usda"]
+    assert first["a.usda"] == (True, False, 10, (folder_path / "a.usda").stat().st_mtime_ns, 1, False)
+    assert first["Sub"][:2] == (True, True) and first["Sub"][4:] == (1, False)
+    assert (made.cached, made.is_dir, made.size, made.gen, made.foreign) == (True, False, 16, 1, False)

@@ -13,6 +13,7 @@ from isaacfs.core.paths import RelPath
 from isaacfs.core.types import RemoteEntry
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror, MirrorLocked, TempWriter, classify_folder
+from isaacfs.store.scanahead import ScanAhead
 from tests.unit.conftest import trio_test, trio_test_real_clock
 
 
@@ -203,3 +204,57 @@ def test_a_ctrl_c_just_after_a_close_stops_the_job_and_closes_no_other_file(
     assert len(closes) == 1
     os.fstat(other)  # still open
     os.close(other)
+
+
+def _reports(scan_ahead: ScanAhead, count: int) -> list[str]:
+    """The next ``count`` folders the helper reports scanned (a blocking read: an event)."""
+    assert scan_ahead.reports is not None
+    lines: list[str] = []
+    pending = b""
+    while len(lines) < count:
+        chunk = os.read(scan_ahead.reports, 4096)
+        assert chunk, f"the helper ended after reporting {lines}"
+        *done, pending = (pending + chunk).split(b"\n")
+        lines += [line.decode() for line in done]
+    return lines
+
+
+def test_scan_ahead_scans_the_latest_hint_first_and_each_folder_once(mirror: Mirror) -> None:
+    for name in ("A", "B", "C"):
+        (mirror.display / "Isaac" / name).mkdir(parents=True)
+        (mirror.display / "Isaac" / name / "x.usda").write_bytes(b"#usda 1.0\n")
+    scan_ahead = ScanAhead(mirror.fd, report=True)
+    try:
+        assert scan_ahead.running
+        scan_ahead.hint([RelPath.parse(f"Isaac/{name}") for name in ("A", "B", "C", "Gone", "C")])
+        # The last hint first (a depth-first walk goes where it was last pointed); the folder
+        # that is not there costs nothing more; C, hinted twice, is scanned once.
+        assert _reports(scan_ahead, 4) == ["Isaac/C", "Isaac/Gone", "Isaac/B", "Isaac/A"]
+        scan_ahead.hint([RelPath.parse("Isaac/A"), RelPath.parse("Isaac")])
+        assert _reports(scan_ahead, 1) == ["Isaac"]  # A was scanned already
+    finally:
+        scan_ahead.close()
+    assert not scan_ahead.running
+
+
+def test_a_helper_that_died_ends_scan_ahead_without_an_error(mirror: Mirror) -> None:
+    scan_ahead = ScanAhead(mirror.fd)
+    process = scan_ahead._process
+    assert process is not None
+    process.kill()
+    process.wait()
+    scan_ahead.hint([RelPath.parse("Isaac")])  # the pipe is broken: scan-ahead stops, quietly
+    assert not scan_ahead.running
+    scan_ahead.hint([RelPath.parse("Isaac")])
+
+
+def test_the_mirror_stops_its_helper_when_it_closes(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    mirror = Mirror(folder)
+    mirror.prepare()
+    mirror.start_scan_ahead()
+    assert mirror.scan_ahead is not None and mirror.scan_ahead.running
+    process = mirror.scan_ahead._process
+    mirror.close()
+    assert process is not None and process.returncode == 0  # it read the end of its input and left
