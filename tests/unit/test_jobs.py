@@ -379,6 +379,24 @@ def test_a_closure_reads_the_robot_folders_layers_ahead_and_installs_only_what_i
     assert counters.get("read_ahead_used", 0) >= 3  # the sublayers and the meshes layer
 
 
+def test_a_closure_reads_a_layer_beside_its_folders_listing(folder: Path, upstream: MemoryUpstream) -> None:
+    """A layer a layer names, in a folder not listed yet (the MDL module under NVIDIA/): its
+    read goes beside the folder's listing, not after it, as the mount's prefetch does; the
+    download takes that body, checked: no second request."""
+    from isaacfs.fetch.preload import BLIND_BYTES
+    from tests.unit.test_prefetch import GO2_DEPENDENCIES
+
+    upstream.ranged = True  # an upstream that reads a file it has not listed (S3 by range)
+    mdl = "NVIDIA/Materials/Base/Metals/Aluminum_Anodized.mdl"
+    result, _ = warm(folder, upstream, WarmSpec(closure=[GO2]))
+    assert result.ok, result.failures
+    assert set(mirrored(folder)) == GO2_DEPENDENCIES | {GO2}
+    assert (mdl, 0, BLIND_BYTES) in upstream.ranges  # asked before its size was known
+    assert upstream.requests[f"get {mdl}"] == 0 and upstream.requests[f"range {mdl}"] == 1
+    assert (GO2, 0, BLIND_BYTES) in upstream.ranges  # the root layer too, beside its folder's listing
+    assert upstream.requests[f"get {GO2}"] == 0
+
+
 def test_a_manifest_warm_sees_what_the_upstream_holds_now(folder: Path, upstream: MemoryUpstream) -> None:
     """Looked up from folder listings, but not from one stored before the warm: a manifest
     warm after an upstream change replaces the file, as a stat per file did (a CI run of
