@@ -329,7 +329,10 @@ def main() -> None:
     parser.add_argument("--category-files", type=int, default=400)
     parser.add_argument("--layouts", nargs="+", choices=sorted(EXPECTED), default=["walker", "deep", "scene"])
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--warms-only", action="store_true",
+                        help="only warm --closure and warm --manifest (no loads, no category warm); writes no docs")
     args = parser.parse_args()
+    args.no_write = args.no_write or args.warms_only
     results: dict[tuple[str, float], list[float]] = {}
     paths: dict[tuple[str, float], list[str]] = {}  # each isaacfs cold load's critical path, printed
     ENV["ISAACFS_REQUEST_LOG"] = "1"  # the mounts log every request: the critical path is read from them
@@ -361,11 +364,13 @@ def main() -> None:
             for layout, run in ((layout, run) for layout in args.layouts for run in range(args.runs)):
                 named = (lambda label, layout=layout: f"{layout}: {label}") if len(args.layouts) > 1 else str
                 files = robots[(layout, rtt, run, "floor")]
-                floor = subprocess.run([sys.executable, "-c", FLOOR],
-                                       input=json.dumps([f"{upstream}/{f}" for f in files]),
-                                       capture_output=True, text=True, env=ENV, check=True)
-                record(results, named(FLOOR_LABEL), rtt, json.loads(floor.stdout.strip().splitlines()[-1])["seconds"])
-                for label, peer in peers.items():
+                if not args.warms_only:
+                    floor = subprocess.run([sys.executable, "-c", FLOOR],
+                                           input=json.dumps([f"{upstream}/{f}" for f in files]),
+                                           capture_output=True, text=True, env=ENV, check=True)
+                    record(results, named(FLOOR_LABEL), rtt,
+                           json.loads(floor.stdout.strip().splitlines()[-1])["seconds"])
+                for label, peer in peers.items() if not args.warms_only else ():
                     tool = "isaacfs" if peer.name == "isaacfs" else "rclone"
                     since = datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
                     with mounted(peer, work) as root:
@@ -387,7 +392,7 @@ def main() -> None:
                     mirror = work / f"{spec[0].strip('-')}-{layout}-{rtt}-{run}"
                     record(results, named(label), rtt, isaacfs("warm", str(mirror), "--upstream", upstream, *spec,
                                                                "--jobs", "16"))
-            if rtt == max(args.rtts):
+            if rtt == max(args.rtts) and not args.warms_only:
                 for run in range(args.runs):
                     record(results, "category warm, isaacfs", rtt,
                            isaacfs("warm", str(work / f"bulk-{run}"), "--upstream", upstream, "--categories",
@@ -433,7 +438,7 @@ def report(results: dict[tuple[str, float], list[float]], args: argparse.Namespa
         mounts = [label for label in labels if label.startswith(f"{prefix}rclone ")]
         for rtt in args.rtts:
             ours, base = med(f"{prefix}isaacfs permissive, cold", rtt), med(f"{prefix}{FLOOR_LABEL}", rtt)
-            theirs = min(med(label, rtt) for label in mounts)
+            theirs = min((med(label, rtt) for label in mounts), default=float("nan"))
             closure = med(f"{prefix}isaacfs warm --closure", rtt)
             manifest = med(f"{prefix}isaacfs warm --manifest", rtt)
             lines.append(f"- {prefix}{rtt * 1000:.0f} ms: permissive {ours / base:.2f}x of the floor (target <= 1.3),"
@@ -442,7 +447,7 @@ def report(results: dict[tuple[str, float], list[float]], args: argparse.Namespa
     top = max(args.rtts)
     ours = med("category warm, isaacfs", top)
     copies = [label for label in labels if label.startswith("category warm, rclone")]
-    theirs = min(med(label, top) for label in copies)
+    theirs = min((med(label, top) for label in copies), default=float("nan"))
     lines.append(f"- category warm at {top * 1000:.0f} ms: {ours / theirs:.2f}x of the faster rclone copy"
                  " (target <= 0.8)")
     if len(args.rtts) >= 2:

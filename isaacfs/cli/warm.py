@@ -169,7 +169,7 @@ def _is_interrupt(exc: BaseException) -> bool:
 
 
 def warm_and_report(settings: Settings, mirror: Path, spec: WarmSpec) -> int:
-    logs.setup("WARNING")
+    logs.setup("WARNING", settings.request_log)
     interactive = sys.stdout.isatty()
     # Not a terminal (a log, CI): wide enough that no row or path is wrapped.
     console = Console(width=None if interactive else 200)
@@ -214,7 +214,7 @@ def fill_and_report(settings: Settings, mirror: Path, spec: WarmSpec, store_url:
     if mounts.live(mirror):
         raise UserError(f"{mirror} is a live mount; a filler warms its own mirror: give --mirror DIR (a folder"
                         " on this host) or unmount it")
-    logs.setup("WARNING")
+    logs.setup("WARNING", settings.request_log)
     interactive = sys.stdout.isatty()
     console = Console(width=None if interactive else 200)
     store = S3Store(store_url, settings.upstream_timeout)

@@ -67,7 +67,7 @@ class Fetcher:
         # Told of every file installed, once (the mount's tree marks the node mirrored, the
         # prefetcher reads what a layer names).
         self.on_fetched: list[Callable[[Installed], None]] = []
-        self.downloading = trio.Event()  # set when the first download starts
+        self.downloading = trio.Event()  # set when the first download (or read-ahead) starts
         self._nursery: trio.Nursery | None = None
 
     def attach(self, nursery: trio.Nursery) -> None:
@@ -143,7 +143,7 @@ class Fetcher:
         local = self.mirror.entry(rel)
         if local is not None and not local.is_dir and local.size == expected.size:
             return False
-        return self.read_aheads.start(self._nursery, rel, expected)
+        return self._reading_ahead(self.read_aheads.start(self._nursery, rel, expected))
 
     def preload_blind(self, rel: RelPath) -> bool:
         """``preload`` for a file whose entry is not known yet (where files are read by range):
@@ -151,7 +151,17 @@ class Fetcher:
         if (self._nursery is None or rel in self._inflight or not self.upstream.reads_unlisted
                 or self.mirror.entry(rel) is not None):
             return False
-        return self.read_aheads.start_blind(self._nursery, rel)
+        return self._reading_ahead(self.read_aheads.start_blind(self._nursery, rel))
+
+    def expect_downloads(self) -> None:
+        """The caller knows downloads are coming before any has started (a closure whose root
+        layer is not mirrored, a manifest naming files that are not): as ``downloading``."""
+        self.downloading.set()
+
+    def _reading_ahead(self, started: bool) -> bool:
+        if started:
+            self.downloading.set()  # a body on its way, as a download's is (warm: connect ahead)
+        return started
 
     def drop_preloads(self, rels: Iterable[RelPath]) -> int:
         """Forget the bodies read ahead for ``rels`` that nobody asked for; returns how many."""

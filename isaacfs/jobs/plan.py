@@ -204,7 +204,7 @@ async def _entry_of(ws: Workspace, rel: RelPath, ttl: float | None, limit: trio.
         return await ws.upstream.stat(rel)
 
 
-async def _plan_paths(ws: Workspace, paths: list[RelPath], plan: Plan) -> None:
+async def _plan_paths(ws: Workspace, paths: list[RelPath], plan: Plan, dry_run: bool = False) -> None:
     """Listed paths (manifest, misses): each looked up upstream now, grouped by category;
     each file's download starts as soon as it is found (``plan.found``). A folder's listing
     is asked for once in this warm and shared by its files (a stat each before): a listing
@@ -212,6 +212,10 @@ async def _plan_paths(ws: Workspace, paths: list[RelPath], plan: Plan) -> None:
     holds now, as a stat did."""
     limit = trio.CapacityLimiter(max(ws.jobs, 8))
     began = time.time()
+    if not dry_run and any(ws.mirror.entry(rel) is None for rel in paths[:100]):
+        # Files to fetch: the connections are opened beside the first listings, not after them
+        # (a new one costs two round trips before its request).
+        ws.fetcher.expect_downloads()
 
     async def one(rel: RelPath) -> None:
         group = category_of(rel)[0]
@@ -286,6 +290,10 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
         # trip, not one per level.
         read_ahead.extend(layer for layer, entry in closures.layers_in(tree) if ws.fetcher.preload(layer, entry))
 
+    if not spec.dry_run and any(ws.mirror.entry(root) is None for root in roots):
+        # A root layer to fetch: the connections are opened beside the first listings, not
+        # after them (a new one costs two round trips before its request).
+        ws.fetcher.expect_downloads()
     async with trio.open_nursery() as nursery:
         for folder in dict.fromkeys(root.parent for root in roots):
             if ws.listings.fresh(folder, spec.listing_ttl) is None:
@@ -294,8 +302,12 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
         # ahead of the textures): the closure's own bound is only for a dry run's scratch reads.
         jobs = max(ws.jobs, 16) * (1 if spec.dry_run else 4)
         try:
-            found = await closures.compute(roots, entry_of, fetch_layer, ws.upstream.root_url, jobs,
-                                           on_file=None if spec.dry_run else leaf)
+            # A folder listed for the first time (a material library) has its tree read beside
+            # its listing, as on a mount: the folder its module's textures are in (Textures/)
+            # is then known when the module names them, a round trip less.
+            with ws.listings.trees_read(nursery, TREE_FILES):
+                found = await closures.compute(roots, entry_of, fetch_layer, ws.upstream.root_url, jobs,
+                                               on_file=None if spec.dry_run else leaf)
         finally:
             nursery.cancel_scope.cancel()
             ws.fetcher.drop_preloads(read_ahead)  # the folder's layers the closure did not reach
@@ -314,12 +326,12 @@ async def make_plan(ws: Workspace, spec: WarmSpec, plan: Plan | None = None) -> 
         if spec.manifest is not None:
             paths, problems = parse_manifest(spec.manifest, spec.manifest_name or "manifest")
             plan.notes.extend(problems)
-            await _plan_paths(ws, paths, plan)
+            await _plan_paths(ws, paths, plan, spec.dry_run)
         if spec.from_misses:
             misses = [RelPath.parse(path) for path, *_rest in ws.index.misses()]
             if not misses:
                 plan.notes.append("no misses are recorded: nothing to fetch")
-            await _plan_paths(ws, misses, plan)
+            await _plan_paths(ws, misses, plan, spec.dry_run)
         if spec.closure:
             await _plan_closure(ws, spec, plan)
     except UpstreamError as exc:

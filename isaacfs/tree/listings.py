@@ -7,8 +7,9 @@ folder is never taken from an upstream listing (an upstream may itself be a mirr
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import trio
 
@@ -54,6 +55,19 @@ class Listings:
         request of ``max_files`` entries, once per folder."""
         self._trees = nursery
         self._tree_files = max_files
+
+    @contextlib.contextmanager
+    def trees_read(self, nursery: trio.Nursery, max_files: int) -> Iterator[None]:
+        """``read_trees`` for the length of a job (a closure warm), where it is not on already
+        (a mount's daemon has it on for good); off again after."""
+        if self._trees is not None:
+            yield
+            return
+        self.read_trees(nursery, max_files)
+        try:
+            yield
+        finally:
+            self._trees = None
 
     def _start_tree(self, rel: RelPath) -> None:
         if self._trees is None or rel in self._trees_tried:

@@ -19,7 +19,7 @@ from isaacfs.jobs.warm import run
 from isaacfs.jobs.workspace import Workspace, run_on_mirror
 from isaacfs.store.index import Index
 from tests.support.memory import MemoryUpstream
-from tests.unit.conftest import FRANKA, GO2, mock_clock
+from tests.unit.conftest import FRANKA, GO2, mock_clock, sample_files
 
 SETTINGS = Settings(upstream="memory://assets")
 
@@ -379,14 +379,14 @@ def test_a_closure_reads_the_robot_folders_layers_ahead_and_installs_only_what_i
     assert counters.get("read_ahead_used", 0) >= 3  # the sublayers and the meshes layer
 
 
-def test_a_closure_reads_a_layer_beside_its_folders_listing(folder: Path, upstream: MemoryUpstream) -> None:
+def test_a_closure_reads_a_layer_beside_its_folders_listing(folder: Path) -> None:
     """A layer a layer names, in a folder not listed yet (the MDL module under NVIDIA/): its
     read goes beside the folder's listing, not after it, as the mount's prefetch does; the
     download takes that body, checked: no second request."""
     from isaacfs.fetch.preload import BLIND_BYTES
     from tests.unit.test_prefetch import GO2_DEPENDENCIES
 
-    upstream.ranged = True  # an upstream that reads a file it has not listed (S3 by range)
+    upstream = MemoryUpstream(sample_files(), ranged=True)  # reads a file it has not listed (S3 by range)
     mdl = "NVIDIA/Materials/Base/Metals/Aluminum_Anodized.mdl"
     result, _ = warm(folder, upstream, WarmSpec(closure=[GO2]))
     assert result.ok, result.failures
@@ -395,6 +395,48 @@ def test_a_closure_reads_a_layer_beside_its_folders_listing(folder: Path, upstre
     assert upstream.requests[f"get {mdl}"] == 0 and upstream.requests[f"range {mdl}"] == 1
     assert (GO2, 0, BLIND_BYTES) in upstream.ranges  # the root layer too, beside its folder's listing
     assert upstream.requests[f"get {GO2}"] == 0
+
+
+def test_a_closure_reads_a_new_folders_tree_beside_its_listing(folder: Path, upstream: MemoryUpstream) -> None:
+    """The material library's folder is listed for the first time: its tree is read beside
+    the listing (as on a mount), so the folder of the textures its module names is known
+    when the module is parsed: no listing of its own, a round trip less."""
+    upstream.recursive = True
+    textures = "NVIDIA/Materials/Base/Metals/Aluminum_Anodized"
+    result, _ = warm(folder, upstream, WarmSpec(closure=[GO2]))
+    assert result.ok, result.failures
+    assert f"{textures}/Aluminum_Anodized_BaseColor.png" in mirrored(folder)
+    assert upstream.requests["walk NVIDIA/Materials/Base/Metals"] == 1
+    assert upstream.requests[f"list {textures}"] == 0
+
+
+def test_a_closure_opens_its_connections_beside_its_first_listings(folder: Path, upstream: MemoryUpstream) -> None:
+    """A closure whose root layer is not mirrored will download: the connections are opened
+    at its start, beside the root folder's listing, not once its first body is on its way
+    (after that listing: three round trips more for a new connection); a rerun with
+    everything mirrored opens none."""
+    root_folder = str(RelPath.parse(GO2).parent)
+    upstream.slow[root_folder] = 0.3
+    listed: list[str] = []
+    seen_at_connect: list[list[str]] = []
+    real_list, real_connect = upstream.list, upstream.connect_ahead
+
+    async def list_folder(rel: RelPath, fresh: bool = False) -> list[Any]:
+        entries = await real_list(rel, fresh)
+        listed.append(str(rel))
+        return entries
+
+    async def connect_ahead(count: int) -> None:
+        seen_at_connect.append(list(listed))
+        await real_connect(count)
+
+    upstream.list = list_folder  # type: ignore[method-assign]
+    upstream.connect_ahead = connect_ahead  # type: ignore[method-assign]
+    first, _ = warm(folder, upstream, WarmSpec(closure=[GO2]))
+    assert first.ok and len(seen_at_connect) == 1
+    assert root_folder not in seen_at_connect[0]  # opened before the root's folder answered
+    again, _ = warm(folder, upstream, WarmSpec(closure=[GO2]))
+    assert again.ok and len(seen_at_connect) == 1
 
 
 def test_a_manifest_warm_sees_what_the_upstream_holds_now(folder: Path, upstream: MemoryUpstream) -> None:

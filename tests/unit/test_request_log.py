@@ -82,3 +82,23 @@ def test_the_critical_path_is_read_from_the_lines_the_daemon_writes(captured: io
     assert [r.target for r in chain] == ["/bucket/?list-type=2", "/bucket/root.usda", "/bucket/tex.png"]
     assert "3 on the critical path" in critical.report(found)
     assert critical.parse(lines, after="2099-01-01 00:00:00.000") == []
+
+
+def test_a_warm_without_a_mount_logs_its_requests_when_asked(
+        captured: io.StringIO, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ISAACFS_REQUEST_LOG=1 isaacfs warm ...` (no mount): the warm's own requests go to its
+    stderr, as a daemon's go to its log (configuration.md says so)."""
+    from isaacfs.cli import warm as warm_cli
+    from isaacfs.core import config
+    from isaacfs.jobs.spec import WarmResult, WarmSpec
+
+    def run_local(settings: object, mirror: Path, spec: WarmSpec, emit: object) -> WarmResult:
+        log_request("GET", "https://s3.example/b/Isaac/a.usda", time.monotonic() - 0.01, 200)
+        return WarmResult()
+
+    monkeypatch.setattr(warm_cli, "run_local", run_local)
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    settings = config.load(env={"ISAACFS_REQUEST_LOG": "1"}, config_file=tmp_path / "none.toml")
+    warm_cli.warm_and_report(settings, tmp_path / "mirror", WarmSpec(manifest=[]))
+    assert "request GET /b/Isaac/a.usda: 200" in stderr.getvalue()
