@@ -100,7 +100,10 @@ class OmniUpstream:
 
     @property
     def reads_unlisted(self) -> bool:
-        return self.ranged
+        """A file may be read by range before it is listed (a layer read beside its folder's
+        listing): S3 over HTTP, and before the first listing has told whether the bucket
+        answers anonymously (a refusal costs that one read, and the file is fetched as usual)."""
+        return self.s3 is not None and self.s3.answers is not False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OmniUpstream:

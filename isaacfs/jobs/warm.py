@@ -104,7 +104,11 @@ async def run(ws: Workspace, spec: WarmSpec, emit: Emit, plan: Plan | None = Non
 
 async def _connect_ahead(ws: Workspace) -> None:
     await ws.fetcher.downloading.wait()
-    await ws.upstream.connect_ahead(ws.jobs + ws.fetcher.limit.express)
+    # As many as a burst can use at once: every place (the express ones too), and as many
+    # again for the listings, trees and reads beside them that go out with it (a closure's
+    # ten props named by one scene: a listing, a tree and a layer each). A request that
+    # finds none idle opens its own: three round trips instead of one (bench_wan's log).
+    await ws.upstream.connect_ahead(2 * (ws.jobs + ws.fetcher.limit.express))
 
 
 def _announce(plan: Plan, emit: Emit) -> None:

@@ -40,3 +40,17 @@ def test_a_truncated_page_gives_its_continuation_token() -> None:
 def test_what_is_not_an_s3_listing_is_refused(body: bytes) -> None:
     with pytest.raises(NotS3):
         _parse_listing(body, "")
+
+
+def test_a_layer_may_be_read_unlisted_before_the_first_listing_but_not_once_refused() -> None:
+    """An https upstream reads a layer beside its folder's listing from the first request on
+    (a closure's root layer goes beside the first listing, not after it); once the bucket
+    has refused anonymous HTTP, never (omni.client fetches, after the listing)."""
+    from isaacfs.backends.omni import OmniUpstream
+
+    upstream = OmniUpstream("https://bucket.example/Assets/Isaac/6.2", 5.0, 30.0, 30.0, 0.0)
+    assert upstream.s3 is not None and upstream.s3.answers is None  # not asked yet
+    assert upstream.reads_unlisted and not upstream.ranged
+    upstream.s3.refused("HTTP 403")
+    assert not upstream.reads_unlisted
+    assert not OmniUpstream("file:///tmp/assets", 5.0, 30.0, 30.0, 0.0).reads_unlisted
