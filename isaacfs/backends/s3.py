@@ -17,7 +17,7 @@ from ..core.errors import AccessDenied, InvalidPath, Unavailable
 from ..core.health import Health
 from ..core.paths import RelPath, check_name
 from ..core.retry import RetryPolicy, resumable, retrying
-from ..core.types import RemoteEntry, Sink
+from ..core.types import RemoteEntry, Sink, Walked
 from .entries import Folders, Listing
 from .http import HttpRanges, NotS3, Partial, Sign
 
@@ -140,12 +140,18 @@ class S3Http:
                 if known is None or not known.is_dir:
                     folders[folder][leaf] = RemoteEntry(leaf, False, size, mtime, etag)
         if isinstance(found, Partial):
-            # The folders holding the last key listed go on past it: only the others are whole.
+            # The folders holding the last key listed go on past it: only the others are whole;
+            # of those, what the page saw is kept apart (``Walked.partly``).
             last = found[-1][0].split("/")[:-1] if found else []
+            partly: dict[RelPath, list[RemoteEntry]] = {}
             for depth in range(len(last) + 1):
-                folders.pop(RelPath((*rel.parts, *last[:depth])), None)
-            if not folders:
+                folder = RelPath((*rel.parts, *last[:depth]))
+                seen = folders.pop(folder, None)
+                if seen:
+                    partly[folder] = list(seen.values())
+            if not folders and not partly:
                 return None
+            return Walked({folder: list(entries.values()) for folder, entries in folders.items()}, partly)
         return {folder: list(entries.values()) for folder, entries in folders.items()}
 
     async def read_range(self, url: str, start: int, end: int, what: str,

@@ -42,6 +42,18 @@ class LocalEntry(NamedTuple):
     dev: int = 0  # the file system it is on (st_dev); 0: not known
 
 
+class Walked(dict[RelPath, list[RemoteEntry]]):
+    """A recursive listing that stopped at the end of a page (``walk(partial=True)``): the
+    folders it holds whole, as a dict; ``partly``: for each folder the page ended inside, the
+    entries it saw there. Those exist (a key was listed below each), but are not all there
+    are: enough to answer that a name is there, never that one is not."""
+
+    def __init__(self, whole: dict[RelPath, list[RemoteEntry]],
+                 partly: dict[RelPath, list[RemoteEntry]]) -> None:
+        super().__init__(whole)
+        self.partly = partly
+
+
 @dataclass(frozen=True, slots=True)
 class Installed:
     """The one announcement of a file put in the mirror (checked, indexed, renamed into
@@ -115,7 +127,8 @@ class Upstream(Protocol):
                    partial: bool = False) -> dict[RelPath, list[RemoteEntry]] | None:
         """Every folder below ``rel`` with its entries in one go; None where the upstream
         cannot, or over ``max_files`` files. With ``partial``, over ``max_files`` files: the
-        folders the first ``max_files`` keys hold whole, never ``rel`` itself (None if none)."""
+        folders the first ``max_files`` keys hold whole, never ``rel`` itself (None if none),
+        as a ``Walked`` where the upstream also tells what it saw of the others."""
         ...
 
     async def connect_ahead(self, count: int) -> None:

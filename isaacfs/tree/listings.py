@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import trio
 
 from ..core.paths import STATE_DIR_NAME, RelPath
-from ..core.types import RemoteEntry, Upstream
+from ..core.types import RemoteEntry, Upstream, Walked
 from ..store.index import Index
 
 # A folder's tree is read in one request where it holds at most this many files (S3 answers
@@ -44,6 +44,9 @@ class Listings:
         self._tree_files = 0
         self._trees_tried: dict[RelPath, None] = {}
         self._tree_flights: dict[RelPath, tuple[trio.Event, int]] = {}  # trees on their way, and their bound
+        # What trees that ended inside a folder saw of it (``Walked.partly``): names that are
+        # there, with when they were seen; never all there are.
+        self._seen: dict[RelPath, tuple[float, dict[str, RemoteEntry]]] = {}
 
     def read_trees(self, nursery: trio.Nursery, max_files: int) -> None:
         """From now on, a folder listed upstream for the first time has its whole tree read
@@ -177,6 +180,8 @@ class Listings:
         tree = await self.upstream.walk(rel, max_files, partial=True)
         if tree is None:
             return None
+        if isinstance(tree, Walked):
+            self._saw(tree.partly)
         kept: dict[RelPath, list[RemoteEntry]] = {}
         for folder, entries in tree.items():
             if folder.parts[:1] == (STATE_DIR_NAME,):
@@ -189,6 +194,27 @@ class Listings:
                 observer(folder)
         self.index.count("listings")
         return kept if rel in kept else None
+
+    def _saw(self, partly: dict[RelPath, list[RemoteEntry]]) -> None:
+        if len(self._seen) > 10_000:
+            self._seen.clear()  # bounded: at worst a folder is listed to answer a lookup
+        now = time.time()
+        for folder, entries in partly.items():
+            if folder.parts[:1] == (STATE_DIR_NAME,):
+                continue
+            known = self._seen.get(folder)
+            names = dict(known[1]) if known is not None and now - known[0] < self.ttl else {}
+            names.update((entry.name, entry) for entry in entries if entry.name != STATE_DIR_NAME)
+            self._seen[folder] = (now, names)
+
+    def seen(self, folder: RelPath, name: str) -> RemoteEntry | None:
+        """``name`` in ``folder`` as a tree that ended inside the folder saw it, within the
+        TTL: it is there (a key was listed below it), though the folder's listing is not known.
+        Enough for a lookup to go on down a path without listing every folder on it."""
+        known = self._seen.get(folder)
+        if known is None or time.time() - known[0] >= self.ttl:
+            return None
+        return known[1].get(name)
 
     async def get(self, rel: RelPath, ttl: float | None = None,
                   limit: trio.CapacityLimiter | None = None) -> list[RemoteEntry]:

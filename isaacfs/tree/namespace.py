@@ -86,6 +86,10 @@ class Tree:
             if known is not None and known.cached and not known.ghost:
                 return known  # the fast path: no process check, no listing
         mode = mode_of() if mode_of is not None else self.mode
+        if mode == "permissive" and not parent.listed_at:
+            seen = self._seen_folder(parent, name)
+            if seen is not None:
+                return seen
         children = await self.children(parent, mode)
         node = children.get(name)
         if node is not None and self.visible(node, mode):
@@ -100,6 +104,27 @@ class Tree:
             # kernel would remember it. EIO is not remembered; the next lookup asks again.
             raise Unavailable(f"{rel}: not in the mirror, and the upstream's listing of its folder could not be had")
         return None
+
+    def _seen_folder(self, parent: Node, name: str) -> Node | None:
+        """A folder a tree read upstream saw below ``parent`` before ``parent``'s listing is
+        known (the page ended inside it: ``Listings.seen``), answered without that listing:
+        a path down Isaac/IsaacLab/Robots/... costs the pages that saw it, not a listing per
+        folder. Only a folder, and only where the mirror holds no file of that name."""
+        if parent.foreign or (parent.children is not None and name in parent.children):
+            return None  # known already (or a mirror folder whose stat may hang): the usual way
+        entry = self.listings.seen(self.rel(parent), name)
+        if entry is None or not entry.is_dir:
+            return None
+        if parent.cached:
+            local = self.mirror.entry(self.rel(parent).child(name))
+            if local is not None and not local.is_dir:
+                return None
+        if parent.children is None:
+            parent.children = {}  # still unlisted: the first listdir or miss lists it
+        node = self.table.child(parent, name, True)
+        self.table.set_remote(node, entry)
+        self.index.count("lookups_from_pages")
+        return node
 
     def _may_ghost(self, rel: RelPath, node: Node | None, mode: Mode) -> bool:
         listed: bool | None = None

@@ -414,6 +414,7 @@ def test_a_recursive_listing_too_large_answers_the_folders_its_first_page_holds_
     from isaacfs.backends.s3 import S3Http
     from isaacfs.core.health import Health
     from isaacfs.core.paths import RelPath
+    from isaacfs.core.types import Walked
 
     source = tmp_path / "source"
     for folder in range(22):
@@ -443,6 +444,13 @@ def test_a_recursive_listing_too_large_answers_the_folders_its_first_page_holds_
     assert isinstance(partial, dict)
     assert sorted(str(rel) for rel in partial) == [f"Isaac/Big/A{folder:02}" for folder in range(19)]
     assert all(len(entries) == 50 for entries in partial.values())
+    # What the page saw of the folders it ended inside: names there are (a lookup goes on
+    # down a path with them), not all there are.
+    assert isinstance(partial, Walked)
+    assert sorted(str(rel) for rel in partial.partly) == ["Isaac/Big", "Isaac/Big/A19"]
+    assert sorted(entry.name for entry in partial.partly[RelPath.parse("Isaac/Big")]) == [
+        f"A{folder:02}" for folder in range(20)]
+    assert all(entry.is_dir for entry in partial.partly[RelPath.parse("Isaac/Big")])
     whole = found[2]
     assert isinstance(whole, dict) and list(map(str, whole)) == ["Isaac/Big/A03"]  # small enough: whole, itself
 

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from isaacfs.core.errors import IntegrityError, NotFound
 from isaacfs.core.paths import RelPath
-from isaacfs.core.types import RemoteEntry, Sink, TierRows
+from isaacfs.core.types import RemoteEntry, Sink, TierRows, Walked
 from tests.support.faults import FaultyUpstream
 
 Folders = dict[RelPath, list[RemoteEntry]]  # every folder below a root, with its entries
@@ -109,7 +109,15 @@ class MemoryStore:
         for folder in paths | {parent for path in paths for parent in _parents(path, rel)}:
             if folder not in going:
                 folders[folder] = await self.list(folder)
-        return folders or None
+        if whole:
+            return folders or None
+        # What the page saw of the folders it ended inside, as S3's answer shows it.
+        partly: dict[RelPath, list[RemoteEntry]] = {}
+        for folder in going:
+            names = {RelPath.parse(f"{prefix}{key}").parts[len(folder.parts)] for key in seen
+                     if RelPath.parse(f"{prefix}{key}").parts[:len(folder.parts)] == folder.parts}
+            partly[folder] = [entry for entry in await self.list(folder) if entry.name in names]
+        return Walked(folders, partly) if folders or partly else None
 
     async def stat(self, rel: RelPath, fresh: bool = False) -> RemoteEntry:
         entry = self._entry(str(rel), rel.name)

@@ -396,3 +396,38 @@ async def test_a_first_scan_makes_the_nodes_a_rescan_would(mirror: Mirror, index
     assert first["a.usda"] == (True, False, 10, (folder_path / "a.usda").stat().st_mtime_ns, 1, False)
     assert first["Sub"][:2] == (True, True) and first["Sub"][4:] == (1, False)
     assert (made.cached, made.is_dir, made.size, made.gen, made.foreign) == (True, False, 16, 1, False)
+
+
+@trio_test
+async def test_a_path_a_trees_first_page_saw_is_looked_up_without_listing_each_folder(
+        mirror: Mirror, index: Index) -> None:
+    """A tree read upstream that ends inside a folder (more than 1,000 keys below) still saw
+    some of its names: a lookup of one of those goes on down the path without that folder's
+    listing. Isaac/, IsaacLab/, Robots/ and Bench/ are each answered from the root's first
+    page, not listed one after the other (a round trip each on a long link). A name the page
+    did not see, or a listing of the folder, asks the upstream as before."""
+    from isaacfs.tree.listings import TREE_FILES
+
+    files = {f"Isaac/IsaacLab/Robots/Bench/Walker{n:02}/f{i:02}.usda": b"#usda 1.0\n"
+             for n in range(30) for i in range(50)}
+    upstream = MemoryUpstream(files)
+    upstream.recursive = True
+    running = Running(mirror, index, upstream)
+    async with running:
+        tree = make_tree(running, "permissive")
+        tree.listings.read_trees(running._nursery, TREE_FILES)
+        isaac = await tree.lookup(tree.root, "Isaac")
+        assert isaac is not None
+        await trio.testing.wait_all_tasks_blocked()  # the root's tree, read beside its listing
+        node = await walk(tree, "Isaac/IsaacLab/Robots/Bench/Walker03/f07.usda")
+        assert node is not None and not node.is_dir and node.size == 10
+        for folder in ("Isaac", "Isaac/IsaacLab", "Isaac/IsaacLab/Robots", "Isaac/IsaacLab/Robots/Bench",
+                       "Isaac/IsaacLab/Robots/Bench/Walker03"):
+            assert upstream.requests[f"list {folder}"] == 0, folder
+        assert index.session["lookups_from_pages"] == 4
+        bench = await walk(tree, "Isaac/IsaacLab/Robots/Bench")
+        assert bench is not None
+        assert await tree.lookup(bench, "Walker25") is not None  # not seen by the page: Bench is listed
+        assert upstream.requests["list Isaac/IsaacLab/Robots/Bench"] == 1
+        assert len(await tree.listdir(bench)) == 30
+        assert await tree.lookup(bench, "Walker99") is None  # a miss is answered from the listing, never a page
