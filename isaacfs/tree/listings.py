@@ -72,6 +72,12 @@ class Listings:
         finally:
             self._trees = None
 
+    def read_tree_ahead(self, rel: RelPath) -> None:
+        """With ``read_trees`` on, read ``rel``'s tree now (once), where its listing is not
+        fresh: a lookup of ``rel`` in a folder whose listing is on its way."""
+        if self._trees is not None and not rel.is_state() and self.fresh(rel) is None:
+            self._start_tree(rel)
+
     def _start_tree(self, rel: RelPath) -> None:
         if self._trees is None or rel in self._trees_tried:
             return

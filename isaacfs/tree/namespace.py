@@ -17,6 +17,7 @@ from collections.abc import Callable
 import trio
 
 from ..core import policy
+from ..core.categories import looks_like_file
 from ..core.errors import Unavailable
 from ..core.paths import RelPath
 from ..core.types import Installed, Mode, Upstream
@@ -90,6 +91,11 @@ class Tree:
             seen = self._seen_folder(parent, name)
             if seen is not None:
                 return seen
+            if not looks_like_file(name) and not policy.is_probe(self.rel(parent).child(name)):
+                # The folder's listing is on its way, and the next lookup will be inside this
+                # name: its tree is read beside (a robot's folder, small enough, is then known
+                # whole when the kernel asks for its root layer).
+                self.listings.read_tree_ahead(self.rel(parent).child(name))
         children = await self.children(parent, mode)
         node = children.get(name)
         if node is not None and self.visible(node, mode):

@@ -405,11 +405,14 @@ async def test_a_path_a_trees_first_page_saw_is_looked_up_without_listing_each_f
     some of its names: a lookup of one of those goes on down the path without that folder's
     listing. Isaac/, IsaacLab/, Robots/ and Bench/ are each answered from the root's first
     page, not listed one after the other (a round trip each on a long link). A name the page
-    did not see, or a listing of the folder, asks the upstream as before."""
+    did not see, or a listing of the folder, asks the upstream as before, and the name's own
+    tree is read beside that listing."""
     from isaacfs.tree.listings import TREE_FILES
 
     files = {f"Isaac/IsaacLab/Robots/Bench/Walker{n:02}/f{i:02}.usda": b"#usda 1.0\n"
              for n in range(30) for i in range(50)}
+    files["Isaac/IsaacLab/Robots/Bench/Walker26/Sub/x.usda"] = b"#usda 1.0\n"
+    files["Isaac/IsaacLab/Robots/Bench/Walker27/__pycache__/x.pyc"] = b"x"  # counted only if read
     upstream = MemoryUpstream(files)
     upstream.recursive = True
     running = Running(mirror, index, upstream)
@@ -429,5 +432,19 @@ async def test_a_path_a_trees_first_page_saw_is_looked_up_without_listing_each_f
         assert bench is not None
         assert await tree.lookup(bench, "Walker25") is not None  # not seen by the page: Bench is listed
         assert upstream.requests["list Isaac/IsaacLab/Robots/Bench"] == 1
+        # ... and the looked-up name's own tree is read beside that listing: the robot's folder
+        # is known whole when the kernel asks inside it.
+        await trio.testing.wait_all_tasks_blocked()
+        assert await walk(tree, "Isaac/IsaacLab/Robots/Bench/Walker25/f03.usda") is not None
+        assert upstream.requests["walk Isaac/IsaacLab/Robots/Bench/Walker25"] == 1
+        assert upstream.requests["list Isaac/IsaacLab/Robots/Bench/Walker25"] == 0
+        unlisted = await tree.lookup(bench, "Walker26")
+        probed = await tree.lookup(bench, "Walker27")
+        assert unlisted is not None and probed is not None and not unlisted.listed_at and not probed.listed_at
+        assert await tree.lookup(unlisted, "Sub") is not None
+        await tree.lookup(probed, "__pycache__")
+        await trio.testing.wait_all_tasks_blocked()
+        assert upstream.requests["walk Isaac/IsaacLab/Robots/Bench/Walker26/Sub"] == 1
+        assert upstream.requests["walk Isaac/IsaacLab/Robots/Bench/Walker27/__pycache__"] == 0  # a probe: no tree
         assert len(await tree.listdir(bench)) == 30
         assert await tree.lookup(bench, "Walker99") is None  # a miss is answered from the listing, never a page
