@@ -204,6 +204,14 @@ async def _entry_of(ws: Workspace, rel: RelPath, ttl: float | None, limit: trio.
         return await ws.upstream.stat(rel)
 
 
+def _expect_downloads(ws: Workspace, rels: list[RelPath]) -> None:
+    """Where one of ``rels`` is not mirrored, downloads will come: the connections are opened
+    beside the first listings, not after them (a new one costs two round trips before its
+    request)."""
+    if any(ws.mirror.entry(rel) is None for rel in rels):
+        ws.fetcher.expect_downloads()
+
+
 async def _plan_paths(ws: Workspace, paths: list[RelPath], plan: Plan, dry_run: bool = False) -> None:
     """Listed paths (manifest, misses): each looked up upstream now, grouped by category;
     each file's download starts as soon as it is found (``plan.found``). A folder's listing
@@ -212,10 +220,8 @@ async def _plan_paths(ws: Workspace, paths: list[RelPath], plan: Plan, dry_run: 
     holds now, as a stat did."""
     limit = trio.CapacityLimiter(max(ws.jobs, 8))
     began = time.time()
-    if not dry_run and any(ws.mirror.entry(rel) is None for rel in paths[:100]):
-        # Files to fetch: the connections are opened beside the first listings, not after them
-        # (a new one costs two round trips before its request).
-        ws.fetcher.expect_downloads()
+    if not dry_run:
+        _expect_downloads(ws, paths[:100])
 
     async def one(rel: RelPath) -> None:
         group = category_of(rel)[0]
@@ -290,10 +296,8 @@ async def _plan_closure(ws: Workspace, spec: WarmSpec, plan: Plan) -> None:
         # trip, not one per level.
         read_ahead.extend(layer for layer, entry in closures.layers_in(tree) if ws.fetcher.preload(layer, entry))
 
-    if not spec.dry_run and any(ws.mirror.entry(root) is None for root in roots):
-        # A root layer to fetch: the connections are opened beside the first listings, not
-        # after them (a new one costs two round trips before its request).
-        ws.fetcher.expect_downloads()
+    if not spec.dry_run:
+        _expect_downloads(ws, roots)
     async with trio.open_nursery() as nursery:
         for folder in dict.fromkeys(root.parent for root in roots):
             if ws.listings.fresh(folder, spec.listing_ttl) is None:

@@ -183,9 +183,7 @@ class Mirror:
 
     # -- reading --------------------------------------------------------------------
     def path(self, rel: RelPath) -> Path:
-        if rel.is_state():
-            raise InvalidPath("isaacfs state is not part of the tree")
-        return self.root.joinpath(*rel.parts)
+        return Path(self.os_path(rel))
 
     def os_path(self, rel: RelPath) -> str:
         """``path`` as text, for the calls a walk makes per folder and file (building a

@@ -88,14 +88,15 @@ class Tree:
                 return known  # the fast path: no process check, no listing
         mode = mode_of() if mode_of is not None else self.mode
         if mode == "permissive" and not parent.listed_at:
-            seen = self._seen_folder(parent, name)
+            wanted = self.rel(parent).child(name)
+            seen = self._seen_folder(parent, wanted)
             if seen is not None:
                 return seen
-            if not looks_like_file(name) and not policy.is_probe(self.rel(parent).child(name)):
+            if not looks_like_file(name) and not policy.is_probe(wanted):
                 # The folder's listing is on its way, and the next lookup will be inside this
                 # name: its tree is read beside (a robot's folder, small enough, is then known
                 # whole when the kernel asks for its root layer).
-                self.listings.read_tree_ahead(self.rel(parent).child(name))
+                self.listings.read_tree_ahead(wanted)
         children = await self.children(parent, mode)
         node = children.get(name)
         if node is not None and self.visible(node, mode):
@@ -111,18 +112,19 @@ class Tree:
             raise Unavailable(f"{rel}: not in the mirror, and the upstream's listing of its folder could not be had")
         return None
 
-    def _seen_folder(self, parent: Node, name: str) -> Node | None:
+    def _seen_folder(self, parent: Node, rel: RelPath) -> Node | None:
         """A folder a tree read upstream saw below ``parent`` before ``parent``'s listing is
         known (the page ended inside it: ``Listings.seen``), answered without that listing:
         a path down Isaac/IsaacLab/Robots/... costs the pages that saw it, not a listing per
         folder. Only a folder, and only where the mirror holds no file of that name."""
+        name = rel.name
         if parent.foreign or (parent.children is not None and name in parent.children):
             return None  # known already (or a mirror folder whose stat may hang): the usual way
-        entry = self.listings.seen(self.rel(parent), name)
+        entry = self.listings.seen(rel.parent, name)
         if entry is None or not entry.is_dir:
             return None
         if parent.cached:
-            local = self.mirror.entry(self.rel(parent).child(name))
+            local = self.mirror.entry(rel)
             if local is not None and not local.is_dir:
                 return None
         if parent.children is None:
