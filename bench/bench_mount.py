@@ -157,6 +157,29 @@ def bench_local(work: Path, runs: int, rows: list[tuple[str, str, str, str]]) ->
                  f"{median(fuse_walk) / median(native_walk):.2f}x native"))
     rows.append(("same, second walk", f"{median(native_walk2):.3f} s", f"{median(fuse_walk2):.3f} s",
                  f"{median(fuse_walk2) / median(native_walk2):.2f}x native"))
+    floor_walk = [walk_through_floor(work, tree) for _ in range(runs)]
+    rows.append(("same cold walk, minimal pyfuse3 file system from memory (bench/fuse_floor.py)",
+                 f"{median(native_walk):.3f} s", f"{median(floor_walk):.3f} s",
+                 f"{median(floor_walk) / median(native_walk):.2f}x native: pyfuse3's floor here"))
+
+
+def walk_through_floor(work: Path, tree: Path) -> float:
+    """One cold walk of ``tree`` through bench/fuse_floor.py (names and sizes from memory)."""
+    mountpoint = work / "floor-mnt"
+    mountpoint.mkdir(exist_ok=True)
+    server = subprocess.Popen([sys.executable, str(REPO / "bench" / "fuse_floor.py"), str(mountpoint), str(tree)],
+                              env=ENV)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mountpoint):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("bench: bench/fuse_floor.py did not mount")
+            time.sleep(0.05)
+        drop_caches()
+        return timed(lambda: walk_stat(mountpoint))
+    finally:
+        force_unmount(mountpoint)
+        server.wait(timeout=30)
 
 
 def bench_walk_against(work: Path, runs: int, revision: str, rows: list[tuple[str, str, str, str]]) -> None:
