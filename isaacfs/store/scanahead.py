@@ -90,13 +90,15 @@ class ScanAhead:
     def running(self) -> bool:
         return self._process is not None
 
-    def hint(self, folders: Iterable[RelPath]) -> None:
-        """Scan these folders ahead, the last one first."""
+    def hint(self, folder: RelPath, names: Iterable[str]) -> None:
+        """Scan these subfolders of ``folder`` ahead, the last one first. (Names a folder's
+        scan has just read: they are checked by that scan, and no ``RelPath`` is made.)"""
         if self._process is None:
             return
         chunk = b""
-        for rel in folders:
-            name = os.fsencode("/".join(rel.parts)) + b"\0"
+        prefix = os.fsencode("".join(part + "/" for part in folder.parts))
+        for text in names:
+            name = prefix + os.fsencode(text) + b"\0"
             if len(name) > select.PIPE_BUF:
                 continue
             if len(chunk) + len(name) > select.PIPE_BUF:

@@ -126,8 +126,7 @@ class FolderLoader:
                         scanned = self.mirror.scan(rel)
                     if scanned and self.mirror.scan_ahead is not None:
                         # The first subfolder last: the helper scans the latest hint first.
-                        self.mirror.scan_ahead.hint(
-                            [rel.child(entry.name) for entry in reversed(scanned) if entry.is_dir])
+                        self.mirror.scan_ahead.hint(rel, [entry.name for entry in reversed(scanned) if entry.is_dir])
             self._merge_local(node, scanned)
             node.scanned_mtime_ns = mtime
         if mode == "permissive" and self._wants_listing(node):

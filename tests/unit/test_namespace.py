@@ -346,8 +346,8 @@ class _Hints:
     def __init__(self) -> None:
         self.given: list[list[str]] = []
 
-    def hint(self, folders: list[RelPath]) -> None:
-        self.given.append([str(rel) for rel in folders])
+    def hint(self, folder: RelPath, names: list[str]) -> None:
+        self.given.append([str(folder.child(name)) for name in names])
 
 
 @trio_test

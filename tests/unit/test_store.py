@@ -226,11 +226,12 @@ def test_scan_ahead_scans_the_latest_hint_first_and_each_folder_once(mirror: Mir
     scan_ahead = ScanAhead(mirror.fd, report=True)
     try:
         assert scan_ahead.running
-        scan_ahead.hint([RelPath.parse(f"Isaac/{name}") for name in ("A", "B", "C", "Gone", "C")])
+        scan_ahead.hint(RelPath.parse("Isaac"), ["A", "B", "C", "Gone", "C"])
         # The last hint first (a depth-first walk goes where it was last pointed); the folder
         # that is not there costs nothing more; C, hinted twice, is scanned once.
         assert _reports(scan_ahead, 4) == ["Isaac/C", "Isaac/Gone", "Isaac/B", "Isaac/A"]
-        scan_ahead.hint([RelPath.parse("Isaac/A"), RelPath.parse("Isaac")])
+        scan_ahead.hint(RelPath.parse("Isaac"), ["A"])
+        scan_ahead.hint(RelPath(), ["Isaac"])
         assert _reports(scan_ahead, 1) == ["Isaac"]  # A was scanned already
     finally:
         scan_ahead.close()
@@ -243,9 +244,9 @@ def test_a_helper_that_died_ends_scan_ahead_without_an_error(mirror: Mirror) -> 
     assert process is not None
     process.kill()
     process.wait()
-    scan_ahead.hint([RelPath.parse("Isaac")])  # the pipe is broken: scan-ahead stops, quietly
+    scan_ahead.hint(RelPath(), ["Isaac"])  # the pipe is broken: scan-ahead stops, quietly
     assert not scan_ahead.running
-    scan_ahead.hint([RelPath.parse("Isaac")])
+    scan_ahead.hint(RelPath(), ["Isaac"])
 
 
 def test_the_mirror_stops_its_helper_when_it_closes(tmp_path: Path) -> None:
