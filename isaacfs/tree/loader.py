@@ -120,13 +120,17 @@ class FolderLoader:
                 if node.foreign:
                     scanned = await self.mirror.io(True, self.mirror.scan, rel)
                 else:
-                    if size > BIG_FOLDER_BYTES:
-                        scanned = await trio.to_thread.run_sync(self.mirror.scan, rel)
-                    else:
-                        scanned = self.mirror.scan(rel)
-                    if scanned and self.mirror.scan_ahead is not None:
+                    ahead = self.mirror.scan_ahead
+                    # The helper's scan, where it made one of this folder as it is now.
+                    scanned = ahead.take(rel, mtime, size) if ahead is not None else None
+                    if scanned is None:
+                        if size > BIG_FOLDER_BYTES:
+                            scanned = await trio.to_thread.run_sync(self.mirror.scan, rel)
+                        else:
+                            scanned = self.mirror.scan(rel)
+                    if scanned and ahead is not None:
                         # The first subfolder last: the helper scans the latest hint first.
-                        self.mirror.scan_ahead.hint(rel, [entry.name for entry in reversed(scanned) if entry.is_dir])
+                        ahead.hint(rel, [entry.name for entry in reversed(scanned) if entry.is_dir])
             self._merge_local(node, scanned)
             node.scanned_mtime_ns = mtime
         if mode == "permissive" and self._wants_listing(node):

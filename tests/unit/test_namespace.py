@@ -12,7 +12,7 @@ import trio
 
 from isaacfs.core.errors import FetchFailed
 from isaacfs.core.paths import RelPath
-from isaacfs.core.types import Mode
+from isaacfs.core.types import LocalEntry, Mode
 from isaacfs.fuse.operations import AssetFS
 from isaacfs.store.index import Index
 from isaacfs.store.mirror import Mirror
@@ -341,13 +341,20 @@ async def test_a_big_mirror_folder_is_scanned_off_the_loop(mirror: Mirror, index
 
 
 class _Hints:
-    """Stands in for the scan-ahead helper: records what the loader hands it."""
+    """Stands in for the scan-ahead helper: records what the loader hands it and asks of it,
+    and answers ``take`` from ``scans``."""
 
-    def __init__(self) -> None:
+    def __init__(self, scans: dict[str, list[LocalEntry]] | None = None) -> None:
         self.given: list[list[str]] = []
+        self.asked: list[tuple[str, int, int]] = []
+        self.scans = scans or {}
 
     def hint(self, folder: RelPath, names: list[str]) -> None:
         self.given.append([str(folder.child(name)) for name in names])
+
+    def take(self, folder: RelPath, mtime_ns: int, size: int) -> list[LocalEntry] | None:
+        self.asked.append((str(folder), mtime_ns, size))
+        return self.scans.pop(str(folder), None)
 
 
 @trio_test
@@ -373,6 +380,34 @@ async def test_a_scanned_folder_hands_its_subfolders_to_scan_ahead_the_first_las
     # In the order a walk goes down: the helper takes the last hint first.
     assert hints.given[-1] == subfolders[::-1]
     assert ["Isaac"] in hints.given  # the root's one subfolder, when the root was scanned
+
+
+@trio_test
+async def test_a_folder_the_helper_scanned_is_listed_from_its_scan_not_scanned_again(
+        mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
+    robots = mirror.display / "Isaac" / "Robots"
+    (robots / "A").mkdir(parents=True)
+    (robots / "on_disk.usda").write_bytes(b"x")
+    st = os.stat(robots)
+    # The helper's scan names a file the disk does not (it is what the loader lists, so the
+    # loader took it) and a folder (handed on as a hint, as the daemon's own scan's would be).
+    helper_scan = [LocalEntry("from_helper.usda", False, 3, st.st_mtime_ns, st.st_dev),
+                   LocalEntry("B", True, 0, st.st_mtime_ns, st.st_dev)]
+    hints = _Hints({"Isaac/Robots": helper_scan})
+    mirror.scan_ahead = hints  # type: ignore[assignment]
+    running = Running(mirror, index, upstream)
+    try:
+        async with running:
+            tree = make_tree(running, "strict")
+            folder = await walk(tree, "Isaac/Robots")
+            assert folder is not None
+            listed = sorted(node.name for node in await tree.listdir(folder))
+    finally:
+        mirror.scan_ahead = None
+    assert listed == ["B", "from_helper.usda"]
+    # Asked with the folder's mtime and size as the loader's own stat read them.
+    assert ("Isaac/Robots", st.st_mtime_ns, st.st_size) in hints.asked
+    assert ["Isaac/Robots/B"] in hints.given
 
 
 @trio_test

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 from pathlib import Path
 
 import pytest
@@ -206,17 +207,17 @@ def test_a_ctrl_c_just_after_a_close_stops_the_job_and_closes_no_other_file(
     os.close(other)
 
 
-def _reports(scan_ahead: ScanAhead, count: int) -> list[str]:
-    """The next ``count`` folders the helper reports scanned (a blocking read: an event)."""
-    assert scan_ahead.reports is not None
-    lines: list[str] = []
-    pending = b""
-    while len(lines) < count:
-        chunk = os.read(scan_ahead.reports, 4096)
-        assert chunk, f"the helper ended after reporting {lines}"
-        *done, pending = (pending + chunk).split(b"\n")
-        lines += [line.decode() for line in done]
-    return lines
+def _arrived(scan_ahead: ScanAhead, count: int) -> list[str]:
+    """The next ``count`` folders whose scan came back from the helper (waits on the pipe: an
+    event, with a deadline only for a helper that never answers)."""
+    assert scan_ahead.arrived is not None
+    while len(scan_ahead.arrived) < count:
+        assert select.select([scan_ahead.results], [], [], 30)[0], f"only {scan_ahead.arrived} came back"
+        scan_ahead.drain()
+        assert scan_ahead.running, f"the helper ended after {scan_ahead.arrived}"
+    arrived = scan_ahead.arrived[:count]
+    del scan_ahead.arrived[:count]
+    return arrived
 
 
 def test_scan_ahead_scans_the_latest_hint_first_and_each_folder_once(mirror: Mirror) -> None:
@@ -229,13 +230,79 @@ def test_scan_ahead_scans_the_latest_hint_first_and_each_folder_once(mirror: Mir
         scan_ahead.hint(RelPath.parse("Isaac"), ["A", "B", "C", "Gone", "C"])
         # The last hint first (a depth-first walk goes where it was last pointed); the folder
         # that is not there costs nothing more; C, hinted twice, is scanned once.
-        assert _reports(scan_ahead, 4) == ["Isaac/C", "Isaac/Gone", "Isaac/B", "Isaac/A"]
+        assert _arrived(scan_ahead, 4) == ["Isaac/C", "Isaac/Gone", "Isaac/B", "Isaac/A"]
         scan_ahead.hint(RelPath.parse("Isaac"), ["A"])
         scan_ahead.hint(RelPath(), ["Isaac"])
-        assert _reports(scan_ahead, 1) == ["Isaac"]  # A was scanned already
+        assert _arrived(scan_ahead, 1) == ["Isaac"]  # A was scanned already
     finally:
         scan_ahead.close()
     assert not scan_ahead.running
+
+
+def _folder_stat(mirror: Mirror, rel: RelPath) -> tuple[int, int]:
+    st = os.stat(mirror.os_path(rel))
+    return st.st_mtime_ns, st.st_size
+
+
+def test_the_daemon_takes_the_helpers_scan_which_is_what_its_own_would_be(mirror: Mirror) -> None:
+    folder = mirror.display / "Isaac" / "Props"
+    (folder / "Sub").mkdir(parents=True)
+    (folder / "a.usda").write_bytes(b"#usda 1.0\n")
+    (folder / ("long_" * 20 + ".usd")).write_bytes(b"x" * 7)  # a name past SHORT_NAME
+    (folder / "link.usda").symlink_to("a.usda")  # followed, as the daemon's own scan does
+    (folder / "dangling.usda").symlink_to("nowhere.usda")  # left out
+    os.mkfifo(folder / "pipe")  # not an asset: left out
+    rel = RelPath.parse("Isaac/Props")
+    scan_ahead = ScanAhead(mirror.fd, report=True)
+    try:
+        scan_ahead.hint(RelPath.parse("Isaac"), ["Props"])
+        assert _arrived(scan_ahead, 1) == ["Isaac/Props"]
+        taken = scan_ahead.take(rel, *_folder_stat(mirror, rel))
+        own = mirror.scan(rel)
+        assert taken is not None and own is not None
+        assert sorted(taken) == sorted(own)
+        assert {entry.name for entry in taken} == {"Sub", "a.usda", "long_" * 20 + ".usd", "link.usda"}
+        assert scan_ahead.taken == 1
+        assert scan_ahead.take(rel, *_folder_stat(mirror, rel)) is None  # taken once
+    finally:
+        scan_ahead.close()
+
+
+def test_a_scan_of_a_folder_that_changed_since_or_an_old_one_is_not_taken(
+        mirror: Mirror, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("A", "B"):
+        (mirror.display / "Isaac" / name).mkdir(parents=True)
+        (mirror.display / "Isaac" / name / "x.usda").write_bytes(b"#usda 1.0\n")
+    scan_ahead = ScanAhead(mirror.fd, report=True)
+    try:
+        scan_ahead.hint(RelPath.parse("Isaac"), ["A", "B"])
+        assert sorted(_arrived(scan_ahead, 2)) == ["Isaac/A", "Isaac/B"]
+        changed = RelPath.parse("Isaac/A")
+        (mirror.display / "Isaac" / "A" / "y.usda").write_bytes(b"#usda 1.0\n")
+        mtime_ns, _size = _folder_stat(mirror, changed)
+        os.utime(mirror.os_path(changed), ns=(mtime_ns, mtime_ns + 1_000_000_000))  # a tick later, whatever the clock
+        assert scan_ahead.take(changed, *_folder_stat(mirror, changed)) is None
+        monkeypatch.setattr("isaacfs.store.scanahead.FRESH_SECONDS", -1.0)  # every scan is too old
+        assert scan_ahead.take(RelPath.parse("Isaac/B"), *_folder_stat(mirror, RelPath.parse("Isaac/B"))) is None
+        assert scan_ahead.taken == 0
+    finally:
+        scan_ahead.close()
+
+
+@pytest.mark.parametrize("record", [b"\xff" * 5, b"i\x01\x00\x00\x00"])  # not marshal; not a scan
+def test_a_scan_that_cannot_be_read_ends_scan_ahead(mirror: Mirror, record: bytes) -> None:
+    scan_ahead = ScanAhead(mirror.fd)
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    scan_ahead.results = read_end  # in place of the helper's output
+    try:
+        os.write(write_end, len(record).to_bytes(4, "little") + record)
+        assert scan_ahead.take(RelPath.parse("Isaac"), 0, 0) is None  # the daemon scans it itself
+        assert not scan_ahead.running
+    finally:
+        scan_ahead.close()
+        os.close(read_end)
+        os.close(write_end)
 
 
 def test_a_helper_that_died_ends_scan_ahead_without_an_error(mirror: Mirror) -> None:
