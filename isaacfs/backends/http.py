@@ -21,11 +21,13 @@ requests (credentials in omniverse.toml), everything goes through omni.client (o
 
 from __future__ import annotations
 
+import http.client
 import logging
 import re
+import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -35,6 +37,7 @@ import urllib3
 
 from ..core.errors import AccessDenied, ConnectionLost, IntegrityError, NotFound, Unavailable, UpstreamError
 from ..core.health import Health
+from ..core.types import OnData
 
 BLOCK = 1024 * 1024
 
@@ -292,7 +295,7 @@ class HttpRanges:
         return idle + sum(answered)
 
     async def read(self, url: str, start: int, end: int, what: str,
-                   on_data: Callable[[bytes], Awaitable[None]], etag: str = "", size: int = -1) -> None:
+                   on_data: OnData, etag: str = "", size: int = -1) -> None:
         """Stream bytes [start, end) of ``url`` to ``on_data``, in order. A body that ends early
         returns short (the caller resumes); errors are the core's UpstreamError kinds, and
         IntegrityError for an answer of another object than the one expected: with ``etag``
@@ -303,7 +306,7 @@ class HttpRanges:
         token = trio.lowlevel.current_trio_token()
         open_ = [True]
 
-        def deliver(block: bytes) -> None:  # in the worker thread
+        def deliver(block: memoryview) -> None:  # in the worker thread
             if not open_[0]:
                 raise _Stop
             try:
@@ -390,7 +393,7 @@ class HttpRanges:
         except urllib3.exceptions.HTTPError as exc:
             raise Unavailable(f"{what}: {type(exc).__name__}") from None
 
-    def _read(self, url: str, start: int, end: int, what: str, deliver: Callable[[bytes], None],
+    def _read(self, url: str, start: int, end: int, what: str, deliver: Callable[[memoryview], None],
               etag: str = "", size: int = -1) -> None:
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if etag:
@@ -416,14 +419,20 @@ class HttpRanges:
             if reply.status not in (200, 206):
                 raise UpstreamError(f"{what}: upstream answered HTTP {reply.status}")
             end = _same_object(reply, start, end, etag, size, what)
-            buffer = bytearray(BLOCK)
-            view = memoryview(buffer)
+            view = _thread_buffer()
+            readinto = _body_reader(reply)
             position = start
             while position < end:
-                got = reply.readinto(view[:min(BLOCK, end - position)])
+                got = readinto(view[:min(BLOCK, end - position)])
                 if not got:
                     return  # the body ended early: the caller goes on from here
-                deliver(bytes(view[:got]))
+                # The block is handed over as a view of this one buffer, not a copy: a new
+                # MiB per block cost a fresh mapping and a page fault per 4 KiB (the daemon
+                # gives freed buffers back), half the daemon's CPU on a long cold read. The
+                # view is released when ``deliver`` returns: a consumer that kept it would
+                # fail loudly, never read the next block's bytes.
+                with view[:got] as block:
+                    deliver(block)
                 position += got
             whole = True
         except urllib3.exceptions.ReadTimeoutError:
@@ -440,3 +449,40 @@ class HttpRanges:
                 reply.release_conn()  # the connection goes back to the pool, kept alive
             else:
                 reply.close()
+
+
+def _body_reader(reply: urllib3.BaseHTTPResponse) -> Callable[[memoryview], int]:
+    """How to read ``reply``'s body into a buffer: straight into it, with the readinto of the
+    http.client response under urllib3's, where urllib3 has nothing to decode (no
+    Content-Encoding). urllib3's own readinto reads into a temporary and copies it (urllib3
+    issue #1540, open), and http.client's read(amt) under that makes and copies another: two
+    fresh MiB mappings per MiB, and a page fault per 4 KiB of each (the daemon gives freed
+    buffers back). Failures come as urllib3's would: a timeout as ReadTimeoutError, a body
+    cut short as ProtocolError."""
+    raw = getattr(reply, "_fp", None)
+    encoding = (reply.headers.get("Content-Encoding") or "identity").strip().lower()
+    if not isinstance(raw, http.client.HTTPResponse) or encoding != "identity":
+        return reply.readinto
+
+    def readinto(view: memoryview) -> int:
+        try:
+            return raw.readinto(view)
+        except TimeoutError as exc:
+            raise urllib3.exceptions.ReadTimeoutError(None, "", "Read timed out.") from exc  # type: ignore[arg-type]
+        except http.client.HTTPException as exc:
+            raise urllib3.exceptions.ProtocolError(f"Connection broken: {exc!r}", exc) from exc
+
+    return readinto
+
+
+_buffers = threading.local()
+
+
+def _thread_buffer() -> memoryview:
+    """This worker thread's read buffer (a block), made once per thread: a new one per read
+    was a fresh mapping, zeroed, and a page fault per 4 KiB of it. It goes with the thread
+    (trio ends idle worker threads)."""
+    view: memoryview | None = getattr(_buffers, "view", None)
+    if view is None:
+        view = _buffers.view = memoryview(bytearray(BLOCK))
+    return view

@@ -26,7 +26,7 @@ from ..core.errors import NotFound, Unavailable, UpstreamError
 from ..core.health import Health
 from ..core.paths import RelPath, shown
 from ..core.retry import RetryPolicy
-from ..core.types import RemoteEntry, Sink, TierRows
+from ..core.types import OnData, RemoteEntry, Sink, TierRows
 from . import omni_client
 from .entries import Folders, Listing, checked_entries
 from .local import LocalRanges
@@ -110,7 +110,7 @@ class OmniUpstream:
         return cls(settings.upstream, settings.upstream_timeout, settings.stall_timeout,
                    settings.upstream_retry_after, settings.min_download_rate, settings.http_ranges)
 
-    async def read_range(self, rel: RelPath, start: int, end: int, on_data: Callable[[bytes], Awaitable[None]],
+    async def read_range(self, rel: RelPath, start: int, end: int, on_data: OnData,
                          etag: str = "", size: int = -1) -> None:
         """Bytes [start, end) of ``rel`` over HTTP (S3 upstreams only: see ``ranged``), of the
         object version ``etag`` and ``size`` bytes (http.py checks every answer)."""

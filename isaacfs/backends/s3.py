@@ -10,14 +10,14 @@ is a configuration error, not a reason to go elsewhere)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from ..core.config import redact
 from ..core.errors import AccessDenied, InvalidPath, Unavailable
 from ..core.health import Health
 from ..core.paths import RelPath, check_name
 from ..core.retry import RetryPolicy, resumable, retrying
-from ..core.types import RemoteEntry, Sink, Walked
+from ..core.types import OnData, RemoteEntry, Sink, Walked
 from .entries import Folders, Listing
 from .http import HttpRanges, NotS3, Partial, Sign
 
@@ -155,7 +155,7 @@ class S3Http:
         return {folder: list(entries.values()) for folder, entries in folders.items()}
 
     async def read_range(self, url: str, start: int, end: int, what: str,
-                         on_data: Callable[[bytes], Awaitable[None]], etag: str, size: int) -> None:
+                         on_data: OnData, etag: str, size: int) -> None:
         await self.pool.read(url, start, end, what, on_data, etag, size)
 
     async def download(self, url: str, size: int, sink: Sink, what: str, etag: str = "") -> None:
@@ -165,7 +165,7 @@ class S3Http:
         and retry. Raises RefusedBeforeBody if the bucket wants credentials."""
         landed = 0
 
-        async def on_data(block: bytes) -> None:
+        async def on_data(block: bytes | memoryview) -> None:
             nonlocal landed
             await sink.write(block)
             landed += len(block)

@@ -4,7 +4,6 @@ RGW, SeaweedFS) or a bucket on AWS, read over isaacfs's own kept-alive HTTP pool
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
 
 import trio
@@ -15,7 +14,7 @@ from ..core.manifest import MANIFEST_PATH
 from ..core.paths import RelPath, shown
 from ..core.retry import RetryPolicy
 from ..core.s3url import S3Location, parse_s3
-from ..core.types import RemoteEntry, Sink, TierRows
+from ..core.types import OnData, RemoteEntry, Sink, TierRows
 from .entries import Folders, checked_entries
 from .s3 import HTTP_RETRY, S3Http
 from .signing import Signer
@@ -97,7 +96,7 @@ class S3Upstream:
         if size > 0:
             await self.s3.download(self.url_for(rel), size, sink, what, etag)
 
-    async def read_range(self, rel: RelPath, start: int, end: int, on_data: Callable[[bytes], Awaitable[None]],
+    async def read_range(self, rel: RelPath, start: int, end: int, on_data: OnData,
                          etag: str = "", size: int = -1) -> None:
         await self.s3.read_range(self.url_for(rel), start, end, f"fetch {shown(rel)}", on_data, etag, size)
 

@@ -41,7 +41,7 @@ from ..core.errors import AccessDenied, IntegrityError, NotFound, Unavailable, U
 from ..core.health import cause_of
 from ..core.manifest import MANIFEST_PATH, Manifest, ManifestError
 from ..core.paths import STATE_DIR_NAME, RelPath, shown
-from ..core.types import RemoteEntry, Sink, Upstream
+from ..core.types import OnData, RemoteEntry, Sink, Upstream
 
 log = logging.getLogger("isaacfs.upstream")
 
@@ -487,10 +487,10 @@ class TieredUpstream:
 
         await self._body(rel, size, etag, f"fetch {shown(rel)}", send)
 
-    async def read_range(self, rel: RelPath, start: int, end: int, on_data: Callable[[bytes], Awaitable[None]],
+    async def read_range(self, rel: RelPath, start: int, end: int, on_data: OnData,
                          etag: str = "", size: int = -1) -> None:
         async def send(tier: Tier, asked: str, count: Callable[[int], None]) -> None:
-            async def counted(block: bytes) -> None:
+            async def counted(block: bytes | memoryview) -> None:
                 await on_data(block)
                 count(len(block))
 

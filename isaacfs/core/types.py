@@ -20,6 +20,10 @@ MODES: tuple[Mode, ...] = ("strict", "permissive")
 READER, PREFETCH, BULK = 0, 1, 2
 
 
+# What a ranged read hands each block to, as it lands (see ``Upstream.read_range``).
+OnData = Callable[[bytes | memoryview], Awaitable[None]]
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteEntry:
     """One item of an upstream listing, with a validated name."""
@@ -115,12 +119,14 @@ class Upstream(Protocol):
         """How files come, in words, for ``isaacfs status``."""
         ...
 
-    async def read_range(self, rel: RelPath, start: int, end: int, on_data: Callable[[bytes], Awaitable[None]],
+    async def read_range(self, rel: RelPath, start: int, end: int, on_data: OnData,
                          etag: str = "", size: int = -1) -> None:
         """Bytes [start, end) of ``rel``, in order, to ``on_data`` (only where ``ranged``).
-        Every answer is of the object the caller expects: with ``etag``, of that version
-        (``If-Match``, and the answer's own ETag); with ``size``, of that size, and the range
-        asked for. Anything else is ``IntegrityError`` (the object changed: list it afresh)."""
+        A block handed to ``on_data`` may be a view of the reader's own buffer, filled again
+        once ``on_data`` returns: ``on_data`` copies or writes what it keeps. Every answer is
+        of the object the caller expects: with ``etag``, of that version (``If-Match``, and
+        the answer's own ETag); with ``size``, of that size, and the range asked for.
+        Anything else is ``IntegrityError`` (the object changed: list it afresh)."""
         ...
 
     async def walk(self, rel: RelPath, max_files: int = 5000,

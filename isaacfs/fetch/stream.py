@@ -33,7 +33,7 @@ from ..core.errors import FetchFailed, IntegrityError, Unavailable
 from ..core.paths import RelPath
 from ..core.retry import DEFAULT as DEFAULT_RETRY
 from ..core.retry import RetryPolicy, resumable, retrying
-from ..core.types import RemoteEntry
+from ..core.types import OnData, RemoteEntry
 from .integrity import BodyHash
 
 if sys.version_info < (3, 11):
@@ -48,9 +48,10 @@ FLUSH_BYTES = 256 * 1024  # bytes buffered per part before they are written and 
 WAITED_FLUSH_BYTES = 64 * 1024  # the same, while a reader waits on the part
 # What a backend's read hands over at once at most (backends/http.py, backends/local.py).
 READ_BLOCK = 1024 * 1024
-# The memory a part holds while it reads: what it gathers to flush (up to FLUSH_BYTES and a
-# block), the copy written, and the block in flight.
-PART_BUFFER = 2 * (FLUSH_BYTES + READ_BLOCK)
+HASH_READ_BYTES = 4 * 1024 * 1024  # read back for the hash at once
+# The memory a part holds while it reads: the buffer it gathers to flush and write from
+# (FLUSH_BYTES), and the backend's read buffer (a block).
+PART_BUFFER = FLUSH_BYTES + READ_BLOCK
 SPLIT_BYTES = 1024 * 1024  # a reader this far into a part nobody fetches yet: that part splits at its offset
 CRATE_SUFFIXES = (".usd", ".usdc")  # a crate file reads its table of contents at the end first
 
@@ -71,7 +72,7 @@ class _Part:
         return self.start + self.landed >= self.stop
 
 # (rel, start, end, on_data, etag, size): stream bytes [start, end) of rel, in order, to on_data.
-ReadRange = Callable[[RelPath, int, int, Callable[[bytes], Awaitable[None]], str, int], Awaitable[None]]
+ReadRange = Callable[[RelPath, int, int, OnData, str, int], Awaitable[None]]
 
 
 class Transfer:
@@ -230,28 +231,38 @@ class Transfer:
     async def _fetch_part(self, part: _Part, read_range: ReadRange) -> None:
         start, stop = part.start, part.stop  # a running part is never split
         position = start + part.landed
-        pending = bytearray()
+        # One buffer for the part's life, filled and written in place: no bytes object per
+        # block or per flush (each a fresh mapping, a page fault per 4 KiB: half the daemon's
+        # CPU on a long cold read, with freed buffers given back to the system).
+        pending = bytearray(FLUSH_BYTES)
+        into = memoryview(pending)  # a copy into a memoryview's slice is direct (a bytearray's makes a temporary)
+        filled = 0
 
         async def flush() -> None:
-            nonlocal position
-            if not pending:
+            nonlocal position, filled
+            if not filled:
                 return
-            data = bytes(pending)
-            pending.clear()
-            written = await trio.to_thread.run_sync(_pwrite_all, self.fd, data, position)
+            with into[:filled] as data:
+                written = await trio.to_thread.run_sync(_pwrite_all, self.fd, data, position)
+            filled = 0
             position += written
             part.landed += written
             self._notify()
 
         finished = [False]
 
-        async def on_data(chunk: bytes) -> None:
+        async def on_data(chunk: bytes | memoryview) -> None:
+            nonlocal filled
             if finished[0]:  # a late block from a read this attempt abandoned: never written
                 raise Unavailable(f"fetch {self.rel}: part {part} was abandoned")
-            room = stop - position - len(pending)
-            pending.extend(chunk[:room] if len(chunk) > room else chunk)
-            if len(pending) >= (WAITED_FLUSH_BYTES if part in self.wanted else FLUSH_BYTES):
-                await flush()
+            chunk = memoryview(chunk)[:max(0, stop - position - filled)]
+            while chunk:  # copied now: the block is the reader's buffer, filled again after this
+                take = min(len(chunk), FLUSH_BYTES - filled)
+                into[filled:filled + take] = chunk[:take]
+                filled += take
+                chunk = chunk[take:]
+                if filled >= (WAITED_FLUSH_BYTES if part in self.wanted else FLUSH_BYTES):
+                    await flush()
 
         if position < stop:
             # The part's buffers (what it gathers to flush, its copy, the read's block) are
@@ -263,13 +274,13 @@ class Transfer:
                               f" {start + part.landed} of {stop}")
 
     async def _read_part(self, part: _Part, read_range: ReadRange, position: int, stop: int,
-                         on_data: Callable[[bytes], Awaitable[None]], flush: Callable[[], Awaitable[None]],
+                         on_data: OnData, flush: Callable[[], Awaitable[None]],
                          finished: list[bool]) -> None:
         # A stall is judged by progress, not by size: no byte for stall_timeout seconds.
         with trio.CancelScope() as watchdog:
             watchdog.deadline = trio.current_time() + self.stall_timeout
 
-            async def progressing(chunk: bytes) -> None:
+            async def progressing(chunk: bytes | memoryview) -> None:
                 watchdog.deadline = trio.current_time() + self.stall_timeout
                 await on_data(chunk)
 
@@ -284,13 +295,14 @@ class Transfer:
 
     async def _hasher(self) -> None:
         position = 0
+        buffer = bytearray(HASH_READ_BYTES)
         while position < self.size:
             part = self.parts[self._index(position)]
             while not part.done:  # a part split meanwhile ends sooner: ``stop`` is read afresh
                 await self._changed.wait()
             # Read back from the page cache and hashed in a worker thread (hashlib lets go of
             # the GIL), one part at a time, in order.
-            await trio.to_thread.run_sync(_hash_range, self.fd, position, part.stop, self.hash)
+            await trio.to_thread.run_sync(_hash_range, self.fd, position, part.stop, self.hash, buffer)
             position = part.stop
 
     def problem(self) -> str | None:
@@ -339,17 +351,20 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return cast(BaseException, group)
 
 
-def _hash_range(fd: int, start: int, stop: int, hasher: BodyHash) -> None:
+def _hash_range(fd: int, start: int, stop: int, hasher: BodyHash, buffer: bytearray) -> None:
+    """Feed bytes [start, stop) of the file to ``hasher``, read through ``buffer`` (the
+    transfer's one buffer for it: a new one per read was a fresh mapping each time)."""
+    view = memoryview(buffer)
     offset = start
     while offset < stop:
-        data = os.pread(fd, min(4 * 1024 * 1024, stop - offset), offset)
-        if not data:
+        got = os.preadv(fd, [view[:min(len(view), stop - offset)]], offset)
+        if not got:
             raise IntegrityError("the temporary file ended early")
-        hasher.update(data)
-        offset += len(data)
+        hasher.update(view[:got])
+        offset += got
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> int:
     view = memoryview(data)
     done = 0
     while done < len(view):

@@ -138,6 +138,7 @@ class AssetFS(pyfuse3.Operations):
         self._streams: dict[int, tuple[Transfer, Coverage]] = {}
         self._foreign: set[int] = set()  # handles of files where I/O can hang (read off the loop)
         self._next_dir_handle = 1
+        self._read_buffer = bytearray(0)  # what read() reads into, reused (see read)
 
     # -- attributes -----------------------------------------------------------------
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -309,7 +310,7 @@ class AssetFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
     @answers
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         stream = self._streams.get(fh)
         if stream is not None:
             transfer, coverage = stream
@@ -321,7 +322,13 @@ class AssetFS(pyfuse3.Operations):
             return await self.tree.mirror.io(True, os.pread, fh, size, off)
         # On this thread: trying the page cache without blocking (RWF_NOWAIT) and reading the
         # rest in a worker thread halved a cold sequential read (bench/bench_mount.py).
-        return os.pread(fh, size, off)
+        # Into the one read buffer, handed to pyfuse3 as a view: it replies with it before any
+        # other request runs (no await between here and the reply). A new bytes object per
+        # read was a fresh mapping and a page fault per 4 KiB of it.
+        if len(self._read_buffer) < size:
+            self._read_buffer = bytearray(size)
+        view = memoryview(self._read_buffer)[:size]
+        return view[:os.preadv(fh, [view], off)]
 
     @answers
     async def release(self, fh: int) -> None:

@@ -476,7 +476,7 @@ def test_a_read_of_unknown_size_stops_at_the_objects_end(tmp_path: Path, monkeyp
         url = f"https://127.0.0.1:{server.port}/{S3_PREFIX}/Isaac/small.usda"
         ranges = HttpRanges(Health(url, 5), 10, 10)
 
-        async def take(block: bytes) -> None:
+        async def take(block: bytes | memoryview) -> None:
             got.extend(block)
 
         try:

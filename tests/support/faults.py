@@ -14,7 +14,6 @@ counts what was asked ("list a/b", "stat a/b", "get a/b", "range a/b", "walk a",
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -22,7 +21,7 @@ import trio
 from isaacfs.core.errors import ConnectionLost, UpstreamError
 from isaacfs.core.health import Health
 from isaacfs.core.paths import RelPath
-from isaacfs.core.types import RemoteEntry, Sink, TierRows, Upstream
+from isaacfs.core.types import OnData, RemoteEntry, Sink, TierRows, Upstream
 
 Folders = dict[RelPath, list[RemoteEntry]]
 
@@ -121,7 +120,7 @@ class FaultyUpstream:
         self.requests["connect_ahead"] += 1
         await self.inner.connect_ahead(count)
 
-    async def read_range(self, rel: RelPath, start: int, end: int, on_data: Callable[[bytes], Awaitable[None]],
+    async def read_range(self, rel: RelPath, start: int, end: int, on_data: OnData,
                          etag: str = "", size: int = -1) -> None:
         await self._answer(f"range {rel}", rel)
         path = str(rel)
@@ -133,7 +132,7 @@ class FaultyUpstream:
         class _Cut(Exception):
             pass
 
-        async def faulty(block: bytes) -> None:
+        async def faulty(block: bytes | memoryview) -> None:
             nonlocal position, flip
             if stall is not None and position + len(block) > stall:
                 if stall > position:
@@ -146,7 +145,7 @@ class FaultyUpstream:
             if self.chunk_delay:
                 await trio.sleep(self.chunk_delay)
             if flip and block:
-                flip, block = False, bytes([block[0] ^ 0xFF]) + block[1:]
+                flip, block = False, bytes([block[0] ^ 0xFF]) + bytes(block[1:])
             position += len(block)
             await on_data(block)
 

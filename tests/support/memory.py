@@ -9,13 +9,12 @@ store; ``MemoryUpstream`` is that store inside ``faults.FaultyUpstream``, whose 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 from isaacfs.core.errors import IntegrityError, NotFound
 from isaacfs.core.paths import RelPath
-from isaacfs.core.types import RemoteEntry, Sink, TierRows, Walked
+from isaacfs.core.types import OnData, RemoteEntry, Sink, TierRows, Walked
 from tests.support.faults import FaultyUpstream
 
 Folders = dict[RelPath, list[RemoteEntry]]  # every folder below a root, with its entries
@@ -128,16 +127,22 @@ class MemoryStore:
     async def probe(self, rel: RelPath, timeout: float) -> None:
         pass  # always answers
 
-    async def read_range(self, rel: RelPath, start: int, end: int, on_data: Callable[[bytes], Awaitable[None]],
+    async def read_range(self, rel: RelPath, start: int, end: int, on_data: OnData,
                          etag: str = "", size: int = -1) -> None:
         body = self.files.get(str(rel))
         if body is None:
             raise NotFound(f"fetch {rel}: not found upstream")
         self._same_object(rel, etag, size)
+        # As the HTTP reader does: each block is a view of one buffer, released and filled
+        # again once on_data returns, so a consumer that kept a block fails or hashes junk.
+        buffer = bytearray(self.chunk)
         position = start
         while position < min(end, len(body)):
             piece = body[position:min(end, position + self.chunk)]
-            await on_data(piece)
+            buffer[:len(piece)] = piece
+            with memoryview(buffer)[:len(piece)] as block:
+                await on_data(block)
+            buffer[:] = b"\xa5" * len(buffer)
             position += len(piece)
 
     def rejected(self, rel: RelPath, why: str) -> None:

@@ -84,7 +84,7 @@ async def test_a_get_carries_if_match_and_a_412_is_a_changed_object() -> None:
     pool = _Pool(_Reply(412, {}))
     ranges.pool = pool  # type: ignore[assignment]
 
-    async def sink(block: bytes) -> None:
+    async def sink(block: bytes | memoryview) -> None:
         raise AssertionError("no byte of another version")
 
     with pytest.raises(IntegrityError):
@@ -97,7 +97,7 @@ async def test_a_full_disk_mid_body_is_the_disks_failure_not_the_links() -> None
     ranges = HttpRanges(Health("test", 30), 5, 5, connections=2)
     ranges.pool = _Pool(_Reply(206, {"Content-Range": "bytes 0-99/100"}, bytes(100)))  # type: ignore[assignment]
 
-    async def full(block: bytes) -> None:
+    async def full(block: bytes | memoryview) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(OSError) as caught:
