@@ -429,8 +429,8 @@ class HttpRanges:
                 # The block is handed over as a view of this one buffer, not a copy: a new
                 # MiB per block cost a fresh mapping and a page fault per 4 KiB (the daemon
                 # gives freed buffers back), half the daemon's CPU on a long cold read. The
-                # view is released when ``deliver`` returns: a consumer that kept it would
-                # fail loudly, never read the next block's bytes.
+                # view is released when ``deliver`` returns: a consumer that kept the block
+                # itself fails loudly on its next use (the contract: Upstream.read_range).
                 with view[:got] as block:
                     deliver(block)
                 position += got

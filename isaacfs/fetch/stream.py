@@ -265,7 +265,7 @@ class Transfer:
                     await flush()
 
         if position < stop:
-            # The part's buffers (what it gathers to flush, its copy, the read's block) are
+            # The part's buffers (what it gathers to flush and writes from, the read's block) are
             # held in the one memory budget while it reads.
             async with self.budget.hold(PART_BUFFER):
                 await self._read_part(part, read_range, position, stop, on_data, flush, finished)
