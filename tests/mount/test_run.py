@@ -198,6 +198,24 @@ def test_the_run_s_mode_is_in_the_command_s_environment(file_upstream: Upstream,
 LIST = "import os, sys; print(' '.join(sorted(os.listdir(sys.argv[1]))))"
 
 
+def test_the_binding_was_rebuilt_with_every_patch_of_scripts_patches() -> None:
+    """scripts/bootstrap rebuilds pyfuse3 with scripts/patches/; where that fails it goes on
+    (isaacfs works on the plain binding), so a patch that no longer applies would pass every
+    other test, slower. This one says so."""
+    import importlib.metadata
+
+    import pyfuse3
+
+    version = importlib.metadata.version("pyfuse3")
+    patches = sorted(Path(__file__).resolve().parents[2].glob(f"scripts/patches/pyfuse3-{version}-*.patch"))
+    if not patches:
+        pytest.skip(f"scripts/patches/ has no patches for pyfuse3 {version}")
+    assert [patch.name for patch in patches] == [f"pyfuse3-{version}-opendir-cache-readdir.patch",
+                                                 f"pyfuse3-{version}-session-loop.patch"]
+    assert getattr(pyfuse3, "OPENDIR_CACHE_READDIR", False), "run scripts/build-pyfuse3 (see its output)"
+    assert getattr(pyfuse3, "SESSION_LOOP_KEEPS_READER", False), "run scripts/build-pyfuse3 (see its output)"
+
+
 def test_a_folder_listing_the_kernel_keeps_is_each_process_s_own_and_follows_the_mirror(
         file_upstream: Upstream, tmp_path: Path, mountpoint: Path, mounts: Mounts) -> None:
     """With the patched pyfuse3 (scripts/build-pyfuse3) the kernel keeps a folder's entries
