@@ -357,6 +357,20 @@ class _Hints:
         return self.scans.pop(str(folder), None)
 
 
+async def _listed_with(hints: _Hints, mirror: Mirror, index: Index, upstream: MemoryUpstream, path: str) -> list[str]:
+    """The names a strict tree lists at ``path``, with ``hints`` in the scan-ahead helper's place."""
+    mirror.scan_ahead = hints  # type: ignore[assignment]
+    running = Running(mirror, index, upstream)
+    try:
+        async with running:
+            tree = make_tree(running, "strict")
+            folder = await walk(tree, path)
+            assert folder is not None
+            return [node.name for node in await tree.listdir(folder)]
+    finally:
+        mirror.scan_ahead = None
+
+
 @trio_test
 async def test_a_scanned_folder_hands_its_subfolders_to_scan_ahead_the_first_last(
         mirror: Mirror, index: Index, upstream: MemoryUpstream) -> None:
@@ -365,16 +379,7 @@ async def test_a_scanned_folder_hands_its_subfolders_to_scan_ahead_the_first_las
         (robots / name).mkdir(parents=True)
     (robots / "readme.txt").write_bytes(b"x")
     hints = _Hints()
-    mirror.scan_ahead = hints  # type: ignore[assignment]
-    running = Running(mirror, index, upstream)
-    try:
-        async with running:
-            tree = make_tree(running, "strict")
-            folder = await walk(tree, "Isaac/Robots")
-            assert folder is not None
-            listed = [node.name for node in await tree.listdir(folder)]
-    finally:
-        mirror.scan_ahead = None
+    listed = await _listed_with(hints, mirror, index, upstream, "Isaac/Robots")
     subfolders = [f"Isaac/Robots/{name}" for name in listed if name != "readme.txt"]
     assert sorted(subfolders) == ["Isaac/Robots/A", "Isaac/Robots/B", "Isaac/Robots/C"]
     # In the order a walk goes down: the helper takes the last hint first.
@@ -394,17 +399,8 @@ async def test_a_folder_the_helper_scanned_is_listed_from_its_scan_not_scanned_a
     helper_scan = [LocalEntry("from_helper.usda", False, 3, st.st_mtime_ns, st.st_dev),
                    LocalEntry("B", True, 0, st.st_mtime_ns, st.st_dev)]
     hints = _Hints({"Isaac/Robots": helper_scan})
-    mirror.scan_ahead = hints  # type: ignore[assignment]
-    running = Running(mirror, index, upstream)
-    try:
-        async with running:
-            tree = make_tree(running, "strict")
-            folder = await walk(tree, "Isaac/Robots")
-            assert folder is not None
-            listed = sorted(node.name for node in await tree.listdir(folder))
-    finally:
-        mirror.scan_ahead = None
-    assert listed == ["B", "from_helper.usda"]
+    listed = await _listed_with(hints, mirror, index, upstream, "Isaac/Robots")
+    assert sorted(listed) == ["B", "from_helper.usda"]
     # Asked with the folder's mtime and size as the loader's own stat read them.
     assert ("Isaac/Robots", st.st_mtime_ns, st.st_size) in hints.asked
     assert ["Isaac/Robots/B"] in hints.given
