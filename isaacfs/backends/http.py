@@ -24,7 +24,6 @@ from __future__ import annotations
 import http.client
 import logging
 import re
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -403,6 +402,7 @@ class HttpRanges:
                           headers=headers, preload_content=False)
         answered = time.monotonic()
         whole = False
+        view: memoryview | None = None
         try:
             if reply.status == 412:
                 raise IntegrityError(f"{what}: the object changed upstream (its ETag is no longer {etag})")
@@ -419,7 +419,7 @@ class HttpRanges:
             if reply.status not in (200, 206):
                 raise UpstreamError(f"{what}: upstream answered HTTP {reply.status}")
             end = _same_object(reply, start, end, etag, size, what)
-            view = _thread_buffer()
+            view = _take_block()
             readinto = _body_reader(reply)
             position = start
             while position < end:
@@ -442,6 +442,8 @@ class HttpRanges:
         except (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError, OSError) as exc:
             raise Unavailable(f"{what}: the connection broke mid-body ({type(exc).__name__})") from None
         finally:
+            if view is not None:
+                _give_block(view)
             cut = not whole and reply.status in (200, 206)
             log_request("GET", url, started, f"{reply.status}, body cut" if cut else reply.status, answered,
                         f" bytes {start}-{end - 1}")
@@ -475,14 +477,21 @@ def _body_reader(reply: urllib3.BaseHTTPResponse) -> Callable[[memoryview], int]
     return readinto
 
 
-_buffers = threading.local()
+# Read buffers (a block each) kept for the next reads: a new one per read was a fresh
+# mapping, zeroed, and a page fault per 4 KiB of it. At most POOLED_BLOCKS are kept (a large
+# file's parts and a reader's urgent ones at once); a read beyond them makes its own, freed
+# after it. (One per worker thread kept 64 MB more in an idle daemon after 32 cold reads.)
+POOLED_BLOCKS = 8
+_blocks: list[memoryview] = []
 
 
-def _thread_buffer() -> memoryview:
-    """This worker thread's read buffer (a block), made once per thread: a new one per read
-    was a fresh mapping, zeroed, and a page fault per 4 KiB of it. It goes with the thread
-    (trio ends idle worker threads)."""
-    view: memoryview | None = getattr(_buffers, "view", None)
-    if view is None:
-        view = _buffers.view = memoryview(bytearray(BLOCK))
-    return view
+def _take_block() -> memoryview:
+    try:
+        return _blocks.pop()  # atomic: reads run in several worker threads
+    except IndexError:
+        return memoryview(bytearray(BLOCK))
+
+
+def _give_block(view: memoryview) -> None:
+    if len(_blocks) < POOLED_BLOCKS:
+        _blocks.append(view)
