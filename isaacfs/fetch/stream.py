@@ -234,8 +234,9 @@ class Transfer:
         # One buffer for the part's life, filled and written in place: no bytes object per
         # block or per flush (each a fresh mapping, a page fault per 4 KiB: half the daemon's
         # CPU on a long cold read, with freed buffers given back to the system).
-        pending = bytearray(FLUSH_BYTES)
-        into = memoryview(pending)  # a copy into a memoryview's slice is direct (a bytearray's makes a temporary)
+        # Copied into through a memoryview: a copy into its slice is direct (a bytearray's
+        # slice assignment makes a temporary copy first).
+        into = memoryview(bytearray(FLUSH_BYTES))
         filled = 0
 
         async def flush() -> None:

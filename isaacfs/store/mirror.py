@@ -28,7 +28,7 @@ import trio
 from ..core.errors import InvalidPath, MirrorStalled, MountError
 from ..core.paths import STATE_DIR_NAME, RelPath, check_name
 from ..core.types import LocalEntry
-from .scanahead import ScanAhead
+from .scanahead import SHORT_NAME, ScanAhead
 
 log = logging.getLogger("isaacfs.mirror")
 
@@ -217,9 +217,9 @@ class Mirror:
                     name = item.name
                     try:
                         # A directory read never names "", "." or "..", nor one holding "/" or
-                        # NUL; only the length is left to check, and 63 characters cannot
+                        # NUL; only the length is left to check, and SHORT_NAME (63) characters cannot
                         # reach NAME_MAX's 255 bytes.
-                        if len(name) > 63:
+                        if len(name) > SHORT_NAME:
                             check_name(name)
                         local = _local(name, item.stat())
                     except (InvalidPath, OSError):

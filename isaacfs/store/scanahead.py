@@ -40,7 +40,8 @@ log = logging.getLogger("isaacfs.mirror")
 FRESH_SECONDS = 1.0
 # Scans the daemon has not taken (folders a walk never opened) are dropped past this many.
 READY_MAX = 4096
-# Names longer than this are checked with ``check_name`` (as ``Mirror.scan`` does).
+# Names longer than this are checked with ``check_name``, here and by ``Mirror.scan`` (63
+# characters cannot reach NAME_MAX's 255 bytes; shorter ones need no check).
 SHORT_NAME = 63
 
 # The helper: reads NUL-separated folder paths (relative to ROOT) from stdin and scans them,
